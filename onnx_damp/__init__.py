@@ -1,0 +1,16 @@
+"""onnx-damp: make a deployed ONNX classifier forget classes with DAMP (one-shot weight projection)."""
+
+__version__ = "0.1.0"
+
+from .errors import DampError  # noqa: E402
+
+
+def __getattr__(name):
+    """Load the API lazily so `onnx-damp --help` does not import onnxruntime."""
+    if name in ("forget", "evaluate", "inspect", "ForgetResult", "EvaluateResult", "InspectResult"):
+        from . import api
+        return getattr(api, name)
+    raise AttributeError(name)
+
+
+__all__ = ["forget", "evaluate", "inspect", "DampError", "__version__"]

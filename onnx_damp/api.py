@@ -1,0 +1,238 @@
+"""The Python API: every CLI command is one of these functions."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnx
+
+from . import __version__
+from . import damp as dm
+from .data import Dataset, as_dataset
+from .errors import DampError
+from .graph import EditableOp, SkippedOp, scan_graph
+from .metrics import AccuracySummary, js_divergence, kl_divergence, summarize, to_probabilities, worst_retain_drop
+from .modelio import check_output_path, has_external_data, load_model, save_model_atomic, sha256_file
+from .predict import data_fits, predict
+from .progress import Progress
+from .stats import collect
+
+ModelLike = "str | os.PathLike | onnx.ModelProto"
+
+
+def _load(model) -> tuple[onnx.ModelProto, str | None]:
+    if isinstance(model, onnx.ModelProto):
+        return model, None
+    return load_model(model), str(model)
+
+
+# ----------------------------------------------------------------------------------------------- inspect
+@dataclass
+class InspectResult:
+    editable: list[EditableOp]
+    skipped: list[SkippedOp]
+    ir_version: int
+    opsets: dict[str, int]
+    inputs: list[dict]
+    outputs: list[dict]
+
+    def to_dict(self) -> dict:
+        return {"ir_version": self.ir_version, "opsets": self.opsets, "inputs": self.inputs,
+                "outputs": self.outputs, "editable": [o.to_dict() for o in self.editable],
+                "not_editable": [s.to_dict() for s in self.skipped]}
+
+
+def _value_infos(values) -> list[dict]:
+    out = []
+    for v in values:
+        t = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+        out.append({"name": v.name, "dtype": onnx.TensorProto.DataType.Name(t.elem_type), "shape": dims})
+    return out
+
+
+def inspect(model: ModelLike) -> InspectResult:
+    """List every editable operator (and the ones that are not, with why)."""
+    proto, _ = _load(model)
+    scan = scan_graph(proto)
+    inits = {i.name for i in proto.graph.initializer}
+    return InspectResult(scan.editable, scan.skipped, int(proto.ir_version),
+                         {imp.domain or "ai.onnx": int(imp.version) for imp in proto.opset_import},
+                         _value_infos(i for i in proto.graph.input if i.name not in inits),
+                         _value_infos(proto.graph.output))
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _check_classes(forget: Sequence[int], data: Dataset, num_outputs: int, what: str) -> tuple[list[int], list[int]]:
+    """Validate forget classes against the model's outputs and the data; return (forget, retain)."""
+    if not forget:
+        raise DampError("no class to forget: give at least one --forget")
+    f = sorted({int(c) for c in forget})
+    bad = [c for c in f if c < 0 or c >= num_outputs]
+    if bad:
+        raise DampError(f"class(es) {bad} out of range: the model has {num_outputs} outputs (0..{num_outputs - 1})")
+    present = set(int(c) for c in np.unique(data.y))
+    too_big = sorted(c for c in present if c >= num_outputs)
+    if too_big:
+        raise DampError(f"{what} has labels {too_big[:5]} but the model has only {num_outputs} outputs")
+    absent = [c for c in f if c not in present]
+    if absent:
+        raise DampError(f"class(es) {absent} to forget have no samples in {what}")
+    retain = sorted(present - set(f))
+    if not retain:
+        raise DampError(f"forgetting every class present in {what} leaves nothing to retain")
+    return f, retain
+
+
+def _num_outputs(proto: onnx.ModelProto, data: Dataset, input_name, output_name, device) -> int:
+    one = Dataset(data.x[:1], data.y[:1], data.source)
+    return int(predict(proto, one, 1, device, input_name, output_name).shape[1])
+
+
+# ------------------------------------------------------------------------------------------------ forget
+@dataclass
+class ForgetResult:
+    model: onnx.ModelProto
+    forget: list[int]
+    retain: list[int]
+    layers: list[dm.LayerPlan]
+    before: AccuracySummary
+    after: AccuracySummary
+    validated_on: str
+    calibration_samples: int
+    feature_mode: str
+    source_sha256: str | None
+    written: list[str] = field(default_factory=list)
+    not_editable: list[SkippedOp] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        worst_c, worst_drop = worst_retain_drop(self.before, self.after)
+        return {"tool": "onnx-damp", "version": __version__, "forget_classes": self.forget,
+                "retain_classes": self.retain, "feature_mode": self.feature_mode,
+                "calibration_samples": self.calibration_samples, "source_sha256": self.source_sha256,
+                "validated_on": self.validated_on, "outputs": self.written,
+                "layers": [p.to_dict() for p in self.layers],
+                "not_editable": [s.to_dict() for s in self.not_editable],
+                "before": self.before.to_dict(), "after": self.after.to_dict(),
+                "retain_accuracy_drop": self.before.retain_accuracy - self.after.retain_accuracy,
+                "worst_retain_drop": {"class": worst_c, "drop": worst_drop}}
+
+
+def _record_metadata(proto: onnx.ModelProto, entries: dict[str, str]) -> None:
+    keep = [(p.key, p.value) for p in proto.metadata_props if p.key not in entries]
+    del proto.metadata_props[:]
+    for k, v in keep + list(entries.items()):
+        e = proto.metadata_props.add()
+        e.key, e.value = k, v
+
+
+def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathLike | None = None,
+           eval_data=None, batch_size: int = 128, device: str = "cpu", feature_mode: str = "position",
+           extra_directions: bool = True, input_name: str | None = None, output_name: str | None = None,
+           quiet: bool = True) -> ForgetResult:
+    """Make model forget the given classes with DAMP; validate; optionally write the edited model."""
+    if batch_size < 1:
+        raise DampError("--batch-size must be at least 1")
+    proto, src = _load(model)
+    out_path = check_output_path(src or "<memory>", output) if output is not None else None
+    calib = as_dataset(data)
+    evald = as_dataset(eval_data) if eval_data is not None else calib
+    data_fits(proto, calib, input_name)
+    if eval_data is not None:
+        data_fits(proto, evald, input_name)
+    k = _num_outputs(proto, calib, input_name, output_name, device)
+    f, retain = _check_classes(forget, calib, k, "the calibration data")
+    if eval_data is not None:
+        _check_classes(f, evald, k, "the evaluation data")
+    scan = scan_graph(proto)
+    if not scan.editable:
+        raise DampError("the model has no editable operator (Conv, Gemm or MatMul with a constant weight)")
+
+    with Progress(len(calib), "collecting statistics", quiet) as bar:
+        stats = collect(proto, scan.editable, calib, f, batch_size, device, feature_mode, input_name, bar)
+    plans = dm.plan(scan.editable, stats, f, retain, extra_directions)
+    edited = onnx.ModelProto()
+    edited.CopyFrom(proto)
+    dm.apply(edited, plans)
+    sha = sha256_file(src) if src else None
+    _record_metadata(edited, {
+        "onnx_damp.version": __version__,
+        "onnx_damp.forget_classes": json.dumps(f),
+        "onnx_damp.calibration_samples": str(stats.num_samples),
+        "onnx_damp.feature_mode": feature_mode,
+        "onnx_damp.alpha": json.dumps({p.op.node_name: round(p.alpha, 6) for p in plans}),
+        "onnx_damp.source_sha256": sha or "",
+    })
+    try:
+        onnx.checker.check_model(edited, full_check=False) if edited.ByteSize() < 1_800_000_000 else None
+    except onnx.checker.ValidationError as exc:  # a bug, not a user error: keep the traceback
+        raise RuntimeError(f"edited model fails onnx.checker: {exc}") from exc
+
+    with Progress(2 * len(evald), "validating", quiet) as bar:
+        before = summarize(predict(proto, evald, 256, device, input_name, output_name, bar).argmax(1), evald.y, f)
+        after = summarize(predict(edited, evald, 256, device, input_name, output_name, bar).argmax(1), evald.y, f)
+    result = ForgetResult(edited, f, retain, plans, before, after,
+                          "evaluation data" if eval_data is not None else "calibration data (no --eval-data given)",
+                          stats.num_samples, feature_mode, sha, not_editable=scan.skipped)
+    if out_path is not None:
+        external = bool(src) and has_external_data(src)
+        result.written = [str(p) for p in save_model_atomic(edited, out_path, external_data=external)]
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+@dataclass
+class EvaluateResult:
+    summary: AccuracySummary
+    original: AccuracySummary | None = None
+    retain_agreement: float | None = None
+    retain_kl: float | None = None
+    reference_js: dict | None = None
+
+    def to_dict(self) -> dict:
+        d = {"model": self.summary.to_dict()}
+        if self.original is not None:
+            c, drop = worst_retain_drop(self.original, self.summary)
+            d["original"] = self.original.to_dict()
+            d["retain_agreement"] = self.retain_agreement
+            d["retain_kl_original_to_model"] = self.retain_kl
+            d["retain_accuracy_drop"] = self.original.retain_accuracy - self.summary.retain_accuracy
+            d["worst_retain_drop"] = {"class": c, "drop": drop}
+        if self.reference_js is not None:
+            d["reference_js"] = self.reference_js
+        return d
+
+
+def evaluate(model: ModelLike, data, forget: Sequence[int], original: ModelLike | None = None,
+             reference: ModelLike | None = None, batch_size: int = 256, device: str = "cpu",
+             input_name: str | None = None, output_name: str | None = None, quiet: bool = True) -> EvaluateResult:
+    """Accuracy per class, forget/retain accuracy; agreement and KL against the original; JS to a reference."""
+    proto, _ = _load(model)
+    ds = as_dataset(data)
+    data_fits(proto, ds, input_name)
+    others = {"original": original, "reference": reference}
+    protos = {k: _load(v)[0] for k, v in others.items() if v is not None}
+    n_models = 1 + len(protos)
+    outs = {}
+    with Progress(n_models * len(ds), "evaluating", quiet) as bar:
+        outs["model"] = to_probabilities(predict(proto, ds, batch_size, device, input_name, output_name, bar))
+        for k, p in protos.items():
+            outs[k] = to_probabilities(predict(p, ds, batch_size, device, input_name, output_name, bar))
+    f, _ = _check_classes(forget, ds, outs["model"].shape[1], "the data")
+    res = EvaluateResult(summarize(outs["model"].argmax(1), ds.y, f))
+    fmask = np.isin(ds.y, f)
+    if "original" in outs:
+        o = outs["original"]
+        res.original = summarize(o.argmax(1), ds.y, f)
+        res.retain_agreement = float(np.mean(o[~fmask].argmax(1) == outs["model"][~fmask].argmax(1)))
+        res.retain_kl = float(np.mean(kl_divergence(o[~fmask], outs["model"][~fmask])))
+    if "reference" in outs:
+        r = outs["reference"]
+        res.reference_js = {name: {"forget": float(np.mean(js_divergence(outs[name][fmask], r[fmask]))),
+                                   "retain": float(np.mean(js_divergence(outs[name][~fmask], r[~fmask])))}
+                            for name in ("model", "original") if name in outs}
+    return res

@@ -1,0 +1,158 @@
+"""The `onnx-damp` command line: thin wrappers over onnx_damp.api (imported lazily, so --help is fast)."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import DampError
+
+
+def _user_errors(fn):
+    """Show DampError as one line on stderr with exit code 2; let real bugs keep their traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DampError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+    return wrapper
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=".onnx-damp-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_report_path(path: str | None) -> None:
+    if path is None:
+        return
+    folder = Path(path).parent if str(Path(path).parent) else Path(".")
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise DampError(f"cannot write the report: folder {folder} does not exist or is not writable")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnx-damp")
+def main() -> None:
+    """Make a deployed ONNX classifier forget classes with DAMP, and prove it on held-out data.
+
+    Exit codes: 0 success, 2 bad input (one-line message), 1 internal error.
+    """
+
+
+@main.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@_user_errors
+def inspect_cmd(model: str, as_json: bool) -> None:
+    """List the operators DAMP can edit (and those it cannot, with why)."""
+    from .api import inspect
+    from .tables import inspect_table
+
+    res = inspect(model)
+    click.echo(json.dumps(res.to_dict(), indent=2) if as_json else inspect_table(res))
+
+
+_device = click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+                       help="onnxruntime execution provider.")
+_input_name = click.option("--input-name", default=None, help="Model input to feed (models with several inputs).")
+_output_name = click.option("--output-name", default=None, help="Model output holding the logits (default: first).")
+
+
+@main.command("forget")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Calibration .npz with x and y.")
+@click.option("--forget", "forget_classes", required=True, multiple=True, type=int,
+              help="Class index to forget (repeat for several).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Edited model path.")
+@click.option("--eval-data", type=click.Path(dir_okay=False), help="Held-out .npz to validate on.")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write the full report as JSON here.")
+@click.option("--batch-size", default=128, show_default=True, type=int)
+@click.option("--features", type=click.Choice(["position", "pooled"]), default="position", show_default=True,
+              help="Conv statistics per spatial position, or per image after spatial pooling.")
+@click.option("--no-extra-directions", is_flag=True,
+              help="Use only the prototype residuals (rank = number of forget classes).")
+@_device
+@_input_name
+@_output_name
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_user_errors
+def forget_cmd(model, data, forget_classes, output, eval_data, report, batch_size, features,
+               no_extra_directions, device, input_name, output_name, as_json, quiet) -> None:
+    """Edit MODEL so it forgets --forget classes; write the result to -o."""
+    from .api import forget
+    from .tables import before_after_table, layers_table
+
+    _check_report_path(report)
+    res = forget(model, data, list(forget_classes), output, eval_data, batch_size, device, features,
+                 not no_extra_directions, input_name, output_name, quiet)
+    payload = res.to_dict()
+    if report:
+        _write_json_atomic(Path(report), payload)
+    if as_json:
+        click.echo(json.dumps(payload, indent=2))
+        return
+    click.echo(layers_table(res.layers))
+    click.echo()
+    click.echo(before_after_table(res.before, res.after, res.validated_on))
+    click.echo()
+    click.echo(f"wrote {', '.join(res.written)}" + (f"; report {report}" if report else ""))
+
+
+@main.command("evaluate")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Labelled .npz with x and y.")
+@click.option("--forget", "forget_classes", required=True, multiple=True, type=int, help="Forgotten class.")
+@click.option("--original", type=click.Path(dir_okay=False), help="The model before forgetting.")
+@click.option("--reference", type=click.Path(dir_okay=False), help="A model retrained without the class(es).")
+@click.option("--batch-size", default=256, show_default=True, type=int)
+@_device
+@_input_name
+@_output_name
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_user_errors
+def evaluate_cmd(model, data, forget_classes, original, reference, batch_size, device, input_name, output_name,
+                 as_json, quiet) -> None:
+    """Per-class, forget and retain accuracy of MODEL; agreement with --original; JS to --reference."""
+    from .api import evaluate
+    from .tables import pct, per_class_table, table
+
+    res = evaluate(model, data, list(forget_classes), original, reference, batch_size, device, input_name,
+                   output_name, quiet)
+    if as_json:
+        click.echo(json.dumps(res.to_dict(), indent=2))
+        return
+    s = res.summary
+    click.echo(per_class_table(s, res.original))
+    click.echo()
+    rows = [["forget accuracy", pct(s.forget_accuracy)], ["retain accuracy (mean of classes)", pct(s.retain_accuracy)],
+            ["worst retain class", f"{s.worst_retain_class} ({pct(s.worst_retain_accuracy)})"]]
+    if res.original is not None:
+        rows += [["retain agreement with original", pct(res.retain_agreement)],
+                 ["retain KL(original || model)", f"{res.retain_kl:.4f}"]]
+    if res.reference_js is not None:
+        for name, js in res.reference_js.items():
+            rows.append([f"JS to reference, {name}, forget samples", f"{js['forget']:.4f}"])
+            rows.append([f"JS to reference, {name}, retain samples", f"{js['retain']:.4f}"])
+    click.echo(table(["metric", "value"], rows, title=f"Summary ({s.samples} samples)"))
+
+
+if __name__ == "__main__":
+    main()

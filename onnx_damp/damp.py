@@ -1,0 +1,78 @@
+"""DAMP per layer: from collected statistics to a forget subspace Q and a strength alpha, then the edit."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import onnx
+
+from . import projection as pj
+from .graph import EditableOp, give_own_copy, matrix_to_weight, read_initializer, weight_matrix, write_initializer
+from .stats import LayerStats, Statistics
+
+
+@dataclass
+class LayerPlan:
+    """What DAMP does to one operator, and why."""
+
+    op: EditableOp
+    q: np.ndarray            # (d, r) orthonormal forget subspace
+    alpha: float
+    separation: float        # Fisher probe Mahalanobis delta, forget vs retain
+    separability: float      # 2 * balanced accuracy - 1 of that probe, in [0, 1)
+    extra_rank: int = 0      # directions added beyond the prototype residuals
+    relative_change: float = 0.0
+    own_copy: str | None = None
+    note: str = ""
+
+    @property
+    def rank(self) -> int:
+        return int(self.q.shape[1])
+
+    def to_dict(self) -> dict:
+        return {"node": self.op.node_name, "op_type": self.op.op_type, "weight": self.op.weight_name,
+                "depth_index": self.op.depth_index, "depth": round(self.op.depth, 4),
+                "feature_dim": self.op.feature_dim, "rank": self.rank, "extra_rank": self.extra_rank,
+                "separation": self.separation, "separability": self.separability, "alpha": self.alpha,
+                "relative_change": self.relative_change, "own_copy": self.own_copy, "note": self.note}
+
+
+def plan_layer(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Sequence[int],
+               extra_directions: bool = True) -> LayerPlan:
+    """Compute Q and alpha for one layer from its per-class statistics."""
+    mu_f = np.stack([st.mean(c) for c in forget], axis=1)
+    mu_r = np.stack([st.mean(c) for c in retain], axis=1)
+    q = pj.forget_subspace(mu_f, mu_r)
+    mf, sf, _ = st.group_moments(forget)
+    mr, sr, _ = st.group_moments(retain)
+    delta = pj.mahalanobis_separation(mf, sf - np.outer(mf, mf), mr, sr - np.outer(mr, mr))
+    sep = pj.probe_separability(delta)
+    alpha = pj.alpha_from_separability(sep)
+    note = "" if q.shape[1] else "forget prototype lies in the retain span: nothing to remove"
+    extra = 0
+    if extra_directions and q.shape[1]:
+        q2 = pj.extend_subspace(q, mu_r, sf, sr)
+        extra = q2.shape[1] - q.shape[1]
+        q = q2
+    return LayerPlan(op, q, alpha if q.shape[1] else 0.0, delta, sep, extra, note=note)
+
+
+def plan(ops: list[EditableOp], stats: Statistics, forget: Sequence[int], retain: Sequence[int],
+         extra_directions: bool = True) -> list[LayerPlan]:
+    return [plan_layer(op, stats.layers[op.node_name], forget, retain, extra_directions) for op in ops]
+
+
+def apply(model: onnx.ModelProto, plans: list[LayerPlan]) -> None:
+    """Edit the weights of model in place: W <- W (I - alpha Q Q^T) in float64, cast back to the weight dtype."""
+    for p in plans:
+        if p.rank == 0 or p.alpha == 0.0:
+            continue
+        name = p.op.weight_name
+        if p.op.shared:
+            name = p.own_copy = give_own_copy(model, p.op)
+        w = read_initializer(model, name)
+        mat = weight_matrix(p.op, w.astype(np.float64))
+        new = pj.edit_matrix(mat, p.q, p.alpha)
+        p.relative_change = float(np.linalg.norm(new - mat) / max(np.linalg.norm(mat), 1e-300))
+        write_initializer(model, name, matrix_to_weight(p.op, new, w))

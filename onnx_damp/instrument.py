@@ -1,0 +1,95 @@
+"""Build a copy of the graph that also outputs per-batch statistics of every editable operator's input.
+
+For each tapped activation the copy reshapes it to rows of input features ([rows, d]; every spatial
+position or token is a row), casts to float64 and reduces inside the graph to a feature sum [d], an
+uncentred Gram matrix [d, d] and the row count, so no activation ever leaves onnxruntime and memory
+does not grow with the number of samples.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .graph import EditableOp
+
+FEATURE_MODES = ("position", "pooled")
+
+
+@dataclass(frozen=True)
+class Tap:
+    """The statistics outputs added for one activation (shared by operators that read it)."""
+
+    key: str
+    sum_name: str
+    gram_name: str
+    shape_name: str
+    feature_dim: int
+
+
+def tap_key(op: EditableOp) -> str:
+    return f"{op.input_name}|{op.feature_axis}|{op.rank}|{int(op.trans_a)}"
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 1
+
+
+def instrument(model: onnx.ModelProto, ops: list[EditableOp], mode: str = "position") -> tuple[onnx.ModelProto, dict[str, Tap]]:
+    """Return an instrumented copy of model and the tap of every editable operator (by node name)."""
+    if mode not in FEATURE_MODES:
+        raise ValueError(f"unknown feature mode {mode!r}")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    opset = default_opset(model)
+    taps: dict[str, Tap] = {}
+    by_key: dict[str, Tap] = {}
+    for op in ops:
+        key = tap_key(op)
+        if key not in by_key:
+            by_key[key] = _add_tap(g, op, len(by_key), opset, mode)
+        taps[op.node_name] = by_key[key]
+    return out, taps
+
+
+def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str) -> Tap:
+    p = f"__damp_tap{k}_"
+    d = op.feature_dim
+    nodes = []
+    x = op.input_name
+    if op.op_type == "Conv" and mode == "pooled":
+        nodes.append(helper.make_node("GlobalAveragePool", [x], [p + "gap"]))
+        x = p + "gap"
+    elif op.op_type == "Conv":
+        perm = [0] + list(range(2, op.rank)) + [1]
+        nodes.append(helper.make_node("Transpose", [x], [p + "t"], perm=perm))
+        x = p + "t"
+    elif op.op_type == "Gemm" and op.trans_a:
+        nodes.append(helper.make_node("Transpose", [x], [p + "t"], perm=[1, 0]))
+        x = p + "t"
+    g.initializer.append(numpy_helper.from_array(np.array([-1, d], dtype=np.int64), p + "shape_const"))
+    nodes.append(helper.make_node("Reshape", [x, p + "shape_const"], [p + "rows"]))
+    nodes.append(helper.make_node("Cast", [p + "rows"], [p + "rows64"], to=TensorProto.DOUBLE))
+    if opset >= 13:
+        g.initializer.append(numpy_helper.from_array(np.array([0], dtype=np.int64), p + "axes"))
+        nodes.append(helper.make_node("ReduceSum", [p + "rows64", p + "axes"], [p + "sum"], keepdims=0))
+    else:
+        nodes.append(helper.make_node("ReduceSum", [p + "rows64"], [p + "sum"], axes=[0], keepdims=0))
+    nodes.append(helper.make_node("Transpose", [p + "rows64"], [p + "rowsT"], perm=[1, 0]))
+    nodes.append(helper.make_node("MatMul", [p + "rowsT", p + "rows64"], [p + "gram"]))
+    nodes.append(helper.make_node("Shape", [p + "rows"], [p + "count"]))
+    for n in nodes:
+        n.name = n.output[0] + "_node"
+    g.node.extend(nodes)
+    g.output.extend([
+        helper.make_tensor_value_info(p + "sum", TensorProto.DOUBLE, [d]),
+        helper.make_tensor_value_info(p + "gram", TensorProto.DOUBLE, [d, d]),
+        helper.make_tensor_value_info(p + "count", TensorProto.INT64, [2]),
+    ])
+    return Tap(tap_key(op), p + "sum", p + "gram", p + "count", d)

@@ -1,0 +1,113 @@
+"""Loading and saving ONNX models safely: clear errors, contained external data, atomic writes."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+from onnx import external_data_helper
+
+from .errors import DampError
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_external_locations(model: onnx.ModelProto, base: Path) -> bool:
+    """Refuse external-data locations that escape the model's folder; return whether any exist."""
+    base = base.resolve()
+    found = False
+    for tensor in external_data_helper._get_all_tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        found = True
+        info = external_data_helper.ExternalDataInfo(tensor)
+        target = (base / info.location).resolve()
+        if os.path.isabs(info.location) or (base != target and base not in target.parents):
+            raise DampError(f"external data path {info.location!r} of tensor {tensor.name!r} "
+                            f"points outside the model's folder {base}")
+        if not target.is_file():
+            raise DampError(f"external data file {info.location!r} of tensor {tensor.name!r} is missing")
+    return found
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Load an ONNX model with its external data; raise DampError on a missing or corrupt file."""
+    p = Path(path)
+    if not p.exists():
+        raise DampError(f"model file not found: {p}")
+    if not p.is_file():
+        raise DampError(f"model path is not a file: {p}")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # protobuf raises several types on garbage input
+        raise DampError(f"{p} is not a readable ONNX model ({type(exc).__name__})") from None
+    if not model.graph.node:
+        raise DampError(f"{p} is not an ONNX model (no graph nodes)")
+    if _check_external_locations(model, p.parent):
+        external_data_helper.load_external_data_for_model(model, str(p.parent))
+    return model
+
+
+def has_external_data(path: str | os.PathLike) -> bool:
+    """Whether the model file at path stores tensors in external files."""
+    model = onnx.load(str(path), load_external_data=False)
+    return any(external_data_helper.uses_external_data(t)
+               for t in external_data_helper._get_all_tensors(model))
+
+
+def check_output_path(src: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Validate the output path before any work: not the input, folder exists and is writable."""
+    out_p = Path(out)
+    if Path(src).resolve() == out_p.resolve():
+        raise DampError(f"output path {out} is the input model; choose another path (the input is never overwritten)")
+    folder = out_p.parent if str(out_p.parent) else Path(".")
+    if not folder.is_dir():
+        raise DampError(f"output folder does not exist: {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DampError(f"output folder is not writable: {folder}")
+    if out_p.exists() and out_p.is_dir():
+        raise DampError(f"output path is a folder: {out}")
+    return out_p
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    clone = onnx.ModelProto()
+    clone.CopyFrom(model)
+    return clone
+
+
+def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike, external_data: bool = False) -> list[Path]:
+    """Write model (and its external data file) via a temporary folder and rename, so no half file remains."""
+    out_p = Path(out)
+    folder = out_p.parent if str(out_p.parent) else Path(".")
+    tmpdir = Path(tempfile.mkdtemp(prefix=".onnx-damp-", dir=folder))
+    written: list[Path] = []
+    try:
+        tmp_model = tmpdir / out_p.name
+        big = model.ByteSize() > 1_800_000_000 if not external_data else True
+        if big:
+            model = _copy(model)  # saving as external data rewrites the proto in place
+            location = out_p.name + ".data"
+            onnx.save_model(model, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=location, size_threshold=1024)
+            os.replace(tmpdir / location, folder / location)
+            written.append(folder / location)
+        else:
+            onnx.save_model(model, str(tmp_model))
+        os.replace(tmp_model, out_p)
+        written.append(out_p)
+        return written
+    except OSError as exc:
+        raise DampError(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)

@@ -1,0 +1,41 @@
+"""A small progress bar on stderr (silent when quiet)."""
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Progress:
+    """Counts work units and redraws one stderr line at most ten times a second."""
+
+    def __init__(self, total: int, label: str, quiet: bool = False):
+        self.total, self.label, self.quiet = max(total, 1), label, quiet
+        self.done, self._last, self._start = 0, 0.0, time.monotonic()
+        # on a terminal redraw in place; in logs (not a tty) write one line when done
+        self.interactive = sys.stderr.isatty()
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if not self.quiet and self.interactive and (now - self._last > 0.1 or self.done >= self.total):
+            self._last = now
+            frac = min(1.0, self.done / self.total)
+            bar = "#" * int(30 * frac)
+            sys.stderr.write(f"\r{self.label:<22} [{bar:<30}] {self.done}/{self.total} "
+                             f"{now - self._start:5.1f}s")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.quiet:
+            return
+        if self.interactive:
+            sys.stderr.write("\n")
+        else:
+            sys.stderr.write(f"{self.label}: {self.done}/{self.total} in {time.monotonic() - self._start:.1f}s\n")
+            sys.stderr.flush()
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

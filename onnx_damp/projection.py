@@ -1,0 +1,106 @@
+"""Pure DAMP math on numpy arrays: retain-span residuals, forget subspace, probe separability, alpha, edit.
+
+Nothing here knows about ONNX; every function works in one layer's input-feature space (dimension d).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+RESIDUAL_RTOL = 1e-6  # a residual shorter than this fraction of its prototype carries no direction
+
+
+def orthonormal_basis(vectors: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
+    """Orthonormal basis (d, r) of the column span of vectors (d, k), dropping numerically null directions."""
+    if vectors.size == 0:
+        return np.zeros((vectors.shape[0], 0))
+    u, s, _ = np.linalg.svd(vectors, full_matrices=False)
+    if s.size == 0 or s[0] == 0:
+        return np.zeros((vectors.shape[0], 0))
+    return u[:, s > rtol * s[0]]
+
+
+def retain_residuals(forget_means: np.ndarray, retain_means: np.ndarray) -> np.ndarray:
+    """d = mu_f - R R^+ mu_f for each forget prototype column (R: retain prototypes as columns)."""
+    basis = orthonormal_basis(retain_means)
+    return forget_means - basis @ (basis.T @ forget_means)
+
+
+def forget_subspace(forget_means: np.ndarray, retain_means: np.ndarray) -> np.ndarray:
+    """Orthonormal basis Q of the forget prototypes' residuals against the retain span (rank <= #forget)."""
+    res = retain_residuals(forget_means, retain_means)
+    norms = np.linalg.norm(res, axis=0)
+    scale = np.linalg.norm(forget_means, axis=0)
+    keep = norms > RESIDUAL_RTOL * np.maximum(scale, 1e-300)
+    if not keep.any():
+        return np.zeros((forget_means.shape[0], 0))
+    return orthonormal_basis(res[:, keep], rtol=RESIDUAL_RTOL)
+
+
+def mahalanobis_separation(mean_f: np.ndarray, cov_f: np.ndarray, mean_r: np.ndarray, cov_r: np.ndarray,
+                           ridge: float = 1e-6) -> float:
+    """Delta of the Fisher linear discriminant: sqrt(dm^T S^-1 dm) with S the averaged within-group covariance."""
+    dm = mean_f - mean_r
+    sigma = 0.5 * (cov_f + cov_r)
+    d = sigma.shape[0]
+    sigma = sigma + ridge * max(np.trace(sigma) / d, 1e-300) * np.eye(d)
+    w, v = np.linalg.eigh(sigma)
+    w = np.maximum(w, ridge * max(w.max(), 1e-300))
+    z = v.T @ dm
+    return float(math.sqrt(max(np.sum(z * z / w), 0.0)))
+
+
+def probe_separability(delta: float) -> float:
+    """Separability in [0, 1): 2 * BalancedAcc - 1 of the Fisher probe under equal-covariance Gaussians.
+
+    The probe's balanced accuracy is Phi(delta / 2), so s = 2 Phi(delta/2) - 1 = erf(delta / (2 sqrt 2)).
+    """
+    return math.erf(delta / (2.0 * math.sqrt(2.0)))
+
+
+def alpha_from_separability(s: float) -> float:
+    """Depth-aware edit strength: alpha = s, clipped to [0, 1] (no free parameter)."""
+    return float(min(1.0, max(0.0, s)))
+
+
+def edit_matrix(w: np.ndarray, q: np.ndarray, alpha: float) -> np.ndarray:
+    """W (I - alpha Q Q^T) for W as [rows, d] and orthonormal Q (d, r), in float64."""
+    w64 = np.asarray(w, dtype=np.float64)
+    if q.shape[1] == 0 or alpha == 0.0:
+        return w64.copy()
+    return w64 - alpha * (w64 @ q) @ q.T
+
+
+def energy_ratio(v: np.ndarray, s_f: np.ndarray, s_r: np.ndarray) -> float:
+    """Forget-to-retain mean energy along unit direction v: (v^T S_f v) / (v^T S_r v)."""
+    return float((v @ s_f @ v) / max(v @ s_r @ v, 1e-300))
+
+
+def extend_subspace(q: np.ndarray, retain_means: np.ndarray, s_f: np.ndarray, s_r: np.ndarray,
+                    ridge: float = 1e-6) -> np.ndarray:
+    """Add forget-variance directions that are at least as forget-specific as the prototype residuals.
+
+    Within the orthogonal complement of [retain prototypes, Q] solve S_f v = lam S_r v (S_f, S_r:
+    uncentred second moments per row of the forget and retain groups) and keep every v with
+    lam >= lam_0, lam_0 = the smallest energy ratio of Q's own columns. The bar is set by the
+    data (the residual directions themselves), so no rank knob is needed; retain prototypes stay
+    untouched because every added direction is orthogonal to their span.
+    """
+    from scipy.linalg import eigh
+
+    d = q.shape[0]
+    base = orthonormal_basis(np.hstack([retain_means, q]))
+    if base.shape[1] >= d:
+        return q
+    u, _, _ = np.linalg.svd(base, full_matrices=True)
+    comp = u[:, base.shape[1]:]
+    a = comp.T @ s_f @ comp
+    c = comp.T @ s_r @ comp
+    c = c + ridge * max(np.trace(c) / c.shape[0], 1e-300) * np.eye(c.shape[0])
+    lam, vecs = eigh(0.5 * (a + a.T), 0.5 * (c + c.T))
+    lam0 = min(energy_ratio(q[:, i], s_f, s_r) for i in range(q.shape[1]))
+    chosen = vecs[:, lam >= lam0]
+    if chosen.shape[1] == 0:
+        return q
+    return np.hstack([q, orthonormal_basis(comp @ chosen)])

@@ -1,0 +1,106 @@
+"""onnxruntime sessions (imported lazily so the CLI starts fast) and batched prediction."""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import onnx
+
+from .errors import DampError
+
+DEVICES = ("cpu", "cuda")
+
+
+def providers_for(device: str) -> list[str]:
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise DampError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+
+
+def make_session(model: onnx.ModelProto, device: str = "cpu", basic_optimizations: bool = False):
+    """Create an InferenceSession from an in-memory model, failing clearly if CUDA fell back to CPU."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if basic_optimizations:
+        # Only basic rewrites (constant folding, redundant-node removal): never a fusion that
+        # could merge a tapped activation into a fused kernel.
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    providers = providers_for(device)
+    if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise DampError("--device cuda: this onnxruntime has no CUDA execution provider "
+                        "(install onnx-damp[gpu], which brings onnxruntime-gpu)")
+    try:
+        if model.ByteSize() < 1_800_000_000:
+            sess = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+        else:
+            with tempfile.TemporaryDirectory(prefix="onnx-damp-") as tmp:
+                path = os.path.join(tmp, "model.onnx")
+                onnx.save_model(model, path, save_as_external_data=True, location="model.onnx.data")
+                sess = ort.InferenceSession(path, opts, providers=providers)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DampError(f"onnxruntime cannot load the model: {msg}") from None
+    if device == "cuda" and "CUDAExecutionProvider" not in sess.get_providers():
+        raise DampError("--device cuda: onnxruntime fell back to CPU (CUDA provider failed to initialise)")
+    return sess
+
+
+@dataclass
+class InputSpec:
+    name: str
+    shape: list
+    dtype: np.dtype
+
+    @property
+    def fixed_batch(self) -> int | None:
+        d = self.shape[0] if self.shape else None
+        return d if isinstance(d, int) and d > 0 else None
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
+              "tensor(int8)": np.int8}
+
+
+def input_spec(sess, input_name: str | None = None) -> InputSpec:
+    """The (single) data input of a session; --input-name picks one when there are several."""
+    inputs = sess.get_inputs()
+    if input_name is not None:
+        match = [i for i in inputs if i.name == input_name]
+        if not match:
+            raise DampError(f"model has no input {input_name!r}; inputs: {[i.name for i in inputs]}")
+        inp = match[0]
+    elif len(inputs) != 1:
+        raise DampError(f"model has {len(inputs)} inputs {[i.name for i in inputs]}; pick one with --input-name")
+    else:
+        inp = inputs[0]
+    dtype = _ORT_TYPES.get(inp.type)
+    if dtype is None:
+        raise DampError(f"model input {inp.name!r} has unsupported type {inp.type}")
+    shape = [d if isinstance(d, int) else None for d in inp.shape]
+    return InputSpec(inp.name, shape, np.dtype(dtype))
+
+
+def output_name(sess, name: str | None = None) -> str:
+    outs = [o.name for o in sess.get_outputs()]
+    if name is None:
+        return outs[0]
+    if name not in outs:
+        raise DampError(f"model has no output {name!r}; outputs: {outs}")
+    return name
+
+
+def run_checked(sess, fetch: Sequence[str], feed: dict) -> list:
+    """sess.run with onnxruntime's shape/type errors turned into one-line user errors."""
+    try:
+        return sess.run(list(fetch), feed)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DampError(f"the data does not fit the model: {msg}") from None

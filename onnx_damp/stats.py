@@ -1,0 +1,95 @@
+"""Per-class float64 statistics of every editable operator's input, collected in one streamed pass."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import onnx
+
+from .data import Dataset, class_batches
+from .graph import EditableOp
+from .instrument import instrument
+from .runtime import input_spec, make_session, run_checked
+
+
+@dataclass
+class LayerStats:
+    """Sufficient statistics of one activation in its input-feature space.
+
+    sums[c] and rows[c]: per-class feature sum and number of rows (positions/tokens) for every class;
+    grams[c]: uncentred second moment sum x x^T for the classes asked for (the forget classes);
+    total_gram: sum x x^T over every row of every class, so the retain Gram is a difference.
+    """
+
+    feature_dim: int
+    sums: dict[int, np.ndarray] = field(default_factory=dict)
+    rows: dict[int, int] = field(default_factory=dict)
+    grams: dict[int, np.ndarray] = field(default_factory=dict)
+    total_gram: np.ndarray | None = None
+
+    def add(self, c: int, s: np.ndarray, gram: np.ndarray, n: int, keep_gram: bool) -> None:
+        d = self.feature_dim
+        if c not in self.sums:
+            self.sums[c], self.rows[c] = np.zeros(d), 0
+        self.sums[c] += s
+        self.rows[c] += n
+        if keep_gram:
+            self.grams[c] = self.grams.get(c, np.zeros((d, d))) + gram
+        self.total_gram = gram.copy() if self.total_gram is None else self.total_gram + gram
+
+    def mean(self, c: int) -> np.ndarray:
+        return self.sums[c] / self.rows[c]
+
+    def group_moments(self, classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray, int]:
+        """Mean, uncentred second moment and row count of the union of classes.
+
+        Classes without a kept Gram are only allowed as the complement of those with one.
+        """
+        n = sum(self.rows[c] for c in classes)
+        s = sum(self.sums[c] for c in classes)
+        if all(c in self.grams for c in classes):
+            g = sum(self.grams[c] for c in classes)
+        else:
+            others = [c for c in self.rows if c not in classes]
+            if not all(c in self.grams for c in others):
+                raise ValueError("second moments are known only for the kept classes and their complement")
+            g = self.total_gram - sum((self.grams[c] for c in others), np.zeros_like(self.total_gram))
+        return s / n, g / n, n
+
+
+@dataclass
+class Statistics:
+    """Statistics for all editable operators of one model, plus per-class sample counts."""
+
+    layers: dict[str, LayerStats]
+    samples: dict[int, int]
+    feature_mode: str
+
+    @property
+    def num_samples(self) -> int:
+        return int(sum(self.samples.values()))
+
+
+def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_classes: Iterable[int],
+            batch_size: int = 128, device: str = "cpu", feature_mode: str = "position",
+            input_name: str | None = None, progress: Callable[[int], None] | None = None) -> Statistics:
+    """Stream data through an instrumented copy of model in single-class batches and reduce per batch."""
+    inst, taps = instrument(model, ops, feature_mode)
+    sess = make_session(inst, device, basic_optimizations=True)
+    spec = input_spec(sess, input_name)
+    x = data.x.astype(spec.dtype, copy=False)
+    unique = {t.key: t for t in taps.values()}
+    fetch = [name for t in unique.values() for name in (t.sum_name, t.gram_name, t.shape_name)]
+    per_tap = {key: LayerStats(t.feature_dim) for key, t in unique.items()}
+    keep = set(int(c) for c in gram_classes)
+    samples: dict[int, int] = {}
+    for c, idx, real in class_batches(data.y, batch_size, fixed_batch=spec.fixed_batch):
+        outs = run_checked(sess, fetch, {spec.name: x[idx]})
+        for k, key in enumerate(unique):
+            s, gram, shape = outs[3 * k: 3 * k + 3]
+            per_tap[key].add(c, s, gram, int(shape[0]), c in keep)
+        samples[c] = samples.get(c, 0) + real
+        if progress:
+            progress(real)
+    return Statistics({name: per_tap[t.key] for name, t in taps.items()}, samples, feature_mode)

@@ -1,0 +1,79 @@
+"""Readable plain-text tables for the CLI."""
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence], title: str | None = None) -> str:
+    """Left-align text columns, right-align numbers; one header rule."""
+    cells = [[_fmt(v) for v in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    numeric = [all(_is_num(r[i]) for r in rows) and rows for i in range(len(headers))]
+
+    def line(vals):
+        return "  ".join(v.rjust(w) if numeric[i] else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths))).rstrip()
+
+    out = [title] if title else []
+    out += [line(list(headers)), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in cells]
+    return "\n".join(out)
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def inspect_table(result) -> str:
+    rows = [[o.depth_index, f"{o.depth:.2f}", o.node_name, o.op_type, o.weight_name,
+             "x".join(map(str, o.weight_shape)), o.feature_dim, "yes" if o.shared else "no"]
+            for o in result.editable]
+    text = table(["#", "depth", "node", "op", "weight", "shape", "in-dim", "shared"], rows,
+                 title=f"{len(result.editable)} editable operator(s)")
+    if result.skipped:
+        text += "\n\n" + table(["node", "op", "why not editable"],
+                               [[s.node_name, s.op_type, s.reason] for s in result.skipped],
+                               title=f"{len(result.skipped)} operator(s) not edited")
+    return text
+
+
+def layers_table(plans) -> str:
+    rows = [[p.op.depth_index, f"{p.op.depth:.2f}", p.op.node_name, p.op.op_type, p.rank,
+             f"{p.separability:.3f}", f"{p.alpha:.3f}", f"{p.relative_change:.4f}"] for p in plans]
+    return table(["#", "depth", "node", "op", "rank", "separability", "alpha", "rel. change"], rows,
+                 title="Per-layer edit")
+
+
+def before_after_table(before, after, validated_on: str) -> str:
+    from .metrics import worst_retain_drop
+
+    c, drop = worst_retain_drop(before, after)
+    rows = [["forget accuracy", pct(before.forget_accuracy), pct(after.forget_accuracy)],
+            ["retain accuracy (mean of classes)", pct(before.retain_accuracy), pct(after.retain_accuracy)],
+            ["worst retain class", f"{before.worst_retain_class} ({pct(before.worst_retain_accuracy)})",
+             f"{after.worst_retain_class} ({pct(after.worst_retain_accuracy)})"],
+            ["largest retain-class drop", "", "-" if c is None else f"class {c}: {100 * drop:+.2f} pts"]]
+    return table(["metric", "before", "after"], rows, title=f"Validation on {validated_on} ({before.samples} samples)")
+
+
+def per_class_table(summary, original=None) -> str:
+    headers = ["class", "role", "accuracy"] + (["original", "change"] if original else [])
+    rows = []
+    for c, a in sorted(summary.per_class.items()):
+        row = [c, "forget" if c in summary.forget else "retain", pct(a)]
+        if original:
+            o = original.per_class.get(c)
+            row += [pct(o), "-" if o is None else f"{100 * (a - o):+.2f} pts"]
+        rows.append(row)
+    return table(headers, rows, title="Per-class accuracy")
