@@ -11,15 +11,14 @@ import numpy as np
 import onnx
 
 from . import __version__
-from . import damp as dm
 from .data import Dataset, as_dataset
 from .errors import DampError
-from .graph import EditableOp, SkippedOp, scan_graph
+from .graph import EditableOp, SkippedOp, current_weight_name, read_initializer, scan_graph
 from .metrics import AccuracySummary, js_divergence, kl_divergence, summarize, to_probabilities, worst_retain_drop
 from .modelio import check_output_path, has_external_data, load_model, save_model_atomic, sha256_file
 from .predict import data_fits, predict
 from .progress import Progress
-from .stats import collect
+from .unlearn import PassRecord, damp_edit
 
 ModelLike = "str | os.PathLike | onnx.ModelProto"
 
@@ -94,12 +93,23 @@ def _num_outputs(proto: onnx.ModelProto, data: Dataset, input_name, output_name,
 
 
 # ------------------------------------------------------------------------------------------------ forget
+def total_relative_change(before: onnx.ModelProto, after: onnx.ModelProto, ops: list[EditableOp]) -> dict[str, float]:
+    """||W_after - W_before||_F / ||W_before||_F for each editable node, over all passes."""
+    out = {}
+    for op in ops:
+        w0 = read_initializer(before, op.weight_name).astype(np.float64)
+        w1 = read_initializer(after, current_weight_name(after, op)).astype(np.float64)
+        out[op.node_name] = float(np.linalg.norm(w1 - w0) / max(np.linalg.norm(w0), 1e-300))
+    return out
+
+
 @dataclass
 class ForgetResult:
     model: onnx.ModelProto
     forget: list[int]
     retain: list[int]
-    layers: list[dm.LayerPlan]
+    passes: list[PassRecord]
+    relative_change: dict[str, float]   # ||W_final - W|| / ||W|| per editable node
     before: AccuracySummary
     after: AccuracySummary
     validated_on: str
@@ -115,7 +125,8 @@ class ForgetResult:
                 "retain_classes": self.retain, "feature_mode": self.feature_mode,
                 "calibration_samples": self.calibration_samples, "source_sha256": self.source_sha256,
                 "validated_on": self.validated_on, "outputs": self.written,
-                "layers": [p.to_dict() for p in self.layers],
+                "passes": [p.to_dict() for p in self.passes],
+                "relative_change": self.relative_change,
                 "not_editable": [s.to_dict() for s in self.not_editable],
                 "before": self.before.to_dict(), "after": self.after.to_dict(),
                 "retain_accuracy_drop": self.before.retain_accuracy - self.after.retain_accuracy,
@@ -133,10 +144,14 @@ def _record_metadata(proto: onnx.ModelProto, entries: dict[str, str]) -> None:
 def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathLike | None = None,
            eval_data=None, batch_size: int = 128, device: str = "cpu", feature_mode: str = "position",
            extra_directions: bool = True, input_name: str | None = None, output_name: str | None = None,
-           quiet: bool = True) -> ForgetResult:
+           max_passes: int = 3, target_forget_accuracy: float = 0.01, quiet: bool = True) -> ForgetResult:
     """Make model forget the given classes with DAMP; validate; optionally write the edited model."""
     if batch_size < 1:
         raise DampError("--batch-size must be at least 1")
+    if max_passes < 1:
+        raise DampError("--max-passes must be at least 1")
+    if not 0.0 <= target_forget_accuracy <= 1.0:
+        raise DampError("--target-forget-acc must lie in [0, 1]")
     proto, src = _load(model)
     out_path = check_output_path(src or "<memory>", output) if output is not None else None
     calib = as_dataset(data)
@@ -152,19 +167,23 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     if not scan.editable:
         raise DampError("the model has no editable operator (Conv, Gemm or MatMul with a constant weight)")
 
-    with Progress(len(calib), "collecting statistics", quiet) as bar:
-        stats = collect(proto, scan.editable, calib, f, batch_size, device, feature_mode, input_name, bar)
-    plans = dm.plan(scan.editable, stats, f, retain, extra_directions)
-    edited = onnx.ModelProto()
-    edited.CopyFrom(proto)
-    dm.apply(edited, plans)
+    with Progress(len(calib) * max_passes, "DAMP passes", quiet) as bar:
+        outcome = damp_edit(proto, scan.editable, calib, f, retain, batch_size=batch_size, device=device,
+                            feature_mode=feature_mode, extra_directions=extra_directions, input_name=input_name,
+                            output_name=output_name, max_passes=max_passes,
+                            target_forget_accuracy=target_forget_accuracy, progress=bar)
+        bar.done = bar.total  # fewer passes than the maximum were needed
+    edited = outcome.model
+    changes = total_relative_change(proto, edited, scan.editable)
     sha = sha256_file(src) if src else None
     _record_metadata(edited, {
         "onnx_damp.version": __version__,
         "onnx_damp.forget_classes": json.dumps(f),
-        "onnx_damp.calibration_samples": str(stats.num_samples),
+        "onnx_damp.calibration_samples": str(outcome.first_stats.num_samples),
         "onnx_damp.feature_mode": feature_mode,
-        "onnx_damp.alpha": json.dumps({p.op.node_name: round(p.alpha, 6) for p in plans}),
+        "onnx_damp.passes": str(len(outcome.passes)),
+        "onnx_damp.alpha": json.dumps({op.node_name: [round(ps.plans[i].alpha, 6) for ps in outcome.passes]
+                                       for i, op in enumerate(scan.editable)}),
         "onnx_damp.source_sha256": sha or "",
     })
     try:
@@ -175,9 +194,9 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     with Progress(2 * len(evald), "validating", quiet) as bar:
         before = summarize(predict(proto, evald, 256, device, input_name, output_name, bar).argmax(1), evald.y, f)
         after = summarize(predict(edited, evald, 256, device, input_name, output_name, bar).argmax(1), evald.y, f)
-    result = ForgetResult(edited, f, retain, plans, before, after,
+    result = ForgetResult(edited, f, retain, outcome.passes, changes, before, after,
                           "evaluation data" if eval_data is not None else "calibration data (no --eval-data given)",
-                          stats.num_samples, feature_mode, sha, not_editable=scan.skipped)
+                          outcome.first_stats.num_samples, feature_mode, sha, not_editable=scan.skipped)
     if out_path is not None:
         external = bool(src) and has_external_data(src)
         result.written = [str(p) for p in save_model_atomic(edited, out_path, external_data=external)]

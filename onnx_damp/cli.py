@@ -87,6 +87,10 @@ _output_name = click.option("--output-name", default=None, help="Model output ho
               help="Conv statistics per spatial position, or per image after spatial pooling.")
 @click.option("--no-extra-directions", is_flag=True,
               help="Use only the prototype residuals (rank = number of forget classes).")
+@click.option("--max-passes", default=3, show_default=True, type=int,
+              help="Most DAMP passes (statistics re-collected on the edited model before each further pass).")
+@click.option("--target-forget-acc", default=0.01, show_default=True, type=float,
+              help="Stop passing once forget-class accuracy on the calibration data is at or below this.")
 @_device
 @_input_name
 @_output_name
@@ -94,21 +98,22 @@ _output_name = click.option("--output-name", default=None, help="Model output ho
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 def forget_cmd(model, data, forget_classes, output, eval_data, report, batch_size, features,
-               no_extra_directions, device, input_name, output_name, as_json, quiet) -> None:
+               no_extra_directions, max_passes, target_forget_acc, device, input_name, output_name, as_json,
+               quiet) -> None:
     """Edit MODEL so it forgets --forget classes; write the result to -o."""
     from .api import forget
     from .tables import before_after_table, layers_table
 
     _check_report_path(report)
     res = forget(model, data, list(forget_classes), output, eval_data, batch_size, device, features,
-                 not no_extra_directions, input_name, output_name, quiet)
+                 not no_extra_directions, input_name, output_name, max_passes, target_forget_acc, quiet)
     payload = res.to_dict()
     if report:
         _write_json_atomic(Path(report), payload)
     if as_json:
         click.echo(json.dumps(payload, indent=2))
         return
-    click.echo(layers_table(res.layers))
+    click.echo(layers_table(res))
     click.echo()
     click.echo(before_after_table(res.before, res.after, res.validated_on))
     click.echo()

@@ -1,6 +1,7 @@
 """DAMP per layer: from collected statistics to a forget subspace Q and a strength alpha, then the edit."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -8,7 +9,7 @@ import numpy as np
 import onnx
 
 from . import projection as pj
-from .graph import EditableOp, give_own_copy, matrix_to_weight, read_initializer, weight_matrix, write_initializer
+from .graph import EditableOp, current_weight_name, give_own_copy, matrix_to_weight, read_initializer, weight_matrix, write_initializer
 from .stats import LayerStats, Statistics
 
 
@@ -65,12 +66,15 @@ def plan(ops: list[EditableOp], stats: Statistics, forget: Sequence[int], retain
 
 def apply(model: onnx.ModelProto, plans: list[LayerPlan]) -> None:
     """Edit the weights of model in place: W <- W (I - alpha Q Q^T) in float64, cast back to the weight dtype."""
+    uses = Counter(name for node in model.graph.node for name in node.input if name)
     for p in plans:
         if p.rank == 0 or p.alpha == 0.0:
             continue
-        name = p.op.weight_name
-        if p.op.shared:
+        name = current_weight_name(model, p.op)  # an earlier pass may have given the node its own copy
+        if uses[name] > 1:
+            uses[name] -= 1
             name = p.own_copy = give_own_copy(model, p.op)
+            uses[name] = 1
         w = read_initializer(model, name)
         mat = weight_matrix(p.op, w.astype(np.float64))
         new = pj.edit_matrix(mat, p.q, p.alpha)

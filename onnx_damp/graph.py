@@ -171,10 +171,15 @@ def write_initializer(model: onnx.ModelProto, name: str, value: np.ndarray) -> N
     raise KeyError(name)
 
 
+def current_weight_name(model: onnx.ModelProto, op: EditableOp) -> str:
+    """The initializer the node reads its weight from now (it may have been given its own copy)."""
+    return model.graph.node[op.node_index].input[1]
+
+
 def give_own_copy(model: onnx.ModelProto, op: EditableOp) -> str:
     """Give a node with a shared weight its own initializer copy, so an edit cannot leak elsewhere."""
     node = model.graph.node[op.node_index]
-    value = read_initializer(model, op.weight_name)
+    value = read_initializer(model, node.input[1])
     existing = {t.name for t in model.graph.initializer}
     new_name, k = f"{op.weight_name}__damp_{op.node_name}", 1
     while new_name in existing:

@@ -48,11 +48,17 @@ def inspect_table(result) -> str:
     return text
 
 
-def layers_table(plans) -> str:
-    rows = [[p.op.depth_index, f"{p.op.depth:.2f}", p.op.node_name, p.op.op_type, p.rank,
-             f"{p.separability:.3f}", f"{p.alpha:.3f}", f"{p.relative_change:.4f}"] for p in plans]
-    return table(["#", "depth", "node", "op", "rank", "separability", "alpha", "rel. change"], rows,
-                 title="Per-layer edit")
+def layers_table(result) -> str:
+    """One row per editable operator: first-pass subspace and separability, alpha of every pass, total change."""
+    first = result.passes[0].plans
+    rows = []
+    for i, p in enumerate(first):
+        alphas = "/".join(f"{ps.plans[i].alpha:.3f}" for ps in result.passes)
+        rows.append([p.op.depth_index, f"{p.op.depth:.2f}", p.op.node_name, p.op.op_type, p.rank,
+                     f"{p.separability:.3f}", alphas, f"{result.relative_change[p.op.node_name]:.4f}"])
+    title = f"Per-layer edit ({len(result.passes)} pass{'es' if len(result.passes) > 1 else ''}; " \
+            f"rank and separability of pass 1, alpha per pass)"
+    return table(["#", "depth", "node", "op", "rank", "separability", "alpha", "rel. change"], rows, title=title)
 
 
 def before_after_table(before, after, validated_on: str) -> str:

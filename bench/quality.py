@@ -1,0 +1,125 @@
+"""Measure DAMP's forgetting quality on the shipped samples, on held-out test data.
+
+For every sample: forget each single class, and several pairs, one edit at a time; report forget-class
+accuracy, mean retain accuracy drop and the largest single retain-class drop against the original model,
+and, where a model retrained without the class exists, the Jensen-Shannon divergence of outputs on
+forget-class test images to that reference (edited vs original). Checks the bounds of the project:
+forget <= 1%, mean retain drop <= 1 pt, no retain class down > 3 pts, JS(edited) < JS(original).
+
+  python bench/quality.py                       # all shipped samples, default settings
+  python bench/quality.py --features pooled      # compare the per-image pooled Conv statistics
+  python bench/quality.py --no-extra-directions  # rank = number of forget classes only
+  python bench/quality.py --json out.json
+
+Statistics are collected once per sample (keeping second moments of every class) and reused for each
+forget set; the passes, planning and edit are the same code `onnx-damp forget` runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnx_damp.data import load_npz
+from onnx_damp.graph import scan_graph
+from onnx_damp.metrics import js_divergence, summarize, to_probabilities
+from onnx_damp.modelio import load_model
+from onnx_damp.predict import predict
+from onnx_damp.stats import collect
+from onnx_damp.unlearn import damp_edit
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ["mnist", "fashion_mnist"]
+PAIRS = [(0, 1), (2, 7), (3, 5), (4, 9)]
+
+
+def references(folder: Path) -> dict[tuple, Path]:
+    refs = {}
+    for p in folder.glob("retrained_without_*.onnx"):
+        refs[tuple(sorted(int(c) for c in p.stem.replace("retrained_without_", "").split("_")))] = p
+    return refs
+
+
+def run_sample(name: str, features: str, extra: bool, pairs: list[tuple], max_passes: int) -> list[dict]:
+    folder = ROOT / "samples" / name
+    proto = load_model(folder / "model.onnx")
+    calib, test = load_npz(folder / "calib.npz"), load_npz(folder / "test.npz")
+    ops = scan_graph(proto).editable
+    classes = [int(c) for c in np.unique(calib.y)]
+    t0 = time.perf_counter()
+    stats = collect(proto, ops, calib, classes, feature_mode=features)
+    t_collect = time.perf_counter() - t0
+    base = predict(proto, test)
+    base_sum = {}
+    refs = {k: to_probabilities(predict(load_model(p), test)) for k, p in references(folder).items()}
+    rows = []
+    for fset in [(c,) for c in classes] + pairs:
+        retain = [c for c in classes if c not in fset]
+        t0 = time.perf_counter()
+        outcome = damp_edit(proto, ops, calib, list(fset), retain, feature_mode=features, extra_directions=extra,
+                            max_passes=max_passes, first_stats=stats)
+        edited, plans = outcome.model, outcome.passes[0].plans
+        t_edit = time.perf_counter() - t0
+        out = predict(edited, test)
+        before = base_sum.setdefault(fset, summarize(base.argmax(1), test.y, list(fset)))
+        after = summarize(out.argmax(1), test.y, list(fset))
+        drops = {c: before.per_class[c] - after.per_class[c] for c in retain}
+        worst = max(drops, key=drops.get)
+        row = {"sample": name, "forget": list(fset), "forget_acc_before": before.forget_accuracy,
+               "forget_acc": after.forget_accuracy, "retain_before": before.retain_accuracy,
+               "retain_after": after.retain_accuracy, "retain_drop": before.retain_accuracy - after.retain_accuracy,
+               "worst_class": worst, "worst_drop": drops[worst], "ranks": [p.rank for p in plans], "passes": len(outcome.passes),
+               "alphas": [round(p.alpha, 3) for p in plans], "edit_seconds": t_edit, "collect_seconds": t_collect}
+        if fset in refs:
+            m = np.isin(test.y, fset)
+            ref = refs[fset][m]
+            row["js_edited"] = float(np.mean(js_divergence(to_probabilities(out[m]), ref)))
+            row["js_original"] = float(np.mean(js_divergence(to_probabilities(base[m]), ref)))
+        row["pass"] = bool(after.forget_accuracy <= 0.01 and row["retain_drop"] <= 0.01 and drops[worst] <= 0.03
+                           and ("js_edited" not in row or row["js_edited"] < row["js_original"]))
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| sample | forget | forget acc before -> after | retain acc before -> after | retain drop (pts) "
+            "| worst retain class (drop pts) | JS to retrained: original -> edited | ranks (pass 1) | passes | pass |")
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        js = f"{r['js_original']:.3f} -> {r['js_edited']:.3f}" if "js_edited" in r else "-"
+        lines.append(f"| {r['sample']} | {','.join(map(str, r['forget']))} | {100 * r['forget_acc_before']:.1f}% -> "
+                     f"{100 * r['forget_acc']:.2f}% | {100 * r['retain_before']:.2f}% -> {100 * r['retain_after']:.2f}% "
+                     f"| {100 * r['retain_drop']:+.2f} | {r['worst_class']} ({100 * r['worst_drop']:+.2f}) | {js} "
+                     f"| {'/'.join(map(str, r['ranks']))} | {r['passes']} | {'yes' if r['pass'] else 'NO'} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", nargs="*", default=SAMPLES)
+    ap.add_argument("--features", choices=["position", "pooled"], default="position")
+    ap.add_argument("--no-extra-directions", action="store_true")
+    ap.add_argument("--max-passes", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    rows = []
+    for s in args.samples:
+        rows += run_sample(s, args.features, not args.no_extra_directions, PAIRS, args.max_passes)
+    print(f"features={args.features} extra_directions={not args.no_extra_directions} max_passes={args.max_passes}")
+    print(markdown(rows))
+    worst_forget = max(r["forget_acc"] for r in rows)
+    print(f"\n{sum(r['pass'] for r in rows)}/{len(rows)} forget sets within bounds; max forget acc "
+          f"{100 * worst_forget:.2f}%, max retain drop {100 * max(r['retain_drop'] for r in rows):+.2f} pts, "
+          f"max single-class drop {100 * max(r['worst_drop'] for r in rows):+.2f} pts")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0 if all(r["pass"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""DAMP passes: collect statistics, edit every layer, check the forget class on calibration data, repeat.
+
+One pass is the plain one-shot DAMP edit. Because every layer's subspace and alpha come from the
+statistics of the *original* network, deep layers see forget-class features that earlier edits have
+already moved; a further pass re-collects statistics on the edited model and edits again. Passes stop
+as soon as the forget-class accuracy on the calibration data is at or below the target (or after
+max_passes), so most forget sets need one pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import onnx
+
+from . import damp as dm
+from .data import Dataset
+from .graph import EditableOp
+from .metrics import summarize
+from .predict import predict
+from .stats import Statistics, collect
+
+
+@dataclass
+class PassRecord:
+    plans: list[dm.LayerPlan]
+    calib_forget_accuracy: float   # on the calibration data, after this pass
+    calib_retain_accuracy: float
+
+    def to_dict(self) -> dict:
+        return {"calibration_forget_accuracy": self.calib_forget_accuracy,
+                "calibration_retain_accuracy": self.calib_retain_accuracy,
+                "layers": [p.to_dict() for p in self.plans]}
+
+
+@dataclass
+class EditOutcome:
+    model: onnx.ModelProto
+    passes: list[PassRecord] = field(default_factory=list)
+    first_stats: Statistics | None = None
+
+
+def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset, forget: Sequence[int],
+              retain: Sequence[int], *, batch_size: int = 128, device: str = "cpu", feature_mode: str = "position",
+              extra_directions: bool = True, input_name: str | None = None, output_name: str | None = None,
+              max_passes: int = 3, target_forget_accuracy: float = 0.01, first_stats: Statistics | None = None,
+              progress: Callable[[int], None] | None = None) -> EditOutcome:
+    """Edit a copy of proto with DAMP until calibration forget accuracy <= target or max_passes are done."""
+    current = proto
+    outcome = EditOutcome(proto)
+    for k in range(max_passes):
+        if k == 0 and first_stats is not None:
+            stats = first_stats
+        else:
+            stats = collect(current, ops, calib, forget, batch_size, device, feature_mode, input_name, progress)
+        if k == 0:
+            outcome.first_stats = stats
+        plans = dm.plan(ops, stats, forget, retain, extra_directions)
+        edited = onnx.ModelProto()
+        edited.CopyFrom(current)
+        dm.apply(edited, plans)
+        pred = predict(edited, calib, 256, device, input_name, output_name).argmax(1)
+        s = summarize(pred, calib.y, forget)
+        outcome.passes.append(PassRecord(plans, s.forget_accuracy, s.retain_accuracy))
+        current = edited
+        if s.forget_accuracy <= target_forget_accuracy:
+            break
+    outcome.model = current
+    return outcome
