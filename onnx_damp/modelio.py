@@ -77,6 +77,12 @@ def check_output_path(src: str | os.PathLike, out: str | os.PathLike) -> Path:
         raise DampError(f"output folder is not writable: {folder}")
     if out_p.exists() and out_p.is_dir():
         raise DampError(f"output path is a folder: {out}")
+    try:  # os.access says yes to root even on read-only file systems: try it for real
+        fd, probe = tempfile.mkstemp(prefix=".onnx-damp-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DampError(f"output folder is not writable: {folder} ({exc.strerror})") from None
     return out_p
 
 
@@ -90,7 +96,10 @@ def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike, external_d
     """Write model (and its external data file) via a temporary folder and rename, so no half file remains."""
     out_p = Path(out)
     folder = out_p.parent if str(out_p.parent) else Path(".")
-    tmpdir = Path(tempfile.mkdtemp(prefix=".onnx-damp-", dir=folder))
+    try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=".onnx-damp-", dir=folder))
+    except OSError as exc:
+        raise DampError(f"cannot write {out}: {exc.strerror or exc}") from None
     written: list[Path] = []
     try:
         tmp_model = tmpdir / out_p.name

@@ -1,0 +1,93 @@
+"""The pure DAMP math: residuals, subspaces, separability, alpha and the edit itself."""
+import math
+
+import numpy as np
+import pytest
+
+from onnx_damp import projection as pj
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def test_residual_is_orthogonal_to_every_retain_prototype(rng):
+    retain = rng.normal(size=(20, 6))
+    forget = rng.normal(size=(20, 2))
+    res = pj.retain_residuals(forget, retain)
+    assert np.abs(retain.T @ res).max() < 1e-10
+    # and it is the least-squares residual: forget - res lies in the retain span
+    coef, *_ = np.linalg.lstsq(retain, forget - res, rcond=None)
+    assert np.allclose(retain @ coef, forget - res, atol=1e-10)
+
+
+def test_subspace_is_orthonormal_and_empty_when_forget_lies_in_retain_span(rng):
+    retain = rng.normal(size=(10, 4))
+    q = pj.forget_subspace(rng.normal(size=(10, 3)), retain)
+    assert q.shape == (10, 3)
+    assert np.allclose(q.T @ q, np.eye(3), atol=1e-10)
+    inside = retain @ rng.normal(size=(4, 1))
+    assert pj.forget_subspace(inside, retain).shape == (10, 0)
+
+
+def test_edit_keeps_every_retain_prototype_output(rng):
+    d = 16
+    retain = rng.normal(size=(d, 5))
+    forget = rng.normal(size=(d, 2))
+    w = rng.normal(size=(7, d))
+    q = pj.forget_subspace(forget, retain)
+    a = rng.normal(size=(d, d))
+    s_f, s_r = a @ a.T / d + np.eye(d), np.eye(d)
+    q = pj.extend_subspace(q, retain, s_f, s_r)
+    assert q.shape[1] >= 2
+    assert np.allclose(q.T @ q, np.eye(q.shape[1]), atol=1e-9)
+    new = pj.edit_matrix(w, q, 1.0)
+    assert np.allclose(new @ retain, w @ retain, atol=1e-9)
+    # with alpha = 1 the forget residual is removed entirely
+    res = pj.retain_residuals(forget, retain)
+    assert np.allclose(new @ res, 0, atol=1e-9)
+
+
+def test_edit_is_w_times_i_minus_alpha_qqt(rng):
+    w = rng.normal(size=(3, 6))
+    q = np.linalg.qr(rng.normal(size=(6, 2)))[0]
+    assert np.allclose(pj.edit_matrix(w, q, 0.3), w @ (np.eye(6) - 0.3 * q @ q.T))
+    assert np.allclose(pj.edit_matrix(w, q[:, :0], 0.3), w)
+
+
+def test_alpha_lies_in_unit_interval_and_grows_with_separability():
+    deltas = [0.0, 0.1, 0.5, 1.0, 2.0, 4.0, 8.0, 50.0]
+    seps = [pj.probe_separability(d) for d in deltas]
+    alphas = [pj.alpha_from_separability(s) for s in seps]
+    assert all(0.0 <= a <= 1.0 for a in alphas)
+    assert all(b > a for a, b in zip(alphas, alphas[1:-1]))
+    assert alphas[0] == 0.0 and alphas[-1] == pytest.approx(1.0)
+    # 2 * balanced accuracy - 1 of the Fisher probe: Phi(delta / 2)
+    phi = 0.5 * (1 + math.erf(1.0 / math.sqrt(2)))
+    assert pj.probe_separability(2.0) == pytest.approx(2 * phi - 1)
+
+
+def test_mahalanobis_separation_matches_closed_form(rng):
+    cov = np.diag([1.0, 4.0])
+    assert pj.mahalanobis_separation(np.array([2.0, 0]), cov, np.zeros(2), cov) == pytest.approx(2.0, rel=1e-4)
+    assert pj.mahalanobis_separation(np.array([0, 2.0]), cov, np.zeros(2), cov) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_separability_grows_as_classes_move_apart(rng):
+    cov = np.eye(3)
+    seps = [pj.probe_separability(pj.mahalanobis_separation(np.full(3, m), cov, np.zeros(3), cov))
+            for m in (0.1, 0.5, 1.0, 3.0)]
+    assert seps == sorted(seps) and seps[0] < 0.1 and seps[-1] > 0.99
+
+
+def test_extra_directions_are_orthogonal_to_the_retain_span(rng):
+    d = 12
+    retain = rng.normal(size=(d, 3))
+    q = pj.forget_subspace(rng.normal(size=(d, 1)), retain)
+    # forget energy concentrated along e0/e1, retain energy isotropic: at least one extra direction
+    s_f = np.eye(d) * 0.1
+    s_f[0, 0] = s_f[1, 1] = 50.0
+    q2 = pj.extend_subspace(q, retain, s_f, np.eye(d))
+    assert q2.shape[1] > 1
+    assert np.abs(retain.T @ q2).max() < 1e-9
