@@ -20,9 +20,10 @@ class LayerPlan:
     op: EditableOp
     q: np.ndarray            # (d, r) orthonormal forget subspace
     alpha: float
-    separation: float        # Fisher probe Mahalanobis delta, forget vs retain
-    separability: float      # 2 * balanced accuracy - 1 of that probe, in [0, 1)
+    separation: float        # Fisher probe Mahalanobis delta, forget vs retain, within span(Q)
+    separability: float      # 2 * balanced accuracy - 1 of that probe, in [0, 1); alpha = this
     extra_rank: int = 0      # directions added beyond the prototype residuals
+    layer_separability: float = 0.0  # the same probe on the layer's whole input space (reported)
     relative_change: float = 0.0
     own_copy: str | None = None
     note: str = ""
@@ -35,28 +36,35 @@ class LayerPlan:
         return {"node": self.op.node_name, "op_type": self.op.op_type, "weight": self.op.weight_name,
                 "depth_index": self.op.depth_index, "depth": round(self.op.depth, 4),
                 "feature_dim": self.op.feature_dim, "rank": self.rank, "extra_rank": self.extra_rank,
-                "separation": self.separation, "separability": self.separability, "alpha": self.alpha,
+                "separation": self.separation, "separability": self.separability,
+                "layer_separability": self.layer_separability, "alpha": self.alpha,
                 "relative_change": self.relative_change, "own_copy": self.own_copy, "note": self.note}
 
 
 def plan_layer(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Sequence[int],
                extra_directions: bool = True) -> LayerPlan:
-    """Compute Q and alpha for one layer from its per-class statistics."""
+    """Compute Q and alpha for one layer from its per-class statistics.
+
+    alpha is the separability of the Fisher probe restricted to span(Q): how well forget and retain
+    rows can be told apart using only the directions the edit removes.
+    """
     mu_f = np.stack([st.mean(c) for c in forget], axis=1)
     mu_r = np.stack([st.mean(c) for c in retain], axis=1)
     q = pj.forget_subspace(mu_f, mu_r)
     mf, sf, _ = st.group_moments(forget)
     mr, sr, _ = st.group_moments(retain)
-    delta = pj.mahalanobis_separation(mf, sf - np.outer(mf, mf), mr, sr - np.outer(mr, mr))
-    sep = pj.probe_separability(delta)
-    alpha = pj.alpha_from_separability(sep)
-    note = "" if q.shape[1] else "forget prototype lies in the retain span: nothing to remove"
+    cf, cr = sf - np.outer(mf, mf), sr - np.outer(mr, mr)
+    layer_sep = pj.probe_separability(pj.mahalanobis_separation(mf, cf, mr, cr))
+    if q.shape[1] == 0:
+        return LayerPlan(op, q, 0.0, 0.0, 0.0, layer_separability=layer_sep,
+                         note="forget prototype lies in the retain span: nothing to remove")
     extra = 0
-    if extra_directions and q.shape[1]:
+    if extra_directions:
         q2 = pj.extend_subspace(q, mu_r, sf, sr)
-        extra = q2.shape[1] - q.shape[1]
-        q = q2
-    return LayerPlan(op, q, alpha if q.shape[1] else 0.0, delta, sep, extra, note=note)
+        extra, q = q2.shape[1] - q.shape[1], q2
+    delta = pj.mahalanobis_separation(q.T @ mf, q.T @ cf @ q, q.T @ mr, q.T @ cr @ q)
+    sep = pj.probe_separability(delta)
+    return LayerPlan(op, q, pj.alpha_from_separability(sep), delta, sep, extra, layer_separability=layer_sep)
 
 
 def plan(ops: list[EditableOp], stats: Statistics, forget: Sequence[int], retain: Sequence[int],

@@ -54,11 +54,13 @@ def layers_table(result) -> str:
     rows = []
     for i, p in enumerate(first):
         alphas = "/".join(f"{ps.plans[i].alpha:.3f}" for ps in result.passes)
-        rows.append([p.op.depth_index, f"{p.op.depth:.2f}", p.op.node_name, p.op.op_type, p.rank,
-                     f"{p.separability:.3f}", alphas, f"{result.relative_change[p.op.node_name]:.4f}"])
+        rows.append([p.op.depth_index, f"{p.op.depth:.2f}", p.op.node_name, p.op.op_type,
+                     f"{p.layer_separability:.3f}", p.rank, f"{p.separability:.3f}", alphas,
+                     f"{result.relative_change[p.op.node_name]:.4f}"])
     title = f"Per-layer edit ({len(result.passes)} pass{'es' if len(result.passes) > 1 else ''}; " \
-            f"rank and separability of pass 1, alpha per pass)"
-    return table(["#", "depth", "node", "op", "rank", "separability", "alpha", "rel. change"], rows, title=title)
+            f"separabilities and rank of pass 1, alpha per pass)"
+    return table(["#", "depth", "node", "op", "layer sep.", "rank", "subspace sep.", "alpha", "rel. change"],
+                 rows, title=title)
 
 
 def before_after_table(before, after, validated_on: str) -> str:
