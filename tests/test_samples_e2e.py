@@ -1,0 +1,57 @@
+"""End to end on the shipped real samples: quality bounds on held-out test data.
+
+Bounds (the project's): forget-class accuracy <= 1%, mean retain accuracy drop <= 1 point, no retain
+class down more than 3 points, and outputs on forget-class test images closer (Jensen-Shannon) to the
+model retrained without the class than the original's. bench/quality.py runs every class and pair.
+"""
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import onnx_damp
+from onnx_damp.metrics import worst_retain_drop
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+CASES = [("mnist", [3]), ("fashion_mnist", [0]), ("mnist", [3, 5]), ("fashion_mnist", [2, 7])]
+
+
+@pytest.mark.parametrize("sample,forget", CASES, ids=[f"{s}-{'+'.join(map(str, f))}" for s, f in CASES])
+def test_forget_meets_quality_bounds_on_held_out_data(tmp_path, sample, forget):
+    folder = SAMPLES / sample
+    out = tmp_path / "edited.onnx"
+    res = onnx_damp.forget(folder / "model.onnx", folder / "calib.npz", forget, output=out,
+                           eval_data=folder / "test.npz")
+    assert res.validated_on == "evaluation data"
+    assert res.before.forget_accuracy > 0.8
+    assert res.after.forget_accuracy <= 0.01
+    assert res.before.retain_accuracy - res.after.retain_accuracy <= 0.01
+    _, drop = worst_retain_drop(res.before, res.after)
+    assert drop <= 0.03
+    # the file written is the model that was validated
+    ev = onnx_damp.evaluate(out, folder / "test.npz", forget, original=folder / "model.onnx")
+    assert ev.summary.forget_accuracy == pytest.approx(res.after.forget_accuracy)
+    assert ev.summary.retain_accuracy == pytest.approx(res.after.retain_accuracy)
+    assert 0.0 < ev.retain_agreement < 1.0
+    ref = folder / f"retrained_without_{'_'.join(map(str, forget))}.onnx"
+    if ref.exists():
+        js = onnx_damp.evaluate(out, folder / "test.npz", forget, original=folder / "model.onnx",
+                                reference=ref).reference_js
+        assert js["model"]["forget"] < js["original"]["forget"]
+
+
+def test_edited_model_keeps_topology_and_records_the_edit(tmp_path):
+    folder = SAMPLES / "mnist"
+    out = tmp_path / "edited.onnx"
+    onnx_damp.forget(folder / "model.onnx", folder / "calib.npz", [3], output=out, max_passes=1)
+    src, dst = onnx.load(str(folder / "model.onnx")), onnx.load(str(out))
+    onnx.checker.check_model(dst)
+    assert [n.SerializeToString() for n in dst.graph.node] == [n.SerializeToString() for n in src.graph.node]
+    assert dst.graph.input == src.graph.input and dst.graph.output == src.graph.output
+    assert dst.opset_import == src.opset_import and dst.ir_version == src.ir_version
+    changed = [t.name for t, u in zip(src.graph.initializer, dst.graph.initializer)
+               if not np.array_equal(onnx.numpy_helper.to_array(t), onnx.numpy_helper.to_array(u))]
+    assert changed and all(n.endswith("weight") for n in changed)  # biases untouched
+    meta = {p.key: p.value for p in dst.metadata_props}
+    assert meta["onnx_damp.version"] == onnx_damp.__version__ and meta["onnx_damp.passes"] == "1"
