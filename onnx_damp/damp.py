@@ -24,6 +24,7 @@ class LayerPlan:
     separability: float      # 2 * balanced accuracy - 1 of that probe, in [0, 1); alpha = this
     extra_rank: int = 0      # directions added beyond the prototype residuals
     layer_separability: float = 0.0  # the same probe on the layer's whole input space (reported)
+    residual_share: float = 0.0      # min ||d|| / ||mu_f||: forget prototype share outside the retain span
     relative_change: float = 0.0
     own_copy: str | None = None
     note: str = ""
@@ -37,7 +38,8 @@ class LayerPlan:
                 "depth_index": self.op.depth_index, "depth": round(self.op.depth, 4),
                 "feature_dim": self.op.feature_dim, "rank": self.rank, "extra_rank": self.extra_rank,
                 "separation": self.separation, "separability": self.separability,
-                "layer_separability": self.layer_separability, "alpha": self.alpha,
+                "layer_separability": self.layer_separability, "residual_share": self.residual_share,
+                "alpha": self.alpha,
                 "relative_change": self.relative_change, "own_copy": self.own_copy, "note": self.note}
 
 
@@ -55,8 +57,9 @@ def plan_layer(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Se
     mr, sr, _ = st.group_moments(retain)
     cf, cr = sf - np.outer(mf, mf), sr - np.outer(mr, mr)
     layer_sep = pj.probe_separability(pj.mahalanobis_separation(mf, cf, mr, cr))
+    share = pj.residual_share(mu_f, mu_r)
     if q.shape[1] == 0:
-        return LayerPlan(op, q, 0.0, 0.0, 0.0, layer_separability=layer_sep,
+        return LayerPlan(op, q, 0.0, 0.0, 0.0, layer_separability=layer_sep, residual_share=share,
                          note="forget prototype lies in the retain span: nothing to remove")
     extra = 0
     if extra_directions:
@@ -64,7 +67,8 @@ def plan_layer(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Se
         extra, q = q2.shape[1] - q.shape[1], q2
     delta = pj.mahalanobis_separation(q.T @ mf, q.T @ cf @ q, q.T @ mr, q.T @ cr @ q)
     sep = pj.probe_separability(delta)
-    return LayerPlan(op, q, pj.alpha_from_separability(sep), delta, sep, extra, layer_separability=layer_sep)
+    return LayerPlan(op, q, pj.alpha_from_separability(sep), delta, sep, extra, layer_separability=layer_sep,
+                     residual_share=share)
 
 
 def plan(ops: list[EditableOp], stats: Statistics, forget: Sequence[int], retain: Sequence[int],

@@ -38,6 +38,14 @@ def forget_subspace(forget_means: np.ndarray, retain_means: np.ndarray) -> np.nd
     return orthonormal_basis(res[:, keep], rtol=RESIDUAL_RTOL)
 
 
+def residual_share(forget_means: np.ndarray, retain_means: np.ndarray) -> float:
+    """Smallest ||mu_f - R R^+ mu_f|| / ||mu_f|| over forget prototypes: how much of a forget class lies
+    outside the retain span (near 0: the class is a combination of retain prototypes, hard to remove)."""
+    res = retain_residuals(forget_means, retain_means)
+    scale = np.maximum(np.linalg.norm(forget_means, axis=0), 1e-300)
+    return float(np.min(np.linalg.norm(res, axis=0) / scale))
+
+
 def mahalanobis_separation(mean_f: np.ndarray, cov_f: np.ndarray, mean_r: np.ndarray, cov_r: np.ndarray,
                            ridge: float = 1e-6) -> float:
     """Delta of the Fisher linear discriminant: sqrt(dm^T S^-1 dm) with S the averaged within-group covariance."""

@@ -146,9 +146,9 @@ def stratified(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:
                                    for c in range(10)]))
 
 
-def build(name: str, folder: Path, forget: list[int], epochs: int, classes: list[str]) -> None:
-    out = HERE / name
-    out.mkdir(exist_ok=True)
+def build(name: str, folder: Path, forget: list[int], epochs: int, classes: list[str], root: Path = HERE) -> None:
+    out = root / name
+    out.mkdir(parents=True, exist_ok=True)
     xtr_u8, ytr = load_split(folder, "train")
     xte_u8, yte = load_split(folder, "test")
     xtr, xte = preprocess(xtr_u8), preprocess(xte_u8)
@@ -183,12 +183,13 @@ def main() -> None:
     ap.add_argument("--fashion-dir", type=Path)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=HERE, help="folder to write the samples into")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.mnist_dir:
-        build("mnist", args.mnist_dir, [3], args.epochs, MNIST_CLASSES)
+        build("mnist", args.mnist_dir, [3], args.epochs, MNIST_CLASSES, args.out)
     if args.fashion_dir:
-        build("fashion_mnist", args.fashion_dir, [0], args.epochs, FASHION_CLASSES)
+        build("fashion_mnist", args.fashion_dir, [0], args.epochs, FASHION_CLASSES, args.out)
 
 
 if __name__ == "__main__":

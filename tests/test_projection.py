@@ -91,3 +91,10 @@ def test_extra_directions_are_orthogonal_to_the_retain_span(rng):
     q2 = pj.extend_subspace(q, retain, s_f, np.eye(d))
     assert q2.shape[1] > 1
     assert np.abs(retain.T @ q2).max() < 1e-9
+
+
+def test_residual_share_is_zero_inside_and_one_orthogonal_to_the_retain_span(rng):
+    retain = rng.normal(size=(8, 3))
+    assert pj.residual_share(retain @ np.ones((3, 1)), retain) < 1e-9
+    ortho = np.linalg.svd(retain, full_matrices=True)[0][:, 3:4]
+    assert pj.residual_share(ortho, retain) == pytest.approx(1.0)
