@@ -16,7 +16,7 @@ from .errors import DampError
 from .graph import EditableOp, SkippedOp, current_weight_name, read_initializer, scan_graph
 from .metrics import AccuracySummary, js_divergence, kl_divergence, summarize, to_probabilities, worst_retain_drop
 from .modelio import check_output_path, has_external_data, load_model, save_model_atomic, sha256_file
-from .predict import data_fits, predict
+from .predict import predict
 from .progress import Progress
 from .unlearn import PassRecord, damp_edit
 
@@ -88,6 +88,7 @@ def _check_classes(forget: Sequence[int], data: Dataset, num_outputs: int, what:
 
 
 def _num_outputs(proto: onnx.ModelProto, data: Dataset, input_name, output_name, device) -> int:
+    """Run the model on one sample: checks that the data fit its input and returns the number of classes."""
     one = Dataset(data.x[:1], data.y[:1], data.source)
     return int(predict(proto, one, 1, device, input_name, output_name).shape[1])
 
@@ -156,12 +157,10 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     out_path = check_output_path(src or "<memory>", output) if output is not None else None
     calib = as_dataset(data)
     evald = as_dataset(eval_data) if eval_data is not None else calib
-    data_fits(proto, calib, input_name)
-    if eval_data is not None:
-        data_fits(proto, evald, input_name)
-    k = _num_outputs(proto, calib, input_name, output_name, device)
+    k = _num_outputs(proto, calib, input_name, output_name, device)  # also checks the data fit the input
     f, retain = _check_classes(forget, calib, k, "the calibration data")
     if eval_data is not None:
+        _num_outputs(proto, evald, input_name, output_name, device)
         _check_classes(f, evald, k, "the evaluation data")
     scan = scan_graph(proto)
     if not scan.editable:
@@ -232,7 +231,7 @@ def evaluate(model: ModelLike, data, forget: Sequence[int], original: ModelLike 
     """Accuracy per class, forget/retain accuracy; agreement and KL against the original; JS to a reference."""
     proto, _ = _load(model)
     ds = as_dataset(data)
-    data_fits(proto, ds, input_name)
+    _check_classes(forget, ds, _num_outputs(proto, ds, input_name, output_name, device), "the data")
     others = {"original": original, "reference": reference}
     protos = {k: _load(v)[0] for k, v in others.items() if v is not None}
     n_models = 1 + len(protos)
@@ -241,7 +240,7 @@ def evaluate(model: ModelLike, data, forget: Sequence[int], original: ModelLike 
         outs["model"] = to_probabilities(predict(proto, ds, batch_size, device, input_name, output_name, bar))
         for k, p in protos.items():
             outs[k] = to_probabilities(predict(p, ds, batch_size, device, input_name, output_name, bar))
-    f, _ = _check_classes(forget, ds, outs["model"].shape[1], "the data")
+    f = sorted({int(c) for c in forget})
     res = EvaluateResult(summarize(outs["model"].argmax(1), ds.y, f))
     fmask = np.isin(ds.y, f)
     if "original" in outs:

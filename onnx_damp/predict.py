@@ -30,10 +30,3 @@ def predict(model: onnx.ModelProto, data: Dataset, batch_size: int = 256, device
         if progress:
             progress(real)
     return np.concatenate(rows)
-
-
-def data_fits(model: onnx.ModelProto, data: Dataset, input_name: str | None = None) -> None:
-    """Fail early, before any long work, if the data cannot be fed to the model."""
-    sess = make_session(model)
-    spec = input_spec(sess, input_name)
-    check_against_input(data, spec.shape, spec.dtype, spec.name)

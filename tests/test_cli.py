@@ -193,3 +193,7 @@ def test_unwritable_output_folder(bad, small_calib):
     for out in (bad / "missing_dir" / "o.onnx", Path("/proc/onnx-damp-out.onnx")):
         assert_user_error(invoke(*forget_args(MODEL, small_calib, out, "--forget", 3)), "folder")
         assert not out.exists()
+
+
+def test_evaluate_rejects_unknown_class():
+    assert_user_error(invoke("evaluate", MODEL, "--data", TEST, "--forget", 10, "-q"), "out of range")
