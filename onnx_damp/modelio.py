@@ -109,8 +109,9 @@ def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike, external_d
             location = out_p.name + ".data"
             onnx.save_model(model, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=location, size_threshold=1024)
-            os.replace(tmpdir / location, folder / location)
-            written.append(folder / location)
+            if (tmpdir / location).exists():  # no file when every tensor is under the size threshold
+                os.replace(tmpdir / location, folder / location)
+                written.append(folder / location)
         else:
             onnx.save_model(model, str(tmp_model))
         os.replace(tmp_model, out_p)
