@@ -45,8 +45,9 @@ def references(folder: Path) -> dict[tuple, Path]:
     return refs
 
 
-def run_sample(name: str, features: str, extra: bool, pairs: list[tuple], max_passes: int) -> list[dict]:
-    folder = ROOT / "samples" / name
+def run_sample(name: str, features: str, extra: bool, pairs: list[tuple], max_passes: int,
+               root: Path = ROOT / "samples") -> list[dict]:
+    folder = root / name
     proto = load_model(folder / "model.onnx")
     calib, test = load_npz(folder / "calib.npz"), load_npz(folder / "test.npz")
     ops = scan_graph(proto).editable
@@ -105,11 +106,12 @@ def main() -> int:
     ap.add_argument("--features", choices=["position", "pooled"], default="position")
     ap.add_argument("--no-extra-directions", action="store_true")
     ap.add_argument("--max-passes", type=int, default=3)
+    ap.add_argument("--samples-dir", type=Path, default=ROOT / "samples", help="folder holding the samples")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     rows = []
     for s in args.samples:
-        rows += run_sample(s, args.features, not args.no_extra_directions, PAIRS, args.max_passes)
+        rows += run_sample(s, args.features, not args.no_extra_directions, PAIRS, args.max_passes, args.samples_dir)
     print(f"features={args.features} extra_directions={not args.no_extra_directions} max_passes={args.max_passes}")
     print(markdown(rows))
     worst_forget = max(r["forget_acc"] for r in rows)
