@@ -231,7 +231,7 @@ def evaluate(model: ModelLike, data, forget: Sequence[int], original: ModelLike 
     """Accuracy per class, forget/retain accuracy; agreement and KL against the original; JS to a reference."""
     proto, _ = _load(model)
     ds = as_dataset(data)
-    _check_classes(forget, ds, _num_outputs(proto, ds, input_name, output_name, device), "the data")
+    f, _ = _check_classes(forget, ds, _num_outputs(proto, ds, input_name, output_name, device), "the data")
     others = {"original": original, "reference": reference}
     protos = {k: _load(v)[0] for k, v in others.items() if v is not None}
     n_models = 1 + len(protos)
@@ -240,7 +240,6 @@ def evaluate(model: ModelLike, data, forget: Sequence[int], original: ModelLike 
         outs["model"] = to_probabilities(predict(proto, ds, batch_size, device, input_name, output_name, bar))
         for k, p in protos.items():
             outs[k] = to_probabilities(predict(p, ds, batch_size, device, input_name, output_name, bar))
-    f = sorted({int(c) for c in forget})
     res = EvaluateResult(summarize(outs["model"].argmax(1), ds.y, f))
     fmask = np.isin(ds.y, f)
     if "original" in outs:

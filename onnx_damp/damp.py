@@ -52,12 +52,13 @@ def plan_layer(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Se
     """
     mu_f = np.stack([st.mean(c) for c in forget], axis=1)
     mu_r = np.stack([st.mean(c) for c in retain], axis=1)
-    q = pj.forget_subspace(mu_f, mu_r)
+    residuals = pj.retain_residuals(mu_f, mu_r)
+    q = pj.residual_basis(residuals, mu_f)
     mf, sf, _ = st.group_moments(forget)
     mr, sr, _ = st.group_moments(retain)
     cf, cr = sf - np.outer(mf, mf), sr - np.outer(mr, mr)
     layer_sep = pj.probe_separability(pj.mahalanobis_separation(mf, cf, mr, cr))
-    share = pj.residual_share(mu_f, mu_r)
+    share = pj.residual_share(residuals, mu_f)
     if q.shape[1] == 0:
         return LayerPlan(op, q, 0.0, 0.0, 0.0, layer_separability=layer_sep, residual_share=share,
                          note="forget prototype lies in the retain span: nothing to remove")

@@ -73,8 +73,6 @@ def check_output_path(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     folder = out_p.parent if str(out_p.parent) else Path(".")
     if not folder.is_dir():
         raise DampError(f"output folder does not exist: {folder}")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise DampError(f"output folder is not writable: {folder}")
     if out_p.exists() and out_p.is_dir():
         raise DampError(f"output path is a folder: {out}")
     try:  # os.access says yes to root even on read-only file systems: try it for real

@@ -29,21 +29,25 @@ def retain_residuals(forget_means: np.ndarray, retain_means: np.ndarray) -> np.n
 
 def forget_subspace(forget_means: np.ndarray, retain_means: np.ndarray) -> np.ndarray:
     """Orthonormal basis Q of the forget prototypes' residuals against the retain span (rank <= #forget)."""
-    res = retain_residuals(forget_means, retain_means)
-    norms = np.linalg.norm(res, axis=0)
-    scale = np.linalg.norm(forget_means, axis=0)
-    keep = norms > RESIDUAL_RTOL * np.maximum(scale, 1e-300)
+    return residual_basis(retain_residuals(forget_means, retain_means), forget_means)
+
+
+def residual_basis(residuals: np.ndarray, forget_means: np.ndarray) -> np.ndarray:
+    """Orthonormal basis of the residual columns that are not negligible next to their prototypes."""
+    keep = np.linalg.norm(residuals, axis=0) > RESIDUAL_RTOL * _prototype_norms(forget_means)
     if not keep.any():
         return np.zeros((forget_means.shape[0], 0))
-    return orthonormal_basis(res[:, keep], rtol=RESIDUAL_RTOL)
+    return orthonormal_basis(residuals[:, keep], rtol=RESIDUAL_RTOL)
 
 
-def residual_share(forget_means: np.ndarray, retain_means: np.ndarray) -> float:
+def residual_share(residuals: np.ndarray, forget_means: np.ndarray) -> float:
     """Smallest ||mu_f - R R^+ mu_f|| / ||mu_f|| over forget prototypes: how much of a forget class lies
     outside the retain span (near 0: the class is a combination of retain prototypes, hard to remove)."""
-    res = retain_residuals(forget_means, retain_means)
-    scale = np.maximum(np.linalg.norm(forget_means, axis=0), 1e-300)
-    return float(np.min(np.linalg.norm(res, axis=0) / scale))
+    return float(np.min(np.linalg.norm(residuals, axis=0) / _prototype_norms(forget_means)))
+
+
+def _prototype_norms(forget_means: np.ndarray) -> np.ndarray:
+    return np.maximum(np.linalg.norm(forget_means, axis=0), 1e-300)
 
 
 def mahalanobis_separation(mean_f: np.ndarray, cov_f: np.ndarray, mean_r: np.ndarray, cov_r: np.ndarray,

@@ -95,6 +95,7 @@ def test_extra_directions_are_orthogonal_to_the_retain_span(rng):
 
 def test_residual_share_is_zero_inside_and_one_orthogonal_to_the_retain_span(rng):
     retain = rng.normal(size=(8, 3))
-    assert pj.residual_share(retain @ np.ones((3, 1)), retain) < 1e-9
+    inside = retain @ np.ones((3, 1))
+    assert pj.residual_share(pj.retain_residuals(inside, retain), inside) < 1e-9
     ortho = np.linalg.svd(retain, full_matrices=True)[0][:, 3:4]
-    assert pj.residual_share(ortho, retain) == pytest.approx(1.0)
+    assert pj.residual_share(pj.retain_residuals(ortho, retain), ortho) == pytest.approx(1.0)
