@@ -13,7 +13,7 @@ import onnx
 from . import __version__
 from .data import Dataset, as_dataset
 from .errors import DampError
-from .graph import EditableOp, SkippedOp, current_weight_name, read_initializer, scan_graph
+from .graph import EditableOp, SkippedOp, index_graph, read_weight, scan_graph
 from .metrics import AccuracySummary, js_divergence, kl_divergence, summarize, to_probabilities, worst_retain_drop
 from .modelio import check_output_path, has_external_data, load_model, save_model_atomic, sha256_file
 from .predict import predict
@@ -97,9 +97,10 @@ def _num_outputs(proto: onnx.ModelProto, data: Dataset, input_name, output_name,
 def total_relative_change(before: onnx.ModelProto, after: onnx.ModelProto, ops: list[EditableOp]) -> dict[str, float]:
     """||W_after - W_before||_F / ||W_before||_F for each editable node, over all passes."""
     out = {}
+    gi0, gi1 = index_graph(before.graph), index_graph(after.graph)
     for op in ops:
-        w0 = read_initializer(before, op.weight_name).astype(np.float64)
-        w1 = read_initializer(after, current_weight_name(after, op)).astype(np.float64)
+        w0 = read_weight(gi0, op).astype(np.float64)
+        w1 = read_weight(gi1, op).astype(np.float64)
         out[op.node_name] = float(np.linalg.norm(w1 - w0) / max(np.linalg.norm(w0), 1e-300))
     return out
 

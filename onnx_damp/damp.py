@@ -1,7 +1,6 @@
 """DAMP per layer: from collected statistics to a forget subspace Q and a strength alpha, then the edit."""
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -9,7 +8,8 @@ import numpy as np
 import onnx
 
 from . import projection as pj
-from .graph import EditableOp, current_weight_name, give_own_copy, matrix_to_weight, read_initializer, weight_matrix, write_initializer
+from .graph import (EditableOp, effective_weight, give_own_copy, index_graph, matrix_to_weight, store_weight,
+                    weight_matrix, weight_ref)
 from .stats import LayerStats, Statistics
 
 
@@ -78,18 +78,40 @@ def plan(ops: list[EditableOp], stats: Statistics, forget: Sequence[int], retain
 
 
 def apply(model: onnx.ModelProto, plans: list[LayerPlan]) -> None:
-    """Edit the weights of model in place: W <- W (I - alpha Q Q^T) in float64, cast back to the weight dtype."""
-    uses = Counter(name for node in model.graph.node for name in node.input if name)
+    """Edit the weights of model in place: W <- W (I - alpha Q Q^T) in float64, cast back to the source dtype.
+
+    The edit is written to the weight's source constant through the inverse of any Transpose/Reshape/Cast
+    chain; a weight whose source or chain also feeds other nodes is first given its own initializer copy.
+    """
+    gi = index_graph(model.graph)
     for p in plans:
         if p.rank == 0 or p.alpha == 0.0:
             continue
-        name = current_weight_name(model, p.op)  # an earlier pass may have given the node its own copy
-        if uses[name] > 1:
-            uses[name] -= 1
-            name = p.own_copy = give_own_copy(model, p.op)
-            uses[name] = 1
-        w = read_initializer(model, name)
-        mat = weight_matrix(p.op, w.astype(np.float64))
-        new = pj.edit_matrix(mat, p.q, p.alpha)
+        ref = weight_ref(gi, p.op)  # an earlier pass may have given the node its own copy
+        w = effective_weight(gi, ref)
+        mat = w.astype(np.float64)
+        new = edit_weight(p.op, mat, p.q, p.alpha)
         p.relative_change = float(np.linalg.norm(new - mat) / max(np.linalg.norm(mat), 1e-300))
-        write_initializer(model, name, matrix_to_weight(p.op, new, w))
+        if ref.exclusive:
+            store_weight(gi, ref, new)
+        else:
+            p.own_copy = give_own_copy(gi, p.op, new.astype(w.dtype))
+
+
+def edit_weight(op: EditableOp, w: np.ndarray, q: np.ndarray, alpha: float) -> np.ndarray:
+    """W (I - alpha Q Q^T) on op's input features, in the weight's own layout (float64).
+
+    A grouped Conv (group G, weight [out, in/G, k...]) can only hold a block-diagonal map of the input
+    channels: output block g sees channel block g alone. Its edit uses, for each group, the diagonal block
+    P_gg = I - alpha Q_g Q_g^T of P = I - alpha Q Q^T (Q_g: the rows of Q for group g's channels), which
+    is exactly P restricted to what the layer can express; P_gg alone is not a projector in general and
+    the cross-group blocks of P are dropped. Depthwise (in/G = 1) scales channel c by 1 - alpha ||Q_c||^2.
+    """
+    if op.op_type != "Conv" or op.groups == 1:
+        return matrix_to_weight(op, pj.edit_matrix(weight_matrix(op, w), q, alpha), w)
+    out_g, in_g = w.shape[0] // op.groups, w.shape[1]
+    blocks = []
+    for g in range(op.groups):
+        wg, qg = w[g * out_g:(g + 1) * out_g], q[g * in_g:(g + 1) * in_g]
+        blocks.append(matrix_to_weight(op, pj.edit_matrix(weight_matrix(op, wg), qg, alpha), wg))
+    return np.concatenate(blocks, axis=0)

@@ -36,7 +36,7 @@ def _fmt(v) -> str:
 
 
 def inspect_table(result) -> str:
-    rows = [[o.depth_index, f"{o.depth:.2f}", o.node_name, o.op_type, o.weight_name,
+    rows = [[o.depth_index, f"{o.depth:.2f}", o.node_name, o.op_type, o.weight_path or o.weight_name,
              "x".join(map(str, o.weight_shape)), o.feature_dim, "yes" if o.shared else "no"]
             for o in result.editable]
     text = table(["#", "depth", "node", "op", "weight", "shape", "in-dim", "shared"], rows,
