@@ -13,12 +13,13 @@ import onnx
 from . import __version__
 from .data import Dataset, as_dataset
 from .errors import DampError
-from .graph import EditableOp, SkippedOp, index_graph, read_weight, scan_graph
+from .graph import EditableOp, SkippedOp, no_editable_message, scan_graph
 from .metrics import AccuracySummary, js_divergence, kl_divergence, summarize, to_probabilities, worst_retain_drop
 from .modelio import check_output_path, has_external_data, load_model, save_model_atomic, sha256_file
 from .predict import predict
 from .progress import Progress
 from .unlearn import PassRecord, damp_edit
+from .weights import index_graph, read_weight
 
 ModelLike = "str | os.PathLike | onnx.ModelProto"
 
@@ -165,7 +166,7 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
         _check_classes(f, evald, k, "the evaluation data")
     scan = scan_graph(proto)
     if not scan.editable:
-        raise DampError("the model has no editable operator (Conv, Gemm or MatMul with a constant weight)")
+        raise DampError(no_editable_message(scan))
 
     with Progress(len(calib) * max_passes, "DAMP passes", quiet) as bar:
         outcome = damp_edit(proto, scan.editable, calib, f, retain, batch_size=batch_size, device=device,

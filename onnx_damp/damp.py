@@ -8,9 +8,10 @@ import numpy as np
 import onnx
 
 from . import projection as pj
-from .graph import (EditableOp, effective_weight, give_own_copy, index_graph, matrix_to_weight, store_weight,
-                    weight_matrix, weight_ref)
+from .graph import EditableOp
 from .stats import LayerStats, Statistics
+from .weights import (QuantStore, effective_weight, give_own_copy, index_graph, matrix_to_weight, store_weight,
+                      weight_matrix, weight_ref)
 
 
 @dataclass
@@ -28,6 +29,8 @@ class LayerPlan:
     relative_change: float = 0.0
     own_copy: str | None = None
     note: str = ""
+    quant_error: float | None = None  # QDQ weight: ||W_requant - W_edited||_F / ||W_edited - W||_F
+    clipped: int | None = None        # QDQ weight: requantised values clipped to the integer range
 
     @property
     def rank(self) -> int:
@@ -40,7 +43,8 @@ class LayerPlan:
                 "separation": self.separation, "separability": self.separability,
                 "layer_separability": self.layer_separability, "residual_share": self.residual_share,
                 "alpha": self.alpha,
-                "relative_change": self.relative_change, "own_copy": self.own_copy, "note": self.note}
+                "relative_change": self.relative_change, "own_copy": self.own_copy, "note": self.note,
+                "scope": self.op.scope, "quant_error": self.quant_error, "clipped": self.clipped}
 
 
 def plan_layer(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Sequence[int],
@@ -81,7 +85,9 @@ def apply(model: onnx.ModelProto, plans: list[LayerPlan]) -> None:
     """Edit the weights of model in place: W <- W (I - alpha Q Q^T) in float64, cast back to the source dtype.
 
     The edit is written to the weight's source constant through the inverse of any Transpose/Reshape/Cast
-    chain; a weight whose source or chain also feeds other nodes is first given its own initializer copy.
+    chain; a quantised (QDQ) weight is requantised with its own scale and zero point, and what that loses is
+    recorded in the plan. A weight whose source or chain also feeds other nodes is first given its own
+    (float) initializer copy.
     """
     gi = index_graph(model.graph)
     for p in plans:
@@ -93,9 +99,19 @@ def apply(model: onnx.ModelProto, plans: list[LayerPlan]) -> None:
         new = edit_weight(p.op, mat, p.q, p.alpha)
         p.relative_change = float(np.linalg.norm(new - mat) / max(np.linalg.norm(mat), 1e-300))
         if ref.exclusive:
-            store_weight(gi, ref, new)
+            _record_quantisation(p, store_weight(gi, ref, new), float(np.linalg.norm(new - mat)))
         else:
             p.own_copy = give_own_copy(gi, p.op, new.astype(w.dtype))
+            if ref.dequant is not None:
+                p.note = "; ".join(filter(None, [p.note, "shared quantised weight: own copy stored as float"]))
+
+
+def _record_quantisation(p: LayerPlan, stored: QuantStore | None, edit_norm: float) -> None:
+    """Put the requantisation error (relative to the edit's size) and the clipped count in the plan."""
+    if stored is None:
+        return
+    p.quant_error = stored.error / edit_norm if edit_norm > 0 else 0.0
+    p.clipped = stored.clipped
 
 
 def edit_weight(op: EditableOp, w: np.ndarray, q: np.ndarray, alpha: float) -> np.ndarray:

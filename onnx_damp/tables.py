@@ -36,31 +36,51 @@ def _fmt(v) -> str:
 
 
 def inspect_table(result) -> str:
-    rows = [[o.depth_index, f"{o.depth:.2f}", o.node_name, o.op_type, o.weight_path or o.weight_name,
-             "x".join(map(str, o.weight_shape)), o.feature_dim, "yes" if o.shared else "no"]
+    """The editable operators (with the exporter's module scope when known) and the skipped ones."""
+    scoped = any(o.scope for o in result.editable)
+    rows = [[o.depth_index, f"{o.depth:.2f}", o.node_name] + ([o.scope or "-"] if scoped else [])
+            + [o.op_type, o.weight_path or o.weight_name, "x".join(map(str, o.weight_shape)), o.feature_dim,
+               "yes" if o.shared else "no"]
             for o in result.editable]
-    text = table(["#", "depth", "node", "op", "weight", "shape", "in-dim", "shared"], rows,
-                 title=f"{len(result.editable)} editable operator(s)")
+    headers = ["#", "depth", "node"] + (["scope"] if scoped else []) + ["op", "weight", "shape", "in-dim", "shared"]
+    text = table(headers, rows, title=f"{len(result.editable)} editable operator(s)")
     if result.skipped:
-        text += "\n\n" + table(["node", "op", "why not editable"],
-                               [[s.node_name, s.op_type, s.reason] for s in result.skipped],
+        skip_scoped = any(s.scope for s in result.skipped)
+        text += "\n\n" + table(["node"] + (["scope"] if skip_scoped else []) + ["op", "why not editable"],
+                               [[s.node_name] + ([s.scope or "-"] if skip_scoped else []) + [s.op_type, s.reason]
+                                for s in result.skipped],
                                title=f"{len(result.skipped)} operator(s) not edited")
     return text
 
 
+def _per_pass(result, i: int, field: str, fmt: str) -> str:
+    """One plan field of layer i in every pass, joined with '/' ('-' where a pass did not set it)."""
+    values = [getattr(ps.plans[i], field) for ps in result.passes]
+    return "/".join("-" if v is None else format(v, fmt) for v in values)
+
+
 def layers_table(result) -> str:
-    """One row per editable operator: first-pass subspace and separability, alpha of every pass, total change."""
+    """One row per editable operator: first-pass subspace and separability, alpha of every pass, total change.
+
+    A scope column appears when the exporter recorded module paths; quantisation columns (requantisation
+    error relative to the edit, clipped values) appear when a QDQ weight was requantised.
+    """
     first = result.passes[0].plans
+    scoped = any(p.op.scope for p in first)
+    quant = any(p.quant_error is not None for ps in result.passes for p in ps.plans)
     rows = []
     for i, p in enumerate(first):
-        alphas = "/".join(f"{ps.plans[i].alpha:.3f}" for ps in result.passes)
-        rows.append([p.op.depth_index, f"{p.op.depth:.2f}", p.op.node_name, p.op.op_type,
-                     f"{p.layer_separability:.3f}", p.rank, f"{p.separability:.3f}", alphas,
-                     f"{result.relative_change[p.op.node_name]:.4f}"])
+        rows.append([p.op.depth_index, f"{p.op.depth:.2f}", p.op.node_name] + ([p.op.scope or "-"] if scoped else [])
+                    + [p.op.op_type, f"{p.layer_separability:.3f}", p.rank, f"{p.separability:.3f}",
+                       _per_pass(result, i, "alpha", ".3f"), f"{result.relative_change[p.op.node_name]:.4f}"]
+                    + ([_per_pass(result, i, "quant_error", ".3f"), _per_pass(result, i, "clipped", "d")]
+                       if quant else []))
     title = f"Per-layer edit ({len(result.passes)} pass{'es' if len(result.passes) > 1 else ''}; " \
             f"separabilities and rank of pass 1, alpha per pass)"
-    return table(["#", "depth", "node", "op", "layer sep.", "rank", "subspace sep.", "alpha", "rel. change"],
-                 rows, title=title)
+    headers = (["#", "depth", "node"] + (["scope"] if scoped else [])
+               + ["op", "layer sep.", "rank", "subspace sep.", "alpha", "rel. change"]
+               + (["quant. err.", "clipped"] if quant else []))
+    return table(headers, rows, title=title)
 
 
 def before_after_table(before, after, validated_on: str) -> str:

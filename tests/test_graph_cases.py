@@ -1,6 +1,8 @@
 """Real-export graph cases: weights behind Identity/Transpose/Reshape/Cast chains or in Constant nodes,
 grouped/depthwise/1-D convolutions, operators the tool must report rather than edit (ConvTranspose,
-control-flow subgraphs, model-local functions), and float16 models."""
+control-flow subgraphs, model-local functions), float16 models, and module scopes from exporter metadata."""
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -10,8 +12,9 @@ from onnx import TensorProto, helper, numpy_helper
 import onnx_damp
 from onnx_damp import damp as dm
 from onnx_damp.data import Dataset
-from onnx_damp.graph import scan_graph
+from onnx_damp.graph import node_scope, scan_graph
 from onnx_damp.stats import collect
+from onnx_damp.tables import inspect_table
 from tiny_models import IR_VERSION, OPSET, conv_model, gemm_model, make_model
 
 F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
@@ -436,3 +439,44 @@ def test_forget_runs_end_to_end_on_a_float16_model(rng):
     assert all(np.isfinite(v) for v in result.relative_change.values())
     assert max(result.relative_change.values()) > 0
     assert np.all(np.isfinite(run(result.model, x).astype(np.float32)))
+
+
+# ------------------------------------------------------------------------------------ 5. readable names
+SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "mnist" / "model.onnx"
+
+
+def test_scope_of_the_shipped_sample_names_the_torch_module():
+    """The dynamo exporter's name_scopes give each operator its module path; BatchNorm folded into the Conv
+    leaves the BatchNorm's scope in the metadata, and the weight's parameter name restores the Conv's."""
+    result = onnx_damp.inspect(str(SAMPLE))
+    first, head = result.editable[0], result.editable[-1]
+    assert first.op_type == "Conv" and first.scope == "stem.0"
+    assert head.op_type == "Gemm" and head.scope == "fc"
+    assert all(o.scope for o in result.editable)
+    assert result.to_dict()["editable"][0]["scope"] == "stem.0"
+    header = inspect_table(result).splitlines()[1].split()
+    assert header[:4] == ["#", "depth", "node", "scope"]
+
+
+def _with_scopes(model, node, value):
+    entry = model.graph.node[[n.name for n in model.graph.node].index(node)].metadata_props.add()
+    entry.key, entry.value = "pkg.torch.onnx.name_scopes", value
+    return model
+
+
+@pytest.mark.parametrize("value,scope", [("['', 'features', 'features.3', 'conv2d_1']", "features.3"),
+                                         ("['', 'linear']", ""), ("not a list", ""), ("[1, 2]", "")])
+def test_scope_from_name_scopes_metadata(rng, value, scope):
+    model, _ = conv_model(rng)
+    (conv, head) = scan_graph(_with_scopes(model, "conv", value)).editable
+    assert conv.scope == scope and head.scope == ""
+    assert "scope" not in inspect_table(onnx_damp.inspect(conv_model(rng)[0])).splitlines()[1]
+
+
+@pytest.mark.parametrize("weight,scope", [("block.0.weight", "block.0"), ("block.0.weight_quantized", "block.0"),
+                                          ("other.0.weight", "block.1"), ("w", "block.1")])
+def test_scope_of_a_fused_operator_follows_its_weight_parameter(weight, scope):
+    node = helper.make_node("Conv", ["x", weight], ["y"], name="conv")
+    entry = node.metadata_props.add()
+    entry.key, entry.value = "pkg.torch.onnx.name_scopes", "['', 'block', 'block.1', 'batch_norm']"
+    assert node_scope(node, weight) == scope

@@ -1,4 +1,5 @@
-"""Model files: external data kept and contained, fixed batch sizes streamed, atomic outputs."""
+"""Model files: external data kept and contained, fixed batch sizes streamed, atomic outputs, inputs and
+outputs picked by name."""
 from pathlib import Path
 
 import numpy as np
@@ -55,12 +56,14 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path):
         load_model(inner / "m.onnx")
 
 
-def test_fixed_batch_of_one_is_streamed(tmp_path):
+@pytest.mark.parametrize("batch", [1, 4])
+def test_fixed_batch_is_streamed(tmp_path, batch):
+    """A fixed batch dimension: batches of exactly that size, the last one padded (30 samples, batch 4)."""
     rng = np.random.default_rng(2)
     w = rng.normal(size=(4, 3)).astype(np.float32)
     nodes = [helper.make_node("Gemm", ["x", "w"], ["y"], name="head")]
-    graph = helper.make_graph(nodes, "b1", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+    graph = helper.make_graph(nodes, "b1", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])],
                               [numpy_helper.from_array(w, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = IR_VERSION
@@ -82,3 +85,46 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(DampError, match="No space left"):
         onnx_damp.forget(model, classifier_data(rng), [0], output=out, max_passes=1)
     assert list(Path(tmp_path).iterdir()) == []
+
+
+def two_io_model(required_second_input: bool):
+    """x [N, 4] (and a second input `s`) -> features Relu(x * s) first, then logits Gemm(features) [N, 3]."""
+    rng = np.random.default_rng(3)
+    vi = helper.make_tensor_value_info
+    nodes = [helper.make_node("Mul", ["x", "s"], ["xs"], name="scale"),
+             helper.make_node("Relu", ["xs"], ["features"], name="relu"),
+             helper.make_node("Gemm", ["features", "w"], ["logits"], name="head")]
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")]
+    if not required_second_input:  # a graph input with a default value (an initializer of the same name)
+        inits.append(numpy_helper.from_array(np.ones(1, np.float32), "s"))
+    graph = helper.make_graph(nodes, "io", [vi("x", TensorProto.FLOAT, ["N", 4]), vi("s", TensorProto.FLOAT, [1])],
+                              [vi("features", TensorProto.FLOAT, ["N", 4]), vi("logits", TensorProto.FLOAT, ["N", 3])],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model
+
+
+def io_data(n=30):
+    y = np.arange(n) % 3
+    return (np.eye(4)[y] * 3 + np.random.default_rng(4).normal(size=(n, 4)) * 0.1).astype(np.float32), y
+
+
+def test_output_name_picks_the_logits_among_several_outputs():
+    model = two_io_model(required_second_input=False)
+    res = onnx_damp.forget(model, io_data(), [1], max_passes=1, output_name="logits", input_name="x")
+    assert sorted(res.before.per_class) == [0, 1, 2]
+    default = onnx_damp.forget(model, io_data(), [1], max_passes=1)  # no --output-name: the first output
+    first = onnx_damp.forget(model, io_data(), [1], max_passes=1, output_name="features")
+    assert default.before.to_dict() == first.before.to_dict() != res.before.to_dict()
+    with pytest.raises(DampError, match="no output 'nope'"):
+        onnx_damp.forget(model, io_data(), [1], output_name="nope")
+
+
+def test_several_required_inputs_are_one_line_errors():
+    model = two_io_model(required_second_input=True)
+    with pytest.raises(DampError, match="pick one with --input-name"):
+        onnx_damp.forget(model, io_data(), [1])
+    with pytest.raises(DampError, match="does not fit the model"):
+        onnx_damp.forget(model, io_data(), [1], input_name="x")  # only one input is ever fed

@@ -9,10 +9,12 @@ OPSET = 17
 IR_VERSION = 8
 
 
-def make_model(nodes, inputs, outputs, inits, opset: int = OPSET) -> onnx.ModelProto:
+def make_model(nodes, inputs, outputs, inits, opset: int = OPSET, domains: dict | None = None) -> onnx.ModelProto:
+    """A checked model of nodes; domains adds opset imports for other domains, e.g. {"com.microsoft": 1}."""
     graph = helper.make_graph(nodes, "tiny", inputs, outputs,
                               [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    imports = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in (domains or {}).items()]
+    model = helper.make_model(graph, opset_imports=imports)
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     return model
