@@ -67,10 +67,13 @@ def conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
                          nn.BatchNorm2d(cout), nn.ReLU())
 
 
+WIDTHS = (16, 32, 64)
+
+
 class ResCNN(nn.Module):
     """A small residual CNN for 28x28 one-channel images: 3 stages, global average pool, linear head."""
 
-    def __init__(self, widths=(12, 24, 32), num_classes: int = 10):
+    def __init__(self, widths=WIDTHS, num_classes: int = 10):
         super().__init__()
         a, b, c = widths
         self.stem = conv_bn(1, a, 1)
@@ -89,10 +92,10 @@ class ResCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(h), 1))
 
 
-def train(x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> ResCNN:
+def train(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, widths=WIDTHS) -> ResCNN:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = ResCNN()
+    model = ResCNN(widths)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     steps = epochs * int(np.ceil(len(x) / 128))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
@@ -146,7 +149,8 @@ def stratified(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:
                                    for c in range(10)]))
 
 
-def build(name: str, folder: Path, forget: list[int], epochs: int, classes: list[str], root: Path = HERE) -> None:
+def build(name: str, folder: Path, forget: list[int], epochs: int, classes: list[str], root: Path = HERE,
+          widths=WIDTHS) -> None:
     out = root / name
     out.mkdir(parents=True, exist_ok=True)
     xtr_u8, ytr = load_split(folder, "train")
@@ -158,14 +162,14 @@ def build(name: str, folder: Path, forget: list[int], epochs: int, classes: list
     np.savez_compressed(out / "test.npz", x=xte[tst], y=yte[tst])
     labels = json.dumps(classes)
     print(f"[{name}] training original on {len(xtr)} images", flush=True)
-    model = train(xtr, ytr, epochs, seed=0)
+    model = train(xtr, ytr, epochs, seed=0, widths=widths)
     acc = accuracy(model, xte, yte)
     print(f"[{name}] original test accuracy {acc.mean():.4f} per class {np.round(acc, 3).tolist()}")
     export(model, out / "model.onnx", {"class_names": labels, "dataset": name})
     keep = ~np.isin(ytr, forget)
     tag = "_".join(map(str, forget))
     print(f"[{name}] retraining from scratch without class(es) {forget} on {keep.sum()} images", flush=True)
-    ref = train(xtr[keep], ytr[keep], epochs, seed=0)
+    ref = train(xtr[keep], ytr[keep], epochs, seed=0, widths=widths)
     acc = accuracy(ref, xte, yte)
     print(f"[{name}] retrained test accuracy per class {np.round(acc, 3).tolist()}")
     export(ref, out / f"retrained_without_{tag}.onnx",
@@ -181,15 +185,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mnist-dir", type=Path)
     ap.add_argument("--fashion-dir", type=Path)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--widths", type=int, nargs=3, default=list(WIDTHS), help="channels of the three stages")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE, help="folder to write the samples into")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.mnist_dir:
-        build("mnist", args.mnist_dir, [3], args.epochs, MNIST_CLASSES, args.out)
+        build("mnist", args.mnist_dir, [3], args.epochs, MNIST_CLASSES, args.out, tuple(args.widths))
     if args.fashion_dir:
-        build("fashion_mnist", args.fashion_dir, [0], args.epochs, FASHION_CLASSES, args.out)
+        build("fashion_mnist", args.fashion_dir, [0], args.epochs, FASHION_CLASSES, args.out, tuple(args.widths))
 
 
 if __name__ == "__main__":
