@@ -14,8 +14,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .graph import EditableOp
+from .tokens import TokenLayout
 
-FEATURE_MODES = ("position", "pooled")
+FEATURE_MODES = ("auto", "position", "pooled")
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,8 @@ class Tap:
     feature_dim: int
 
 
-def tap_key(op: EditableOp) -> str:
-    return f"{op.input_name}|{op.feature_axis}|{op.rank}|{int(op.trans_a)}"
+def tap_key(op: EditableOp, layout: TokenLayout | None = None) -> str:
+    return f"{op.input_name}|{op.feature_axis}|{op.rank}|{int(op.trans_a)}|{layout}"
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -40,8 +41,13 @@ def default_opset(model: onnx.ModelProto) -> int:
     return 1
 
 
-def instrument(model: onnx.ModelProto, ops: list[EditableOp], mode: str = "position") -> tuple[onnx.ModelProto, dict[str, Tap]]:
-    """Return an instrumented copy of model and the tap of every editable operator (by node name)."""
+def instrument(model: onnx.ModelProto, ops: list[EditableOp], mode: str = "position",
+               layouts: dict[str, TokenLayout] | None = None) -> tuple[onnx.ModelProto, dict[str, Tap]]:
+    """Return an instrumented copy of model and the tap of every editable operator (by node name).
+
+    layouts (mode "auto"): operators whose input is a token sequence contribute only the first token
+    (the class token) of each sample; every other operator contributes every position/token row.
+    """
     if mode not in FEATURE_MODES:
         raise ValueError(f"unknown feature mode {mode!r}")
     out = onnx.ModelProto()
@@ -51,19 +57,37 @@ def instrument(model: onnx.ModelProto, ops: list[EditableOp], mode: str = "posit
     taps: dict[str, Tap] = {}
     by_key: dict[str, Tap] = {}
     for op in ops:
-        key = tap_key(op)
+        layout = (layouts or {}).get(op.node_name) if mode == "auto" else None
+        key = tap_key(op, layout)
         if key not in by_key:
-            by_key[key] = _add_tap(g, op, len(by_key), opset, mode)
+            by_key[key] = _add_tap(g, op, len(by_key), opset, mode, layout)
         taps[op.node_name] = by_key[key]
     return out, taps
 
 
-def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str) -> Tap:
+def _class_token(g: onnx.GraphProto, x: str, p: str, d: int, layout: TokenLayout) -> tuple[list, str]:
+    """Nodes selecting token 0 of every sample from a token-sequence activation x."""
+    nodes = []
+    if layout.kind != "axis":
+        shape = [-1, layout.tokens, d] if layout.kind == "batch_major" else [layout.tokens, -1, d]
+        g.initializer.append(numpy_helper.from_array(np.array(shape, dtype=np.int64), p + "tok_shape"))
+        nodes.append(helper.make_node("Reshape", [x, p + "tok_shape"], [p + "tok3"]))
+        x = p + "tok3"
+    axis = layout.axis if layout.kind == "axis" else (1 if layout.kind == "batch_major" else 0)
+    g.initializer.append(numpy_helper.from_array(np.array(0, dtype=np.int64), p + "tok_index"))
+    nodes.append(helper.make_node("Gather", [x, p + "tok_index"], [p + "cls"], axis=axis))
+    return nodes, p + "cls"
+
+
+def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str,
+             layout: TokenLayout | None = None) -> Tap:
     p = f"__damp_tap{k}_"
     d = op.feature_dim
     nodes = []
     x = op.input_name
-    if op.op_type == "Conv" and mode == "pooled":
+    if layout is not None:
+        nodes, x = _class_token(g, x, p, d, layout)
+    elif op.op_type == "Conv" and mode == "pooled":
         nodes.append(helper.make_node("GlobalAveragePool", [x], [p + "gap"]))
         x = p + "gap"
     elif op.op_type == "Conv":
@@ -92,4 +116,4 @@ def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str) 
         helper.make_tensor_value_info(p + "gram", TensorProto.DOUBLE, [d, d]),
         helper.make_tensor_value_info(p + "count", TensorProto.INT64, [2]),
     ])
-    return Tap(tap_key(op), p + "sum", p + "gram", p + "count", d)
+    return Tap(tap_key(op, layout), p + "sum", p + "gram", p + "count", d)

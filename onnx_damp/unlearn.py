@@ -41,7 +41,7 @@ class EditOutcome:
 
 
 def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset, forget: Sequence[int],
-              retain: Sequence[int], *, batch_size: int = 128, device: str = "cpu", feature_mode: str = "position",
+              retain: Sequence[int], *, batch_size: int = 128, device: str = "cpu", feature_mode: str = "auto",
               extra_directions: bool = True, input_name: str | None = None, output_name: str | None = None,
               max_passes: int = 3, target_forget_accuracy: float = 0.01, first_stats: Statistics | None = None,
               progress: Callable[[int], None] | None = None) -> EditOutcome:

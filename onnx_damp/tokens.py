@@ -1,0 +1,89 @@
+"""Find the token layout of transformer-style operator inputs by running the model, not by trusting shapes.
+
+Exporters lay token sequences out as [N, T, D], [T, N, D] or flattened [T*N, D] / [N*T, D] (see the
+method notes: nn.MultiheadAttention's out-projection Gemm reads [T*N, D] rows token by token). A
+probe runs the model on batches of 2 and 3 images: the axis (or row count) that grows by one
+image's worth is the batch; for flattened rows, changing only the second image shows which rows
+belong to it (batch-major: one contiguous block; token-major: every other row).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .graph import EditableOp
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where the tokens of one tapped activation are: a tensor axis, or the order of flattened rows."""
+
+    kind: str          # "axis" (3-D, tokens on `axis`), "batch_major" ([N*T, D]) or "token_major" ([T*N, D])
+    tokens: int        # T
+    axis: int = -1     # token axis for kind == "axis"
+
+    def describe(self) -> str:
+        if self.kind == "axis":
+            return f"{self.tokens} tokens on axis {self.axis}"
+        return f"{self.tokens} tokens, rows {self.kind.replace('_', '-')}"
+
+
+def _probe_model(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of model that also outputs each named activation, cast to float32."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for k, name in enumerate(names):
+        cast = f"__damp_probe{k}"
+        out.graph.node.append(helper.make_node("Cast", [name], [cast], name=cast + "_node", to=TensorProto.FLOAT))
+        out.graph.output.append(helper.make_tensor_value_info(cast, TensorProto.FLOAT, None))
+    return out
+
+
+def _layout_from_runs(a2: np.ndarray, b2: np.ndarray, a3: np.ndarray) -> TokenLayout | None:
+    """Token layout from the activation for batches [x0, x1], [x0, x1'] and [x0, x1, x2] (feature axis last)."""
+    if a2.ndim == 3 and a3.ndim == 3:
+        grown = [i for i in range(2) if a2.shape[i] == 2 and a3.shape[i] == 3]
+        if len(grown) != 1:
+            return None
+        tok = 1 - grown[0]
+        return TokenLayout("axis", int(a2.shape[tok]), tok) if a2.shape[tok] > 1 else None
+    if a2.ndim != 2 or a3.ndim != 2:
+        return None
+    t = a3.shape[0] - a2.shape[0]
+    if t <= 1 or a2.shape[0] != 2 * t:
+        return None
+    changed = np.flatnonzero(np.any(a2 != b2, axis=1))
+    if changed.size == 0:
+        return None
+    if changed.min() >= t:
+        return TokenLayout("batch_major", int(t))
+    if np.all(changed % 2 == 1):
+        return TokenLayout("token_major", int(t))
+    return None
+
+
+def probe_token_layouts(model: onnx.ModelProto, ops: list[EditableOp], x: np.ndarray, input_name: str | None,
+                        device: str = "cpu") -> dict[str, TokenLayout]:
+    """Token layout of every MatMul/Gemm input that carries a token axis, by node name.
+
+    x: the data (the first three samples are used). A model with a fixed batch size gets no layouts.
+    """
+    from .runtime import input_spec, make_session
+
+    cands = [op for op in ops if op.op_type in ("MatMul", "Gemm") and not op.trans_a]
+    names = list(dict.fromkeys(op.input_name for op in cands))
+    if not names or len(x) < 3:
+        return {}
+    sess = make_session(_probe_model(model, names), device, basic_optimizations=True)
+    spec = input_spec(sess, input_name)
+    if spec.fixed_batch is not None:
+        return {}
+    x = x[:3].astype(spec.dtype)
+    fetch = [f"__damp_probe{k}" for k in range(len(names))]
+    run = lambda batch: dict(zip(names, sess.run(fetch, {spec.name: batch})))  # noqa: E731
+    r2, r2b, r3 = run(x[[0, 1]]), run(x[[0, 2]]), run(x[[0, 1, 2]])
+    found = {name: _layout_from_runs(r2[name], r2b[name], r3[name]) for name in names}
+    return {op.node_name: found[op.input_name] for op in cands if found[op.input_name] is not None}

@@ -1,0 +1,83 @@
+"""Token layouts of transformer-style inputs: found by probing, and class-token statistics match numpy."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from onnx_damp.data import Dataset
+from onnx_damp.graph import scan_graph
+from onnx_damp.stats import collect
+from onnx_damp.tokens import probe_token_layouts
+
+from tiny_models import make_model
+
+T, D, OUT = 5, 4, 3
+
+
+def token_model(layout: str, rng) -> "onnx.ModelProto":
+    """x [N, T, D] laid out as the named layout before a constant-weight MatMul (3-D) or Gemm (2-D rows)."""
+    w = rng.normal(size=(D, OUT)).astype(np.float32)
+    inits = {"w": w}
+    if layout == "batch_first":          # [N, T, D] MatMul
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
+        out_shape = ["N", T, OUT]
+    elif layout == "tokens_first":       # [T, N, D] MatMul
+        nodes = [helper.make_node("Transpose", ["x"], ["t"], name="tr", perm=[1, 0, 2]),
+                 helper.make_node("MatMul", ["t", "w"], ["y"], name="mm")]
+        out_shape = [T, "N", OUT]
+    else:                                # 2-D rows, token-major ([T*N, D]) or batch-major ([N*T, D]) Gemm
+        inits["shape"] = np.array([-1, D], dtype=np.int64)
+        src = "x"
+        nodes = []
+        if layout == "token_major":
+            nodes.append(helper.make_node("Transpose", ["x"], ["t"], name="tr", perm=[1, 0, 2]))
+            src = "t"
+        nodes += [helper.make_node("Reshape", [src, "shape"], ["rows"], name="rs"),
+                  helper.make_node("Gemm", ["rows", "w"], ["y"], name="mm")]
+        out_shape = [None, OUT]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", T, D])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], inits)
+
+
+@pytest.mark.parametrize("layout,kind", [("batch_first", "axis"), ("tokens_first", "axis"),
+                                         ("token_major", "token_major"), ("batch_major", "batch_major")])
+def test_probe_finds_the_token_layout(layout, kind):
+    rng = np.random.default_rng(0)
+    model = token_model(layout, rng)
+    ops = scan_graph(model).editable
+    found = probe_token_layouts(model, ops, rng.normal(size=(6, T, D)).astype(np.float32), None)
+    lay = found["mm"]
+    assert lay.kind == kind and lay.tokens == T
+    if kind == "axis":
+        assert lay.axis == (1 if layout == "batch_first" else 0)
+
+
+@pytest.mark.parametrize("layout", ["batch_first", "tokens_first", "token_major", "batch_major"])
+def test_auto_mode_collects_class_token_statistics(layout):
+    rng = np.random.default_rng(1)
+    model = token_model(layout, rng)
+    ops = scan_graph(model).editable
+    x = rng.normal(size=(14, T, D)).astype(np.float32)
+    y = np.array([0] * 7 + [1] * 7)
+    st = collect(model, ops, Dataset(x, y), gram_classes=[0], batch_size=4, feature_mode="auto")
+    ls = st.layers["mm"]
+    cls0 = x[y == 0][:, 0, :].astype(np.float64)
+    assert ls.rows[0] == 7
+    np.testing.assert_allclose(ls.mean(0), cls0.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(ls.grams[0], cls0.T @ cls0, rtol=1e-5)
+    # position mode keeps every token row
+    sp = collect(model, ops, Dataset(x, y), gram_classes=[0], batch_size=4, feature_mode="position")
+    assert sp.layers["mm"].rows[0] == 7 * T
+    np.testing.assert_allclose(sp.layers["mm"].mean(0), x[y == 0].reshape(-1, D).mean(0), rtol=1e-6)
+
+
+def test_plain_rows_and_fixed_batch_get_no_token_layout():
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=(D, OUT)).astype(np.float32)
+    for batch in ("N", 2):
+        model = make_model([helper.make_node("Gemm", ["x", "w"], ["y"], name="mm")],
+                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, D])],
+                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, OUT])], {"w": w})
+        ops = scan_graph(model).editable
+        assert probe_token_layouts(model, ops, rng.normal(size=(4, D)).astype(np.float32), None) == {}
