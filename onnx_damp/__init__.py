@@ -7,10 +7,10 @@ from .errors import DampError  # noqa: E402
 
 def __getattr__(name):
     """Load the API lazily so `onnx-damp --help` does not import onnxruntime."""
-    if name in ("forget", "evaluate", "inspect", "ForgetResult", "EvaluateResult", "InspectResult"):
+    if name in ("forget", "evaluate", "inspect", "ForgetResult", "EvaluateResult", "InspectResult", "Gates"):
         from . import api
         return getattr(api, name)
     raise AttributeError(name)
 
 
-__all__ = ["forget", "evaluate", "inspect", "DampError", "__version__"]
+__all__ = ["forget", "evaluate", "inspect", "Gates", "DampError", "__version__"]

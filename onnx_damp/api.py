@@ -19,6 +19,8 @@ from .modelio import check_output_path, has_external_data, load_model, save_mode
 from .predict import predict
 from .progress import Progress
 from .unlearn import PassRecord, damp_edit
+from .validation import Verification, feature_runs, gate_values, verify
+from .verification import GateResult, Gates, check_gates, gates_dict
 from .weights import index_graph, read_weight
 
 ModelLike = "str | os.PathLike | onnx.ModelProto"
@@ -94,6 +96,40 @@ def _num_outputs(proto: onnx.ModelProto, data: Dataset, input_name, output_name,
     return int(predict(proto, one, 1, device, input_name, output_name).shape[1])
 
 
+def _check_gates_inputs(gates: Gates | None, has_original: bool, has_reference: bool, has_train: bool,
+                        feature_samples: int, train_hint: str) -> None:
+    """Refuse (exit code 2) a gate whose metric cannot be computed from the inputs given."""
+    if feature_samples < 0:
+        raise DampError("--feature-samples must be 0 or more")
+    if gates is None:
+        return
+    for name, value in gates.active().items():
+        if not np.isfinite(value):
+            raise DampError(f"--{name.replace('_', '-')} must be a finite number")
+    if gates.max_retain_drop is not None and not has_original:
+        raise DampError("--max-retain-drop needs --original (the drop is measured against it)")
+    if gates.min_cka_gain is not None:
+        if not has_reference:
+            raise DampError("--min-cka-gain needs --reference (a model retrained without the class(es))")
+        if not has_original:
+            raise DampError("--min-cka-gain needs --original (the gain is measured against it)")
+        if feature_samples == 0:
+            raise DampError("--min-cka-gain needs --feature-samples above 0")
+    if gates.max_mia is not None and not has_train:
+        raise DampError(f"--max-mia needs {train_hint}")
+
+
+def _as_gates(gates) -> Gates | None:
+    if gates is None or isinstance(gates, Gates):
+        return gates
+    if isinstance(gates, dict):
+        unknown = set(gates) - set(Gates.__dataclass_fields__)
+        if unknown:
+            raise DampError(f"unknown gate(s) {sorted(unknown)}; known: {sorted(Gates.__dataclass_fields__)}")
+        return Gates(**gates)
+    raise DampError("gates must be a Gates object or a dict")
+
+
 # ------------------------------------------------------------------------------------------------ forget
 def total_relative_change(before: onnx.ModelProto, after: onnx.ModelProto, ops: list[EditableOp]) -> dict[str, float]:
     """||W_after - W_before||_F / ||W_before||_F for each editable node, over all passes."""
@@ -121,6 +157,18 @@ class ForgetResult:
     source_sha256: str | None
     written: list[str] = field(default_factory=list)
     not_editable: list[SkippedOp] = field(default_factory=list)
+    verification: Verification = field(default_factory=Verification)
+    reference_js: dict | None = None
+    gates: list[GateResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """Whether every gate asked for holds (True when none was asked for)."""
+        return all(g.passed for g in self.gates)
+
+    def check_gates(self, gates: "Gates | dict | None") -> list[GateResult]:
+        """Evaluate gates against this result's validation metrics (does not change self.gates)."""
+        return check_gates(gate_values(self.after, self.before, self.verification), _as_gates(gates))
 
     def to_dict(self) -> dict:
         worst_c, worst_drop = worst_retain_drop(self.before, self.after)
@@ -133,7 +181,9 @@ class ForgetResult:
                 "not_editable": [s.to_dict() for s in self.not_editable],
                 "before": self.before.to_dict(), "after": self.after.to_dict(),
                 "retain_accuracy_drop": self.before.retain_accuracy - self.after.retain_accuracy,
-                "worst_retain_drop": {"class": worst_c, "drop": worst_drop}}
+                "worst_retain_drop": {"class": worst_c, "drop": worst_drop},
+                **({"reference_js": self.reference_js} if self.reference_js is not None else {}),
+                "verification": self.verification.to_dict(), "gates": gates_dict(self.gates)}
 
 
 def _record_metadata(proto: onnx.ModelProto, entries: dict[str, str]) -> None:
@@ -145,10 +195,17 @@ def _record_metadata(proto: onnx.ModelProto, entries: dict[str, str]) -> None:
 
 
 def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathLike | None = None,
-           eval_data=None, batch_size: int = 128, device: str = "cpu", feature_mode: str = "position",
+           eval_data=None, batch_size: int = 128, device: str = "cpu", feature_mode: str = "auto",
            extra_directions: bool = True, input_name: str | None = None, output_name: str | None = None,
-           max_passes: int = 3, target_forget_accuracy: float = 0.01, quiet: bool = True) -> ForgetResult:
-    """Make model forget the given classes with DAMP; validate; optionally write the edited model."""
+           max_passes: int = 3, target_forget_accuracy: float = 0.01, quiet: bool = True,
+           reference: ModelLike | None = None, feature_samples: int = 500,
+           gates: "Gates | dict | None" = None) -> ForgetResult:
+    """Make model forget the given classes with DAMP; validate; optionally write the edited model.
+
+    Validation (on eval_data, else on the calibration data) gives accuracies and the verification metrics
+    of docs/metrics.md (membership inference only with eval_data; CKA only with a reference). gates
+    (Gates or a dict of its fields) are checked on them: see ForgetResult.passed and .gates.
+    """
     if batch_size < 1:
         raise DampError("--batch-size must be at least 1")
     if max_passes < 1:
@@ -164,6 +221,12 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     if eval_data is not None:
         _num_outputs(proto, evald, input_name, output_name, device)
         _check_classes(f, evald, k, "the evaluation data")
+    gates = _as_gates(gates)
+    _check_gates_inputs(gates, True, reference is not None, eval_data is not None, feature_samples,
+                        "--eval-data (held-out non-members; the calibration data are the members)")
+    ref_proto = _load(reference)[0] if reference is not None else None
+    if ref_proto is not None:
+        _num_outputs(ref_proto, evald, input_name, output_name, device)
     scan = scan_graph(proto)
     if not scan.editable:
         raise DampError(no_editable_message(scan))
@@ -192,12 +255,26 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     except onnx.checker.ValidationError as exc:  # a bug, not a user error: keep the traceback
         raise RuntimeError(f"edited model fails onnx.checker: {exc}") from exc
 
-    with Progress(2 * len(evald), "validating", quiet) as bar:
-        before = summarize(predict(proto, evald, 256, device, input_name, output_name, bar).argmax(1), evald.y, f)
-        after = summarize(predict(edited, evald, 256, device, input_name, output_name, bar).argmax(1), evald.y, f)
+    protos = {"model": edited, "original": proto, **({"reference": ref_proto} if ref_proto is not None else {})}
+    _, eval_retain = _check_classes(f, evald, k, "the evaluation data")
+    work = (len(protos) * len(evald) + (len(protos) * len(calib) if eval_data is not None else 0)
+            + feature_runs(evald, f, eval_retain, feature_samples, True, ref_proto is not None))
+    with Progress(work, "validating", quiet) as bar:
+        probs = {name: to_probabilities(predict(p, evald, 256, device, input_name, output_name, bar))
+                 for name, p in protos.items()}
+        before = summarize(probs["original"].argmax(1), evald.y, f)
+        after = summarize(probs["model"].argmax(1), evald.y, f)
+        ver = verify(protos, evald, f, eval_retain, {"model": after, "original": before}, probs,
+                     train=calib if eval_data is not None else None,
+                     train_reason="needs --eval-data: the calibration data are the attack's members, "
+                                  "held-out data its non-members",
+                     feature_samples=feature_samples, batch_size=256, device=device, input_name=input_name,
+                     output_name=output_name, progress=bar)
     result = ForgetResult(edited, f, retain, outcome.passes, changes, before, after,
                           "evaluation data" if eval_data is not None else "calibration data (no --eval-data given)",
-                          outcome.first_stats.num_samples, feature_mode, sha, not_editable=scan.skipped)
+                          outcome.first_stats.num_samples, feature_mode, sha, not_editable=scan.skipped,
+                          verification=ver, reference_js=_reference_js(probs, evald.y, f))
+    result.gates = result.check_gates(gates)
     if out_path is not None:
         external = bool(src) and has_external_data(src)
         result.written = [str(p) for p in save_model_atomic(edited, out_path, external_data=external)]
@@ -205,6 +282,17 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
+def _reference_js(probs: dict[str, np.ndarray], y: np.ndarray, f: list[int]) -> dict | None:
+    """Mean JS divergence to the reference on forget and on retain samples, for the model and the original."""
+    if "reference" not in probs:
+        return None
+    fmask = np.isin(y, f)
+    r = probs["reference"]
+    return {name: {"forget": float(np.mean(js_divergence(probs[name][fmask], r[fmask]))),
+                   "retain": float(np.mean(js_divergence(probs[name][~fmask], r[~fmask])))}
+            for name in ("model", "original") if name in probs}
+
+
 @dataclass
 class EvaluateResult:
     summary: AccuracySummary
@@ -212,6 +300,17 @@ class EvaluateResult:
     retain_agreement: float | None = None
     retain_kl: float | None = None
     reference_js: dict | None = None
+    verification: Verification = field(default_factory=Verification)
+    gates: list[GateResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """Whether every gate asked for holds (True when none was asked for)."""
+        return all(g.passed for g in self.gates)
+
+    def check_gates(self, gates: "Gates | dict | None") -> list[GateResult]:
+        """Evaluate gates against this result's metrics (does not change self.gates)."""
+        return check_gates(gate_values(self.summary, self.original, self.verification), _as_gates(gates))
 
     def to_dict(self) -> dict:
         d = {"model": self.summary.to_dict()}
@@ -224,34 +323,51 @@ class EvaluateResult:
             d["worst_retain_drop"] = {"class": c, "drop": drop}
         if self.reference_js is not None:
             d["reference_js"] = self.reference_js
+        d["verification"] = self.verification.to_dict()
+        d["gates"] = gates_dict(self.gates)
         return d
 
 
 def evaluate(model: ModelLike, data, forget: Sequence[int], original: ModelLike | None = None,
              reference: ModelLike | None = None, batch_size: int = 256, device: str = "cpu",
-             input_name: str | None = None, output_name: str | None = None, quiet: bool = True) -> EvaluateResult:
-    """Accuracy per class, forget/retain accuracy; agreement and KL against the original; JS to a reference."""
+             input_name: str | None = None, output_name: str | None = None, quiet: bool = True,
+             train_data=None, feature_samples: int = 500, gates: "Gates | dict | None" = None) -> EvaluateResult:
+    """Accuracy per class, forget/retain accuracy; agreement and KL against the original; JS to a reference;
+    the verification metrics of docs/metrics.md (membership inference needs train_data, the training images
+    the model saw, e.g. the calibration data); gates checked on them (EvaluateResult.passed, .gates)."""
     proto, _ = _load(model)
     ds = as_dataset(data)
-    f, _ = _check_classes(forget, ds, _num_outputs(proto, ds, input_name, output_name, device), "the data")
+    k = _num_outputs(proto, ds, input_name, output_name, device)
+    f, retain = _check_classes(forget, ds, k, "the data")
+    train = None
+    if train_data is not None:
+        train = as_dataset(train_data)
+        _num_outputs(proto, train, input_name, output_name, device)
+        _check_classes(f, train, k, "the training data")
+    gates = _as_gates(gates)
+    _check_gates_inputs(gates, original is not None, reference is not None, train is not None, feature_samples,
+                        "--train-data (training images: the attack's members)")
     others = {"original": original, "reference": reference}
-    protos = {k: _load(v)[0] for k, v in others.items() if v is not None}
-    n_models = 1 + len(protos)
+    protos = {"model": proto, **{k_: _load(v)[0] for k_, v in others.items() if v is not None}}
+    n_models = len(protos)
+    work = (n_models * len(ds) + (n_models * len(train) if train is not None else 0)
+            + feature_runs(ds, f, retain, feature_samples, "original" in protos, "reference" in protos))
     outs = {}
-    with Progress(n_models * len(ds), "evaluating", quiet) as bar:
-        outs["model"] = to_probabilities(predict(proto, ds, batch_size, device, input_name, output_name, bar))
-        for k, p in protos.items():
-            outs[k] = to_probabilities(predict(p, ds, batch_size, device, input_name, output_name, bar))
-    res = EvaluateResult(summarize(outs["model"].argmax(1), ds.y, f))
-    fmask = np.isin(ds.y, f)
-    if "original" in outs:
-        o = outs["original"]
-        res.original = summarize(o.argmax(1), ds.y, f)
-        res.retain_agreement = float(np.mean(o[~fmask].argmax(1) == outs["model"][~fmask].argmax(1)))
-        res.retain_kl = float(np.mean(kl_divergence(o[~fmask], outs["model"][~fmask])))
-    if "reference" in outs:
-        r = outs["reference"]
-        res.reference_js = {name: {"forget": float(np.mean(js_divergence(outs[name][fmask], r[fmask]))),
-                                   "retain": float(np.mean(js_divergence(outs[name][~fmask], r[~fmask])))}
-                            for name in ("model", "original") if name in outs}
+    with Progress(work, "evaluating", quiet) as bar:
+        for name, p in protos.items():
+            outs[name] = to_probabilities(predict(p, ds, batch_size, device, input_name, output_name, bar))
+        res = EvaluateResult(summarize(outs["model"].argmax(1), ds.y, f))
+        fmask = np.isin(ds.y, f)
+        summaries = {"model": res.summary}
+        if "original" in outs:
+            o = outs["original"]
+            res.original = summaries["original"] = summarize(o.argmax(1), ds.y, f)
+            res.retain_agreement = float(np.mean(o[~fmask].argmax(1) == outs["model"][~fmask].argmax(1)))
+            res.retain_kl = float(np.mean(kl_divergence(o[~fmask], outs["model"][~fmask])))
+        res.reference_js = _reference_js(outs, ds.y, f)
+        res.verification = verify(protos, ds, f, retain, summaries, outs, train=train,
+                                  train_reason="needs --train-data (training images of the model)",
+                                  feature_samples=feature_samples, batch_size=batch_size, device=device,
+                                  input_name=input_name, output_name=output_name, progress=bar)
+    res.gates = res.check_gates(gates)
     return res

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import DampError
+from .errors import GATE_FAILED, DampError
 
 
 def _user_errors(fn):
@@ -51,7 +51,8 @@ def _check_report_path(path: str | None) -> None:
 def main() -> None:
     """Make a deployed ONNX classifier forget classes with DAMP, and prove it on held-out data.
 
-    Exit codes: 0 success, 2 bad input (one-line message), 1 internal error.
+    Exit codes: 0 success, 3 a --max-*/--min-* gate failed (one-line summary on stderr; outputs still
+    written), 2 bad input (one-line message), 1 internal error.
     """
 
 
@@ -72,6 +73,52 @@ _device = click.option("--device", type=click.Choice(["cpu", "cuda"]), default="
                        help="onnxruntime execution provider.")
 _input_name = click.option("--input-name", default=None, help="Model input to feed (models with several inputs).")
 _output_name = click.option("--output-name", default=None, help="Model output holding the logits (default: first).")
+_feature_samples = click.option("--feature-samples", default=500, show_default=True, type=int,
+                                help="Forget-class (and as many retain) test samples for the per-layer metrics "
+                                     "(CKA, residual separability, bias shift); 0 skips them.")
+
+
+def _gate_options(fn):
+    """--max-forget-acc, --max-retain-drop, --min-cka-gain, --max-mia (fractions; exit code 3 when one fails)."""
+    for opt in reversed([
+        click.option("--max-forget-acc", type=float, default=None,
+                     help="Gate: forget-class accuracy at most this (fraction, e.g. 0.01)."),
+        click.option("--max-retain-drop", type=float, default=None,
+                     help="Gate: mean retain accuracy drop vs the original at most this (fraction)."),
+        click.option("--min-cka-gain", type=float, default=None,
+                     help="Gate: CKA gain to the reference at the deepest layers at least this."),
+        click.option("--max-mia", type=float, default=None,
+                     help="Gate: forget member rate of the confidence membership attack at most this."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia):
+    from .verification import Gates
+
+    return Gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia)
+
+
+def _finish_gates(res) -> None:
+    """Exit with GATE_FAILED and a one-line summary on stderr when a gate does not hold."""
+    from .verification import gates_summary
+
+    if not res.passed:
+        click.echo(gates_summary(res.gates), err=True)
+        sys.exit(GATE_FAILED)
+
+
+def _echo_verification(res) -> None:
+    from .tables import verification_layers_table, verification_table
+
+    for text in (verification_table(res.verification), verification_layers_table(res.verification)):
+        if text:
+            click.echo()
+            click.echo(text)
+    if res.gates:
+        click.echo()
+        click.echo("\n".join(g.describe() for g in res.gates))
 
 
 @main.command("forget")
@@ -83,14 +130,19 @@ _output_name = click.option("--output-name", default=None, help="Model output ho
 @click.option("--eval-data", type=click.Path(dir_okay=False), help="Held-out .npz to validate on.")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the full report as JSON here.")
 @click.option("--batch-size", default=128, show_default=True, type=int)
-@click.option("--features", type=click.Choice(["position", "pooled"]), default="position", show_default=True,
-              help="Conv statistics per spatial position, or per image after spatial pooling.")
+@click.option("--features", type=click.Choice(["auto", "position", "pooled"]), default="auto", show_default=True,
+              help="auto: Conv inputs per spatial position, token sequences by their class token (token 0); "
+                   "position: every position/token row; pooled: Conv inputs per image after spatial pooling.")
 @click.option("--no-extra-directions", is_flag=True,
               help="Use only the prototype residuals (rank = number of forget classes).")
 @click.option("--max-passes", default=3, show_default=True, type=int,
               help="Most DAMP passes (statistics re-collected on the edited model before each further pass).")
 @click.option("--target-forget-acc", default=0.01, show_default=True, type=float,
               help="Stop passing once forget-class accuracy on the calibration data is at or below this.")
+@click.option("--reference", type=click.Path(dir_okay=False),
+              help="A model retrained without the class(es): JS divergence and per-layer CKA to it.")
+@_feature_samples
+@_gate_options
 @_device
 @_input_name
 @_output_name
@@ -98,26 +150,30 @@ _output_name = click.option("--output-name", default=None, help="Model output ho
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 def forget_cmd(model, data, forget_classes, output, eval_data, report, batch_size, features,
-               no_extra_directions, max_passes, target_forget_acc, device, input_name, output_name, as_json,
-               quiet) -> None:
+               no_extra_directions, max_passes, target_forget_acc, reference, feature_samples, max_forget_acc,
+               max_retain_drop, min_cka_gain, max_mia, device, input_name, output_name, as_json, quiet) -> None:
     """Edit MODEL so it forgets --forget classes; write the result to -o."""
     from .api import forget
     from .tables import before_after_table, layers_table
 
     _check_report_path(report)
     res = forget(model, data, list(forget_classes), output, eval_data, batch_size, device, features,
-                 not no_extra_directions, input_name, output_name, max_passes, target_forget_acc, quiet)
+                 not no_extra_directions, input_name, output_name, max_passes, target_forget_acc, quiet,
+                 reference=reference, feature_samples=feature_samples,
+                 gates=_gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia))
     payload = res.to_dict()
     if report:
         _write_json_atomic(Path(report), payload)
     if as_json:
         click.echo(json.dumps(payload, indent=2))
-        return
-    click.echo(layers_table(res))
-    click.echo()
-    click.echo(before_after_table(res.before, res.after, res.validated_on))
-    click.echo()
-    click.echo(f"wrote {', '.join(res.written)}" + (f"; report {report}" if report else ""))
+    else:
+        click.echo(layers_table(res))
+        click.echo()
+        click.echo(before_after_table(res.before, res.after, res.validated_on))
+        _echo_verification(res)
+        click.echo()
+        click.echo(f"wrote {', '.join(res.written)}" + (f"; report {report}" if report else ""))
+    _finish_gates(res)
 
 
 @main.command("evaluate")
@@ -126,23 +182,31 @@ def forget_cmd(model, data, forget_classes, output, eval_data, report, batch_siz
 @click.option("--forget", "forget_classes", required=True, multiple=True, type=int, help="Forgotten class.")
 @click.option("--original", type=click.Path(dir_okay=False), help="The model before forgetting.")
 @click.option("--reference", type=click.Path(dir_okay=False), help="A model retrained without the class(es).")
+@click.option("--train-data", type=click.Path(dir_okay=False),
+              help="Training images of the model (e.g. the calibration .npz): enables membership inference.")
 @click.option("--batch-size", default=256, show_default=True, type=int)
+@_feature_samples
+@_gate_options
 @_device
 @_input_name
 @_output_name
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
-def evaluate_cmd(model, data, forget_classes, original, reference, batch_size, device, input_name, output_name,
+def evaluate_cmd(model, data, forget_classes, original, reference, train_data, batch_size, feature_samples,
+                 max_forget_acc, max_retain_drop, min_cka_gain, max_mia, device, input_name, output_name,
                  as_json, quiet) -> None:
-    """Per-class, forget and retain accuracy of MODEL; agreement with --original; JS to --reference."""
+    """Per-class, forget and retain accuracy of MODEL; agreement with --original; JS and CKA to --reference;
+    membership inference with --train-data; gates for pipelines."""
     from .api import evaluate
     from .tables import pct, per_class_table, table
 
     res = evaluate(model, data, list(forget_classes), original, reference, batch_size, device, input_name,
-                   output_name, quiet)
+                   output_name, quiet, train_data=train_data, feature_samples=feature_samples,
+                   gates=_gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia))
     if as_json:
         click.echo(json.dumps(res.to_dict(), indent=2))
+        _finish_gates(res)
         return
     s = res.summary
     click.echo(per_class_table(s, res.original))
@@ -157,6 +221,8 @@ def evaluate_cmd(model, data, forget_classes, original, reference, batch_size, d
             rows.append([f"JS to reference, {name}, forget samples", f"{js['forget']:.4f}"])
             rows.append([f"JS to reference, {name}, retain samples", f"{js['retain']:.4f}"])
     click.echo(table(["metric", "value"], rows, title=f"Summary ({s.samples} samples)"))
+    _echo_verification(res)
+    _finish_gates(res)
 
 
 if __name__ == "__main__":

@@ -105,3 +105,74 @@ def per_class_table(summary, original=None) -> str:
             row += [pct(o), "-" if o is None else f"{100 * (a - o):+.2f} pts"]
         rows.append(row)
     return table(headers, rows, title="Per-class accuracy")
+
+
+def _pct3(values: dict, key: str) -> str:
+    """'model / original / reference' percentages of one MIA protocol, for the models present."""
+    return " / ".join(pct(values[name][key].member_rate) for name in ("model", "original", "reference")
+                      if name in values)
+
+
+def _f(v, fmt: str = ".3f") -> str:
+    """A number in fmt, '-' for None; a value that rounds to zero shows without a minus sign."""
+    if v is None:
+        return "-"
+    digits = int(fmt.rstrip("f").split(".")[-1] or 0) if fmt.endswith("f") else None
+    return format(round(v, digits) + 0.0 if digits is not None else v, fmt)
+
+
+def verification_table(v) -> str:
+    """Selectivity, membership inference, CKA gain and bias shift in one metric/value table."""
+    rows = []
+    if v.selectivity is not None:
+        s = v.selectivity
+        rows.append(["selectivity (forget drop - mean retain drop)",
+                     f"{s['selectivity']:+.4f} (forget {100 * s['forget_drop']:+.2f} pts, "
+                     f"retain {100 * s['mean_retain_drop']:+.2f} pts)"])
+    if v.mia:
+        names = " / ".join(n for n in ("model", "original", "reference") if n in v.mia)
+        rows.append([f"MIA forget member rate, entropy attack ({names})", _pct3(v.mia, "entropy")])
+        rows.append([f"MIA forget member rate, confidence attack ({names})", _pct3(v.mia, "confidence")])
+        m = v.mia["model"]
+        rows.append(["MIA attack balanced accuracy on retain (entropy / confidence)",
+                     f"{pct(m['entropy'].attack_balanced_accuracy)} / {pct(m['confidence'].attack_balanced_accuracy)}"])
+    elif v.mia_reason:
+        rows.append(["membership inference", f"n/a: {v.mia_reason}"])
+    if v.cka_gain_layers:
+        first, last = v.cka_gain_layers[0], v.cka_gain_layers[-1]
+        span = f"layer {last}" if first == last else f"layers {first}-{last}"
+        rows.append([f"CKA gain to reference (mean of {span})", _f(v.cka_gain, "+.4f")])
+    b = v.bias_shift
+    if b is not None and b.available:
+        rows.append(["forget logit change, original -> model (mean)", f"{b.delta_logit:+.3f}"])
+        rows.append(["  from the head bias / head weights / features",
+                     " / ".join(_f(t, "+.3f") for t in (b.bias, b.head_weight, b.features))])
+        rows.append(["  bias-shift share", _f(b.bias_share, ".3f")])
+    elif b is not None:
+        rows.append(["bias-shift share", f"n/a: {b.reason}"])
+    text = table(["metric", "value"], rows, title="Verification") if rows else ""
+    for note in v.notes:
+        text += f"\nnote: {note}"
+    return text
+
+
+def verification_layers_table(v) -> str:
+    """Per editable operator: CKA to the reference (original -> model) and residual forget structure."""
+    if not v.layers:
+        return ""
+    has_cka = any(lv.cka_model is not None for lv in v.layers)
+    has_sep = any(lv.distance_model is not None for lv in v.layers)
+    rows = []
+    for lv in v.layers:
+        row = [lv.index, lv.node, lv.op_type]
+        if has_cka:
+            row += [f"{_f(lv.cka_original)} -> {_f(lv.cka_model)}", _f(lv.cka_gain, "+.3f")]
+        if has_sep:
+            row += [f"{_f(lv.distance_original, '.2f')} -> {_f(lv.distance_model, '.2f')}", _f(lv.distance_ratio),
+                    f"{_f(lv.separability_original)} -> {_f(lv.separability_model)}"]
+        rows.append(row)
+    headers = ["#", "node", "op"] + (["CKA to ref.: orig. -> model", "gain"] if has_cka else []) \
+        + (["forget Delta: orig. -> model", "ratio", "separability: orig. -> model"] if has_sep else [])
+    title = (f"Per-layer verification ({v.forget_samples} forget"
+             + (f" / {v.retain_samples} retain" if v.retain_samples else "") + " samples)")
+    return table(headers, rows, title=title)
