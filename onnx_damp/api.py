@@ -160,6 +160,7 @@ class ForgetResult:
     verification: Verification = field(default_factory=Verification)
     reference_js: dict | None = None
     gates: list[GateResult] = field(default_factory=list)
+    token_layouts: dict[str, str] = field(default_factory=dict)  # node -> where its class token was read
 
     @property
     def passed(self) -> bool:
@@ -174,7 +175,7 @@ class ForgetResult:
         worst_c, worst_drop = worst_retain_drop(self.before, self.after)
         return {"tool": "onnx-damp", "version": __version__, "forget_classes": self.forget,
                 "retain_classes": self.retain, "feature_mode": self.feature_mode,
-                "calibration_samples": self.calibration_samples, "source_sha256": self.source_sha256,
+                "token_layouts": self.token_layouts, "calibration_samples": self.calibration_samples, "source_sha256": self.source_sha256,
                 "validated_on": self.validated_on, "outputs": self.written,
                 "passes": [p.to_dict() for p in self.passes],
                 "relative_change": self.relative_change,
@@ -273,7 +274,8 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     result = ForgetResult(edited, f, retain, outcome.passes, changes, before, after,
                           "evaluation data" if eval_data is not None else "calibration data (no --eval-data given)",
                           outcome.first_stats.num_samples, feature_mode, sha, not_editable=scan.skipped,
-                          verification=ver, reference_js=_reference_js(probs, evald.y, f))
+                          verification=ver, reference_js=_reference_js(probs, evald.y, f),
+                          token_layouts=outcome.first_stats.token_layouts)
     result.gates = result.check_gates(gates)
     if out_path is not None:
         external = bool(src) and has_external_data(src)

@@ -14,7 +14,7 @@ import onnx_damp
 from onnx_damp.metrics import worst_retain_drop
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
-CASES = [("mnist", [3]), ("fashion_mnist", [0]), ("mnist", [3, 5]), ("fashion_mnist", [2, 7])]
+CASES = [("mnist", [3]), ("fashion_mnist", [0]), ("mnist", [3, 5]), ("fashion_mnist", [2, 7]), ("vit_mnist", [2])]
 
 
 @pytest.mark.parametrize("sample,forget", CASES, ids=[f"{s}-{'+'.join(map(str, f))}" for s, f in CASES])
@@ -55,3 +55,19 @@ def test_edited_model_keeps_topology_and_records_the_edit(tmp_path):
     assert changed and all(n.endswith("weight") for n in changed)  # biases untouched
     meta = {p.key: p.value for p in dst.metadata_props}
     assert meta["onnx_damp.version"] == onnx_damp.__version__ and meta["onnx_damp.passes"] == "1"
+
+
+def test_vit_class_token_statistics_move_forget_outputs_toward_the_retrained_model(tmp_path):
+    """ViT (TorchScript export): token layouts are found, and forgetting 7 moves outputs toward the reference."""
+    folder = SAMPLES / "vit_mnist"
+    out = tmp_path / "edited.onnx"
+    res = onnx_damp.forget(folder / "model.onnx", folder / "calib.npz", [7], output=out,
+                           eval_data=folder / "test.npz", feature_samples=0)
+    layouts = res.to_dict()["token_layouts"]
+    assert any(v.endswith("axis 0") for v in layouts.values())       # [T, N, D] attention input
+    assert any(v.endswith("axis 1") for v in layouts.values())       # [N, T, D] MLP input
+    assert any("token-major" in v for v in layouts.values())         # [T*N, D] out-projection Gemm
+    assert res.after.forget_accuracy < 0.05 < res.before.forget_accuracy
+    js = onnx_damp.evaluate(out, folder / "test.npz", [7], original=folder / "model.onnx",
+                            reference=folder / "retrained_without_7.onnx").reference_js
+    assert js["model"]["forget"] < 0.5 * js["original"]["forget"]
