@@ -113,7 +113,7 @@ def node_scope(node: onnx.NodeProto, weight_source: str = "") -> str:
     scope = modules[-1] if modules else ""
     match = re.fullmatch(r"(.+)\.weight(_\w+)?", weight_source)  # also "x.weight_quantized" (QDQ)
     owner = match.group(1) if match else ""
-    if scope and owner and (owner == scope or (_parent(scope) and _parent(owner) == _parent(scope))):
+    if scope and owner and (owner == scope or _parent(owner) == _parent(scope)):
         return owner
     return scope
 
