@@ -21,10 +21,16 @@ from .errors import DampError
 from .graph import EditableOp
 from .instrument import default_opset, tap_key
 from .runtime import input_spec, make_session, output_name, run_checked
+from .tokens import probe_token_layouts
 
 
-def feature_model(model: onnx.ModelProto, ops: Sequence[EditableOp]) -> tuple[onnx.ModelProto, list[str]]:
-    """A copy of model that also outputs the pooled input features of each op (one output name per op)."""
+def feature_model(model: onnx.ModelProto, ops: Sequence[EditableOp],
+                  class_token_ops: frozenset = frozenset()) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of model that also outputs the pooled input features of each op (one output name per op).
+
+    Ops in class_token_ops (token-sequence inputs, see tokens.py) output their first row instead of the
+    mean: with one sample per run, row 0 is that sample's token 0 (the class token) in every layout.
+    """
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
@@ -32,14 +38,15 @@ def feature_model(model: onnx.ModelProto, ops: Sequence[EditableOp]) -> tuple[on
     by_key: dict[str, str] = {}
     names = []
     for op in ops:
-        key = tap_key(op)
+        cls = op.node_name in class_token_ops
+        key = tap_key(op) + ("|cls" if cls else "")
         if key not in by_key:
-            by_key[key] = _add_pool(g, op, len(by_key), opset)
+            by_key[key] = _add_pool(g, op, len(by_key), opset, cls)
         names.append(by_key[key])
     return out, names
 
 
-def _add_pool(g: onnx.GraphProto, op: EditableOp, k: int, opset: int) -> str:
+def _add_pool(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, class_token: bool = False) -> str:
     p = f"__damp_feat{k}_"
     x = op.input_name
     nodes = []
@@ -52,7 +59,10 @@ def _add_pool(g: onnx.GraphProto, op: EditableOp, k: int, opset: int) -> str:
     g.initializer.append(numpy_helper.from_array(np.array([-1, op.feature_dim], dtype=np.int64), p + "shape"))
     nodes.append(helper.make_node("Reshape", [x, p + "shape"], [p + "rows"]))
     nodes.append(helper.make_node("Cast", [p + "rows"], [p + "rows32"], to=TensorProto.FLOAT))
-    if opset >= 18:
+    if class_token:
+        g.initializer.append(numpy_helper.from_array(np.array(0, dtype=np.int64), p + "row0"))
+        nodes.append(helper.make_node("Gather", [p + "rows32", p + "row0"], [p + "mean"], axis=0))
+    elif opset >= 18:
         g.initializer.append(numpy_helper.from_array(np.array([0], dtype=np.int64), p + "axes"))
         nodes.append(helper.make_node("ReduceMean", [p + "rows32", p + "axes"], [p + "mean"], keepdims=0))
     else:
@@ -76,7 +86,8 @@ def extract(model: onnx.ModelProto, ops: Sequence[EditableOp], data: Dataset, in
             device: str = "cpu", input_name: str | None = None, output: str | None = None,
             progress: Callable[[int], None] | None = None) -> PooledFeatures:
     """Run the samples data.x[indices] one at a time and return their pooled features and output rows."""
-    inst, names = feature_model(model, ops)
+    layouts = probe_token_layouts(model, list(ops), data.x, input_name, device)  # {} with a fixed batch
+    inst, names = feature_model(model, ops, frozenset(layouts))
     sess = make_session(inst, device, basic_optimizations=True)
     spec = input_spec(sess, input_name)
     x = check_against_input(data, spec.shape, spec.dtype, spec.name)

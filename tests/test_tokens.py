@@ -81,3 +81,20 @@ def test_plain_rows_and_fixed_batch_get_no_token_layout():
                            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, OUT])], {"w": w})
         ops = scan_graph(model).editable
         assert probe_token_layouts(model, ops, rng.normal(size=(4, D)).astype(np.float32), None) == {}
+
+
+@pytest.mark.parametrize("layout", ["batch_first", "tokens_first", "token_major", "batch_major"])
+def test_verification_features_read_the_class_token(layout):
+    """features.py: a token-sequence input gives its token 0 per sample (a plain input its row mean)."""
+    from onnx_damp.features import feature_model
+    from onnx_damp.runtime import make_session
+
+    rng = np.random.default_rng(3)
+    model = token_model(layout, rng)
+    ops = scan_graph(model).editable
+    x = rng.normal(size=(6, T, D)).astype(np.float32)
+    for layouts, want in [(probe_token_layouts(model, ops, x, None), x[:, 0, :]), ({}, x.mean(axis=1))]:
+        inst, names = feature_model(model, ops, frozenset(layouts))
+        sess = make_session(inst, "cpu", basic_optimizations=True)
+        got = np.stack([sess.run([names[0]], {"x": x[i:i + 1]})[0] for i in range(6)])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
