@@ -13,6 +13,7 @@ import onnx
 from . import __version__
 from .data import Dataset, as_dataset
 from .errors import DampError
+from .labels import metadata_names, read_labels, resolve_classes
 from .graph import EditableOp, SkippedOp, no_editable_message, scan_graph
 from .metrics import AccuracySummary, js_divergence, kl_divergence, summarize, to_probabilities, worst_retain_drop
 from .modelio import check_output_path, has_external_data, load_model, save_model_atomic, sha256_file
@@ -69,6 +70,12 @@ def inspect(model: ModelLike) -> InspectResult:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+def _class_indices(proto: onnx.ModelProto, forget: Sequence, labels) -> list[int]:
+    """Forget classes as indices: names are looked up in the labels file, else the model's class_names metadata."""
+    names = read_labels(labels) if labels is not None else metadata_names(proto)
+    return resolve_classes(forget, names)
+
+
 def _check_classes(forget: Sequence[int], data: Dataset, num_outputs: int, what: str) -> tuple[list[int], list[int]]:
     """Validate forget classes against the model's outputs and the data; return (forget, retain)."""
     if not forget:
@@ -200,7 +207,7 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
            extra_directions: bool = True, input_name: str | None = None, output_name: str | None = None,
            max_passes: int = 3, target_forget_accuracy: float = 0.01, quiet: bool = True,
            reference: ModelLike | None = None, feature_samples: int = 500,
-           gates: "Gates | dict | None" = None) -> ForgetResult:
+           gates: "Gates | dict | None" = None, labels: str | os.PathLike | None = None) -> ForgetResult:
     """Make model forget the given classes with DAMP; validate; optionally write the edited model.
 
     Validation (on eval_data, else on the calibration data) gives accuracies and the verification metrics
@@ -218,7 +225,7 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     calib = as_dataset(data)
     evald = as_dataset(eval_data) if eval_data is not None else calib
     k = _num_outputs(proto, calib, input_name, output_name, device)  # also checks the data fit the input
-    f, retain = _check_classes(forget, calib, k, "the calibration data")
+    f, retain = _check_classes(_class_indices(proto, forget, labels), calib, k, "the calibration data")
     if eval_data is not None:
         _num_outputs(proto, evald, input_name, output_name, device)
         _check_classes(f, evald, k, "the evaluation data")
@@ -333,14 +340,15 @@ class EvaluateResult:
 def evaluate(model: ModelLike, data, forget: Sequence[int], original: ModelLike | None = None,
              reference: ModelLike | None = None, batch_size: int = 256, device: str = "cpu",
              input_name: str | None = None, output_name: str | None = None, quiet: bool = True,
-             train_data=None, feature_samples: int = 500, gates: "Gates | dict | None" = None) -> EvaluateResult:
+             train_data=None, feature_samples: int = 500, gates: "Gates | dict | None" = None,
+             labels: str | os.PathLike | None = None) -> EvaluateResult:
     """Accuracy per class, forget/retain accuracy; agreement and KL against the original; JS to a reference;
     the verification metrics of docs/metrics.md (membership inference needs train_data, the training images
     the model saw, e.g. the calibration data); gates checked on them (EvaluateResult.passed, .gates)."""
     proto, _ = _load(model)
     ds = as_dataset(data)
     k = _num_outputs(proto, ds, input_name, output_name, device)
-    f, retain = _check_classes(forget, ds, k, "the data")
+    f, retain = _check_classes(_class_indices(proto, forget, labels), ds, k, "the data")
     train = None
     if train_data is not None:
         train = as_dataset(train_data)

@@ -124,8 +124,10 @@ def _echo_verification(res) -> None:
 @main.command("forget")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Calibration .npz with x and y.")
-@click.option("--forget", "forget_classes", required=True, multiple=True, type=int,
-              help="Class index to forget (repeat for several).")
+@click.option("--forget", "forget_classes", required=True, multiple=True,
+              help="Class to forget, by index or name (repeat for several).")
+@click.option("--labels", type=click.Path(dir_okay=False),
+              help="Class names, one per line (line i = class i); default: the model's class_names metadata.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Edited model path.")
 @click.option("--eval-data", type=click.Path(dir_okay=False), help="Held-out .npz to validate on.")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the full report as JSON here.")
@@ -149,7 +151,7 @@ def _echo_verification(res) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
-def forget_cmd(model, data, forget_classes, output, eval_data, report, batch_size, features,
+def forget_cmd(model, data, forget_classes, labels, output, eval_data, report, batch_size, features,
                no_extra_directions, max_passes, target_forget_acc, reference, feature_samples, max_forget_acc,
                max_retain_drop, min_cka_gain, max_mia, device, input_name, output_name, as_json, quiet) -> None:
     """Edit MODEL so it forgets --forget classes; write the result to -o."""
@@ -160,7 +162,7 @@ def forget_cmd(model, data, forget_classes, output, eval_data, report, batch_siz
     res = forget(model, data, list(forget_classes), output, eval_data, batch_size, device, features,
                  not no_extra_directions, input_name, output_name, max_passes, target_forget_acc, quiet,
                  reference=reference, feature_samples=feature_samples,
-                 gates=_gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia))
+                 gates=_gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia), labels=labels)
     payload = res.to_dict()
     if report:
         _write_json_atomic(Path(report), payload)
@@ -179,7 +181,9 @@ def forget_cmd(model, data, forget_classes, output, eval_data, report, batch_siz
 @main.command("evaluate")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Labelled .npz with x and y.")
-@click.option("--forget", "forget_classes", required=True, multiple=True, type=int, help="Forgotten class.")
+@click.option("--forget", "forget_classes", required=True, multiple=True, help="Forgotten class (index or name).")
+@click.option("--labels", type=click.Path(dir_okay=False),
+              help="Class names, one per line (line i = class i); default: the model's class_names metadata.")
 @click.option("--original", type=click.Path(dir_okay=False), help="The model before forgetting.")
 @click.option("--reference", type=click.Path(dir_okay=False), help="A model retrained without the class(es).")
 @click.option("--train-data", type=click.Path(dir_okay=False),
@@ -193,7 +197,7 @@ def forget_cmd(model, data, forget_classes, output, eval_data, report, batch_siz
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
-def evaluate_cmd(model, data, forget_classes, original, reference, train_data, batch_size, feature_samples,
+def evaluate_cmd(model, data, forget_classes, labels, original, reference, train_data, batch_size, feature_samples,
                  max_forget_acc, max_retain_drop, min_cka_gain, max_mia, device, input_name, output_name,
                  as_json, quiet) -> None:
     """Per-class, forget and retain accuracy of MODEL; agreement with --original; JS and CKA to --reference;
@@ -203,7 +207,7 @@ def evaluate_cmd(model, data, forget_classes, original, reference, train_data, b
 
     res = evaluate(model, data, list(forget_classes), original, reference, batch_size, device, input_name,
                    output_name, quiet, train_data=train_data, feature_samples=feature_samples,
-                   gates=_gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia))
+                   gates=_gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia), labels=labels)
     if as_json:
         click.echo(json.dumps(res.to_dict(), indent=2))
         _finish_gates(res)
