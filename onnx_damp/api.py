@@ -282,7 +282,7 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
                           "evaluation data" if eval_data is not None else "calibration data (no --eval-data given)",
                           outcome.first_stats.num_samples, feature_mode, sha, not_editable=scan.skipped,
                           verification=ver, reference_js=_reference_js(probs, evald.y, f),
-                          token_layouts=outcome.first_stats.token_layouts)
+                          token_layouts={n: lay.describe() for n, lay in outcome.first_stats.token_layouts.items()})
     result.gates = result.check_gates(gates)
     if out_path is not None:
         external = bool(src) and has_external_data(src)

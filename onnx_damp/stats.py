@@ -10,7 +10,7 @@ import onnx
 from .data import Dataset, class_batches
 from .graph import EditableOp
 from .instrument import instrument
-from .tokens import probe_token_layouts
+from .tokens import TokenLayout, probe_token_layouts
 from .runtime import input_spec, make_session, run_checked
 
 
@@ -66,7 +66,7 @@ class Statistics:
     layers: dict[str, LayerStats]
     samples: dict[int, int]
     feature_mode: str
-    token_layouts: dict[str, str] = field(default_factory=dict)  # node -> where its class token was read
+    token_layouts: dict[str, TokenLayout] = field(default_factory=dict)  # node -> where its class token is read
 
     @property
     def num_samples(self) -> int:
@@ -75,9 +75,17 @@ class Statistics:
 
 def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_classes: Iterable[int],
             batch_size: int = 128, device: str = "cpu", feature_mode: str = "auto",
-            input_name: str | None = None, progress: Callable[[int], None] | None = None) -> Statistics:
-    """Stream data through an instrumented copy of model in single-class batches and reduce per batch."""
-    layouts = probe_token_layouts(model, ops, data.x, input_name, device) if feature_mode == "auto" else {}
+            input_name: str | None = None, progress: Callable[[int], None] | None = None,
+            layouts: dict[str, TokenLayout] | None = None) -> Statistics:
+    """Stream data through an instrumented copy of model in single-class batches and reduce per batch.
+
+    layouts: token layouts found earlier for the same graph (edits change weights, never layouts);
+    probed here when not given and feature_mode is "auto".
+    """
+    if feature_mode != "auto":
+        layouts = {}
+    elif layouts is None:
+        layouts = probe_token_layouts(model, ops, data.x, input_name, device)
     inst, taps = instrument(model, ops, feature_mode, layouts)
     sess = make_session(inst, device, basic_optimizations=True)
     spec = input_spec(sess, input_name)
@@ -95,5 +103,4 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
         samples[c] = samples.get(c, 0) + real
         if progress:
             progress(real)
-    return Statistics({name: per_tap[t.key] for name, t in taps.items()}, samples, feature_mode,
-                      {name: lay.describe() for name, lay in layouts.items()})
+    return Statistics({name: per_tap[t.key] for name, t in taps.items()}, samples, feature_mode, layouts)

@@ -52,7 +52,9 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset, for
         if k == 0 and first_stats is not None:
             stats = first_stats
         else:
-            stats = collect(current, ops, calib, forget, batch_size, device, feature_mode, input_name, progress)
+            layouts = outcome.first_stats.token_layouts if outcome.first_stats is not None else None
+            stats = collect(current, ops, calib, forget, batch_size, device, feature_mode, input_name, progress,
+                            layouts)
         if k == 0:
             outcome.first_stats = stats
         plans = dm.plan(ops, stats, forget, retain, extra_directions)
