@@ -126,10 +126,17 @@ def export(model: ResCNN, path: Path, meta: dict) -> None:
     tmp = path.with_suffix(".tmp.onnx")
     torch.onnx.export(model, (dummy,), str(tmp), input_names=["input"], output_names=["logits"],
                       dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, dynamo=True)
+    save_single_file(tmp, path, meta)
+
+
+def save_single_file(tmp: Path, path: Path, meta: dict) -> None:
+    """Load an exporter's output (with any external data), add metadata, check it, save it as one file at path,
+    and remove the exporter's files."""
     proto = onnx.load(str(tmp), load_external_data=True)
     for k, v in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
+    onnx.checker.check_model(proto)
     onnx.save_model(proto, str(path), save_as_external_data=False)
     tmp.unlink()
     data_file = Path(str(tmp) + ".data")

@@ -27,13 +27,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from build_samples import MNIST_CLASSES, accuracy, load_split, preprocess, stratified  # noqa: E402
+from build_samples import MNIST_CLASSES, accuracy, load_split, preprocess, save_single_file, stratified  # noqa: E402
 
 NAME = "vit_mnist"
 FORGET = [7]
@@ -108,13 +107,7 @@ def export(model: ViT, path: Path, meta: dict) -> None:
                               dynamo=False)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-    proto = onnx.load(str(tmp))
-    for k, v in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
-    onnx.checker.check_model(proto)
-    onnx.save_model(proto, str(path), save_as_external_data=False)
-    tmp.unlink()
+    save_single_file(tmp, path, meta)
     check_export(model, path)
 
 
