@@ -16,6 +16,11 @@ Methods (every edit starts from the sample's model.onnx and uses only its calib.
   the layers it edits), one pass;
 - damp_last: DAMP's pass-1 plan applied to the final editable layer only;
 - damp_1pass: DAMP with max_passes=1.
+- damp_sequential: one pass, layer by layer in depth order, each layer's prototypes recomputed on the model
+  with every shallower layer already edited (one statistics pass per editable layer), against damp_1pass
+  whose prototypes all come from the original model;
+- damp_patch: DAMP as shipped but Conv statistics over unfolded kernel patches (--features patch: the Conv
+  weight edited as [out, in * k * k]) instead of per-position channel vectors (in channels).
 
 Columns: forget / retain accuracy on test.npz, largest single retain-class drop against the original,
 membership-inference member rate of the forget-class calibration images (entropy and confidence attacks of
@@ -56,7 +61,8 @@ from onnx_damp.weights import (effective_weight, give_own_copy, index_graph, mat
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ["mnist", "fashion_mnist", "vit_mnist"]
 PAIRS = ["0,1", "2,7", "3,5", "4,9"]
-METHODS = ["original", "retrained", "head_bias", "kodge", "damp", "damp_uniform", "damp_last", "damp_1pass"]
+METHODS = ["original", "retrained", "head_bias", "kodge", "damp", "damp_uniform", "damp_last", "damp_1pass",
+           "damp_sequential", "damp_patch"]
 
 
 def references(folder: Path) -> dict[tuple, Path]:
@@ -151,6 +157,11 @@ def damp_variant(proto, ops, calib, forget, retain, stats, which: str) -> tuple[
     if which == "damp_1pass":
         out = damp_edit(proto, ops, calib, forget, retain, max_passes=1, first_stats=stats)
         return out.model, {"passes": 1}
+    if which == "damp_patch":
+        out = damp_edit(proto, ops, calib, forget, retain, feature_mode="patch")
+        return out.model, {"passes": len(out.passes), "alphas": [round(p.alpha, 3) for p in out.passes[0].plans]}
+    if which == "damp_sequential":
+        return damp_sequential(proto, ops, calib, forget, retain, stats)
     plans = dm.plan(ops, stats, forget, retain)
     if which == "damp_uniform":
         edited = [p for p in plans if p.rank > 0 and p.alpha > 0]
@@ -167,6 +178,19 @@ def damp_variant(proto, ops, calib, forget, retain, stats, which: str) -> tuple[
     m = copy_model(proto)
     dm.apply(m, plans)
     return m, info
+
+
+def damp_sequential(proto, ops, calib, forget, retain, stats) -> tuple[onnx.ModelProto, dict]:
+    """One DAMP pass, layer by layer: layer i's statistics are collected on the model with layers < i edited."""
+    m = copy_model(proto)
+    alphas = []
+    for i, op in enumerate(ops):
+        st = stats if i == 0 else collect(m, [op], calib, forget, feature_mode=stats.feature_mode,
+                                          layouts=stats.token_layouts)
+        p = dm.plan_layer(op, st.layers[op.node_name], forget, retain)
+        dm.apply(m, [p])
+        alphas.append(round(p.alpha, 3))
+    return m, {"passes": 1, "alphas": alphas, "collects": len(ops)}
 
 
 # -------------------------------------------------------------------------------------------- metrics

@@ -103,7 +103,7 @@ def markdown(rows: list[dict]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", nargs="*", default=SAMPLES)
-    ap.add_argument("--features", choices=["auto", "position", "pooled"], default="auto")
+    ap.add_argument("--features", choices=["auto", "position", "pooled", "patch"], default="auto")
     ap.add_argument("--no-extra-directions", action="store_true")
     ap.add_argument("--max-passes", type=int, default=3)
     ap.add_argument("--samples-dir", type=Path, default=ROOT / "samples", help="folder holding the samples")

@@ -132,9 +132,10 @@ def _echo_verification(res) -> None:
 @click.option("--eval-data", type=click.Path(dir_okay=False), help="Held-out .npz to validate on.")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the full report as JSON here.")
 @click.option("--batch-size", default=128, show_default=True, type=int)
-@click.option("--features", type=click.Choice(["auto", "position", "pooled"]), default="auto", show_default=True,
+@click.option("--features", type=click.Choice(["auto", "position", "pooled", "patch"]), default="auto", show_default=True,
               help="auto: Conv inputs per spatial position, token sequences by their class token (token 0); "
-                   "position: every position/token row; pooled: Conv inputs per image after spatial pooling.")
+                   "position: every position/token row; pooled: Conv inputs per image after spatial pooling; "
+                   "patch: Conv inputs as unfolded kernel-sized patches (in * k * k features), tokens as auto.")
 @click.option("--no-extra-directions", is_flag=True,
               help="Use only the prototype residuals (rank = number of forget classes).")
 @click.option("--max-passes", default=3, show_default=True, type=int,

@@ -122,7 +122,11 @@ def edit_weight(op: EditableOp, w: np.ndarray, q: np.ndarray, alpha: float) -> n
     P_gg = I - alpha Q_g Q_g^T of P = I - alpha Q Q^T (Q_g: the rows of Q for group g's channels), which
     is exactly P restricted to what the layer can express; P_gg alone is not a projector in general and
     the cross-group blocks of P are dropped. Depthwise (in/G = 1) scales channel c by 1 - alpha ||Q_c||^2.
+    A Q of the unfolded patch space (rows in * prod(k), feature mode "patch") edits W reshaped [out, in * k...].
     """
+    if op.op_type == "Conv" and op.groups == 1 and q.shape[0] != op.feature_dim:
+        flat = w.reshape(w.shape[0], -1)  # patch space (--features patch): rows of W are [in * k...]
+        return pj.edit_matrix(flat, q, alpha).reshape(w.shape)
     if op.op_type != "Conv" or op.groups == 1:
         return matrix_to_weight(op, pj.edit_matrix(weight_matrix(op, w), q, alpha), w)
     out_g, in_g = w.shape[0] // op.groups, w.shape[1]

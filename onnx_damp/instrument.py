@@ -16,7 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 from .graph import EditableOp
 from .tokens import TokenLayout
 
-FEATURE_MODES = ("auto", "position", "pooled")
+FEATURE_MODES = ("auto", "position", "pooled", "patch")
+TOKEN_MODES = ("auto", "patch")  # modes that read the class token of token-sequence inputs
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,19 @@ class Tap:
     feature_dim: int
 
 
-def tap_key(op: EditableOp, layout: TokenLayout | None = None) -> str:
-    return f"{op.input_name}|{op.feature_axis}|{op.rank}|{int(op.trans_a)}|{layout}"
+def tap_key(op: EditableOp, layout: TokenLayout | None = None, mode: str = "position") -> str:
+    patch = f"|patch{op.weight_shape[1:]}{op.node_name}" if unfolds(op, mode) else ""
+    return f"{op.input_name}|{op.feature_axis}|{op.rank}|{int(op.trans_a)}|{layout}{patch}"
+
+
+def unfolds(op: EditableOp, mode: str) -> bool:
+    """Patch mode reads a Conv's input as unfolded patches [in * k...] (groups of 1 only)."""
+    return mode == "patch" and op.op_type == "Conv" and op.groups == 1
+
+
+def patch_dim(op: EditableOp) -> int:
+    """Size of the unfolded patch space of a Conv: in channels times kernel positions."""
+    return int(np.prod(op.weight_shape[1:]))
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -57,8 +69,8 @@ def instrument(model: onnx.ModelProto, ops: list[EditableOp], mode: str = "posit
     taps: dict[str, Tap] = {}
     by_key: dict[str, Tap] = {}
     for op in ops:
-        layout = (layouts or {}).get(op.node_name) if mode == "auto" else None
-        key = tap_key(op, layout)
+        layout = (layouts or {}).get(op.node_name) if mode in TOKEN_MODES else None
+        key = tap_key(op, layout, mode)
         if key not in by_key:
             by_key[key] = _add_tap(g, op, len(by_key), opset, mode, layout)
         taps[op.node_name] = by_key[key]
@@ -79,17 +91,41 @@ def _class_token(g: onnx.GraphProto, x: str, p: str, d: int, layout: TokenLayout
     return nodes, p + "cls"
 
 
+def _unfold(g: onnx.GraphProto, op: EditableOp, x: str, p: str) -> tuple[list, str, int]:
+    """Nodes turning a Conv input into rows of unfolded patches, in the weight's (in, k...) order.
+
+    A Conv with one-hot kernels E[j, c, k...] = 1 for j = flat(c, k...) and the operator's own pads,
+    strides and dilations outputs, at each output position, exactly the patch the operator multiplies
+    by its weight; moving that axis last gives [rows, in * prod(k)].
+    """
+    conv = g.node[op.node_index]
+    d = patch_dim(op)
+    kernel = tuple(op.weight_shape[1:])
+    eye = np.eye(d, dtype=np.float32).reshape((d,) + kernel)
+    g.initializer.append(numpy_helper.from_array(eye, p + "unfold_w"))
+    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute if a.name != "group"}
+    attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
+    attrs["kernel_shape"] = list(kernel[1:])
+    nodes = [helper.make_node("Cast", [x], [p + "x32"], to=TensorProto.FLOAT),
+             helper.make_node("Conv", [p + "x32", p + "unfold_w"], [p + "patches"], **attrs)]
+    perm = [0] + list(range(2, len(kernel) + 1)) + [1]
+    nodes.append(helper.make_node("Transpose", [p + "patches"], [p + "t"], perm=perm))
+    return nodes, p + "t", d
+
+
 def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str,
              layout: TokenLayout | None = None) -> Tap:
     p = f"__damp_tap{k}_"
     d = op.feature_dim
-    nodes = []
+    nodes: list = []
     x = op.input_name
     if layout is not None:
         nodes, x = _class_token(g, x, p, d, layout)
     elif op.op_type == "Conv" and mode == "pooled":
         nodes.append(helper.make_node("GlobalAveragePool", [x], [p + "gap"]))
         x = p + "gap"
+    elif unfolds(op, mode):
+        nodes, x, d = _unfold(g, op, x, p)
     elif op.op_type == "Conv":
         perm = [0] + list(range(2, op.rank)) + [1]
         nodes.append(helper.make_node("Transpose", [x], [p + "t"], perm=perm))
@@ -116,4 +152,4 @@ def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str,
         helper.make_tensor_value_info(p + "gram", TensorProto.DOUBLE, [d, d]),
         helper.make_tensor_value_info(p + "count", TensorProto.INT64, [2]),
     ])
-    return Tap(tap_key(op, layout), p + "sum", p + "gram", p + "count", d)
+    return Tap(tap_key(op, layout, mode), p + "sum", p + "gram", p + "count", d)

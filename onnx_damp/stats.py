@@ -9,7 +9,7 @@ import onnx
 
 from .data import Dataset, class_batches
 from .graph import EditableOp
-from .instrument import instrument
+from .instrument import TOKEN_MODES, instrument
 from .tokens import TokenLayout, probe_token_layouts
 from .runtime import input_spec, make_session, run_checked
 
@@ -82,7 +82,7 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
     layouts: token layouts found earlier for the same graph (edits change weights, never layouts);
     probed here when not given and feature_mode is "auto".
     """
-    if feature_mode != "auto":
+    if feature_mode not in TOKEN_MODES:
         layouts = {}
     elif layouts is None:
         layouts = probe_token_layouts(model, ops, data.x, input_name, device)
