@@ -323,8 +323,8 @@ def _accuracy_figure(v: _View) -> str:
 def _alpha_figure(v: _View) -> str:
     passes = v.d.get("passes") or []
     if not passes:
-        return _na("alpha and the subspace separability come from the DAMP layer plans, "
-                   "reported by `onnx-damp forget` (this is an `evaluate` report)")
+        return _na("alpha and the subspace separability come from the DAMP layer plans, which only "
+                   "onnx-damp forget reports (this is an evaluate report; see the per-layer table below)")
     lines, styles = {}, {}
     for k, ps in enumerate(passes, 1):
         name = f"alpha, pass {k}"
@@ -430,7 +430,8 @@ def render_html(report: dict, title: str | None = None) -> str:
     confusion_fig, confusion_table = _confusion_figure(v)
     title = title or f"onnx-damp {v.kind} report: forget {v.forget_label}"
     cards = [
-        ("Per-class accuracy, before and after", _accuracy_figure(v), "wide"),
+        ("Per-class accuracy" + (", before and after" if v.original is not None else ""), _accuracy_figure(v),
+         "wide"),
         ("Edit strength (alpha) and separability per layer", _alpha_figure(v), ""),
         ("Per-layer CKA to the retrained reference", _cka_figure(v), ""),
         ("Where the forget-class samples go", confusion_fig + confusion_table, "wide"),
