@@ -173,8 +173,9 @@ def _summary_table(v: _View) -> str:
     rows.append(worst + ([""] if has_o else []))
     wd = d.get("worst_retain_drop")
     if wd and wd.get("class") is not None:
-        rows.append([_e("largest retain-class drop")] + [""] * (2 if has_o else 1)
-                    + [f"{_e(v.label(wd['class']))}: {_pts(-wd['drop'])}"])
+        worst_change = (f"{_e(v.label(wd['class']))}: {_pts(-wd['drop'])}" if wd["drop"] > 0
+                        else "none: no retain class lost accuracy")
+        rows.append([_e("largest retain-class drop")] + [""] * (2 if has_o else 1) + [worst_change])
     sel = v.verification.get("selectivity")
     if sel:
         rows.append([_e("selectivity (forget drop - mean retain drop)")] + [""] * (2 if has_o else 1)
@@ -445,8 +446,9 @@ def render_html(report: dict, title: str | None = None) -> str:
 {_header(v)}
 <h2>Summary</h2>
 <div class="grid">
-<section class="card"><h3>Accuracy</h3>{_summary_table(v)}</section>
-<section class="card"><h3>Gates</h3>{_gates_table(v)}<h3 style="margin-top:1em">Verification</h3>{_verification_table(v)}</section>
+<section class="card wide"><h3>Accuracy</h3>{_summary_table(v)}</section>
+<section class="card"><h3>Gates</h3>{_gates_table(v)}</section>
+<section class="card"><h3>Verification</h3>{_verification_table(v)}</section>
 </div>
 <h2>Plots</h2>
 <div class="grid">{figures}</div>

@@ -72,8 +72,7 @@ def grouped_bars(labels: Sequence[str], series: dict[str, Sequence[float | None]
     for j, (key, values) in enumerate(series.items()):
         xs = [i + (j - (n - 1) / 2) * width for i in range(len(labels))]
         heights = [0.0 if v is None else v for v in values]
-        bars = ax.bar(xs, heights, width, color=SERIES_COLORS.get(key, MODEL),
-                      label=(names or {}).get(key, key))
+        bars = ax.bar(xs, heights, width, color=SERIES_COLORS.get(key, MODEL))
         for bar, m, v in zip(bars, marked, values):
             if v is None:
                 bar.set_visible(False)
@@ -90,7 +89,11 @@ def grouped_bars(labels: Sequence[str], series: dict[str, Sequence[float | None]
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    ax.legend(fontsize=9, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(series), frameon=False)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=SERIES_COLORS.get(key, MODEL), label=(names or {}).get(key, key)) for key in series]
+    ax.legend(handles=handles, fontsize=9, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(series),
+              frameon=False)
     return _png(fig)
 
 
