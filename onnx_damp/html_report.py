@@ -314,7 +314,7 @@ def _accuracy_figure(v: _View) -> str:
         series["original"] = [None if c not in po else 100 * po[c] for c in classes]
     series["model"] = [None if c not in pm else 100 * pm[c] for c in classes]
     png = plots.grouped_bars([v.name(c) for c in classes], series, marked=[c in v.forget for c in classes],
-                             ylabel="accuracy (%)", ylim=(0, 105),
+                             ylabel="accuracy (%)", ylim=(0, 110),
                              names=v.series_names)
     caption = ("Per-class accuracy on the test data, " + ("original (grey) vs " if po else "")
                + f"{v.model_name} (blue). Forget classes ({_e(v.forget_label)}) in red, hatched." + _e(note))
@@ -392,7 +392,7 @@ def _confusion_figure(v: _View) -> tuple[str, str]:
         classes = [c for c in classes if c in keep]
     png = plots.grouped_bars([v.name(c) for c in classes], {n: [frac[n][c] for c in classes] for n in present},
                              marked=[c in v.forget for c in classes], ylabel="% of forget-class samples",
-                             ylim=(0, 105), names=v.series_names)
+                             ylim=(0, 110), names=v.series_names)
     many = " (pooled over the forget classes)" if len(v.forget) > 1 else ""
     caption = (f"Predicted class of the {total} forget-class test samples{many}: "
                + ", ".join(f"{v.series_names[n]}" for n in present) + ". The forget class itself in red."
@@ -498,6 +498,9 @@ def write_html(result, path: str | os.PathLike, title: str | None = None) -> Pat
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(page)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # a page to share: the usual file mode, not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

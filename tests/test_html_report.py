@@ -54,10 +54,10 @@ def forget_run(files):
 
 @pytest.fixture(scope="module")
 def evaluate_run(forget_run, files):
-    """evaluate the edited model against the original, without a reference (no CKA plot)."""
+    """evaluate the edited model against the original, without a reference (no CKA plot), with a failing gate."""
     page = files["folder"] / "evaluate.html"
     r = invoke("evaluate", forget_run[1], "--data", files["test"], "--forget", 3, "--original", MODEL,
-               "--feature-samples", 100, "--html", page, "-q")
+               "--feature-samples", 100, "--html", page, "-q", "--max-retain-drop", -1)
     return r, page
 
 
@@ -99,13 +99,14 @@ def test_report_json_has_class_names_and_forget_confusion(forget_run):
 
 def test_evaluate_html_without_reference_says_not_available(evaluate_run):
     r, page = evaluate_run
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 3, r.output           # the gate fails, and the page is still written and says so
     text = page.read_text(encoding="utf-8")
     assert_self_contained(text)
     assert len(images(text)) == 2 == text.count("<img")   # accuracy and forget confusion; no alpha, no CKA
     assert text.count("not available") == 2
     assert "needs --reference" in text and "Evaluation: forgotten class 3" in text
     assert "retain agreement with original" in text and "<table" in text
+    assert "gate failed: --max-retain-drop" in text and "fails" in text
 
 
 def test_python_api_uses_class_names(forget_run, tmp_path):
