@@ -10,7 +10,10 @@ def __getattr__(name):
     if name in ("forget", "evaluate", "inspect", "ForgetResult", "EvaluateResult", "InspectResult", "Gates"):
         from . import api
         return getattr(api, name)
+    if name in ("write_html", "render_html"):
+        from . import html_report
+        return getattr(html_report, name)
     raise AttributeError(name)
 
 
-__all__ = ["forget", "evaluate", "inspect", "Gates", "DampError", "__version__"]
+__all__ = ["forget", "evaluate", "inspect", "Gates", "DampError", "write_html", "render_html", "__version__"]

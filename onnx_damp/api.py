@@ -15,7 +15,8 @@ from .data import Dataset, as_dataset
 from .errors import DampError
 from .labels import metadata_names, read_labels, resolve_classes
 from .graph import EditableOp, SkippedOp, no_editable_message, scan_graph
-from .metrics import AccuracySummary, js_divergence, kl_divergence, summarize, to_probabilities, worst_retain_drop
+from .metrics import (AccuracySummary, forget_confusion, js_divergence, kl_divergence, summarize, to_probabilities,
+                      worst_retain_drop)
 from .modelio import check_output_path, has_external_data, load_model, save_model_atomic, sha256_file
 from .predict import predict
 from .progress import Progress
@@ -70,10 +71,14 @@ def inspect(model: ModelLike) -> InspectResult:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+def _class_names(proto: onnx.ModelProto, labels) -> list[str] | None:
+    """Class names from the labels file, else the model's class_names metadata (None when neither has them)."""
+    return read_labels(labels) if labels is not None else metadata_names(proto)
+
+
 def _class_indices(proto: onnx.ModelProto, forget: Sequence, labels) -> list[int]:
     """Forget classes as indices: names are looked up in the labels file, else the model's class_names metadata."""
-    names = read_labels(labels) if labels is not None else metadata_names(proto)
-    return resolve_classes(forget, names)
+    return resolve_classes(forget, _class_names(proto, labels))
 
 
 def _check_classes(forget: Sequence[int], data: Dataset, num_outputs: int, what: str) -> tuple[list[int], list[int]]:
@@ -168,6 +173,8 @@ class ForgetResult:
     reference_js: dict | None = None
     gates: list[GateResult] = field(default_factory=list)
     token_layouts: dict[str, str] = field(default_factory=dict)  # node -> where its class token was read
+    class_names: list[str] | None = None     # from --labels or the model's metadata
+    forget_confusion: dict | None = None     # metrics.forget_confusion of the validation predictions
 
     @property
     def passed(self) -> bool:
@@ -191,7 +198,8 @@ class ForgetResult:
                 "retain_accuracy_drop": self.before.retain_accuracy - self.after.retain_accuracy,
                 "worst_retain_drop": {"class": worst_c, "drop": worst_drop},
                 **({"reference_js": self.reference_js} if self.reference_js is not None else {}),
-                "verification": self.verification.to_dict(), "gates": gates_dict(self.gates)}
+                "verification": self.verification.to_dict(), "gates": gates_dict(self.gates),
+                "class_names": self.class_names, "forget_confusion": self.forget_confusion}
 
 
 def _record_metadata(proto: onnx.ModelProto, entries: dict[str, str]) -> None:
@@ -282,7 +290,9 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
                           "evaluation data" if eval_data is not None else "calibration data (no --eval-data given)",
                           outcome.first_stats.num_samples, feature_mode, sha, not_editable=scan.skipped,
                           verification=ver, reference_js=_reference_js(probs, evald.y, f),
-                          token_layouts={n: lay.describe() for n, lay in outcome.first_stats.token_layouts.items()})
+                          token_layouts={n: lay.describe() for n, lay in outcome.first_stats.token_layouts.items()},
+                          class_names=_class_names(proto, labels),
+                          forget_confusion=forget_confusion({n: p.argmax(1) for n, p in probs.items()}, evald.y, f, k))
     result.gates = result.check_gates(gates)
     if out_path is not None:
         external = bool(src) and has_external_data(src)
@@ -311,6 +321,8 @@ class EvaluateResult:
     reference_js: dict | None = None
     verification: Verification = field(default_factory=Verification)
     gates: list[GateResult] = field(default_factory=list)
+    class_names: list[str] | None = None     # from --labels or the model's metadata
+    forget_confusion: dict | None = None     # metrics.forget_confusion of the model (and original, reference)
 
     @property
     def passed(self) -> bool:
@@ -334,6 +346,8 @@ class EvaluateResult:
             d["reference_js"] = self.reference_js
         d["verification"] = self.verification.to_dict()
         d["gates"] = gates_dict(self.gates)
+        d["class_names"] = self.class_names
+        d["forget_confusion"] = self.forget_confusion
         return d
 
 
@@ -366,7 +380,8 @@ def evaluate(model: ModelLike, data, forget: Sequence[int], original: ModelLike 
     with Progress(work, "evaluating", quiet) as bar:
         for name, p in protos.items():
             outs[name] = to_probabilities(predict(p, ds, batch_size, device, input_name, output_name, bar))
-        res = EvaluateResult(summarize(outs["model"].argmax(1), ds.y, f))
+        res = EvaluateResult(summarize(outs["model"].argmax(1), ds.y, f), class_names=_class_names(proto, labels),
+                             forget_confusion=forget_confusion({n: o.argmax(1) for n, o in outs.items()}, ds.y, f, k))
         fmask = np.isin(ds.y, f)
         summaries = {"model": res.summary}
         if "original" in outs:

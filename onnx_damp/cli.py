@@ -46,6 +46,38 @@ def _check_report_path(path: str | None) -> None:
         raise DampError(f"cannot write the report: folder {folder} does not exist or is not writable")
 
 
+_PATH_ARGS = ("model", "data", "eval_data", "train_data", "original", "reference", "labels", "output", "report")
+
+
+def _html_option(fn):
+    """--html REPORT.html: checked before any work (matplotlib importable, path not an input or output);
+    the command calls _write_html(result) once it has a result (before its gates can exit)."""
+    @functools.wraps(fn)
+    def wrapper(*args, html=None, **kwargs):
+        if html is not None:
+            from .html_report import check_html_path
+            from .plots import require_matplotlib
+
+            require_matplotlib()
+            check_html_path(html, *(kwargs.get(k) for k in _PATH_ARGS))
+        click.get_current_context().meta["onnx_damp.html"] = (html, kwargs.get("quiet", False))
+        return fn(*args, **kwargs)
+    return click.option("--html", type=click.Path(dir_okay=False), default=None,
+                        help="Also write a self-contained HTML report with plots here (needs matplotlib: "
+                             "pip install 'onnx-damp[report]').")(wrapper)
+
+
+def _write_html(result) -> None:
+    """Write the --html report of this command, if one was asked for (result: a result or its to_dict())."""
+    html, quiet = click.get_current_context().meta.get("onnx_damp.html", (None, True))
+    if html is not None:
+        from .html_report import write_html
+
+        write_html(result, html)
+        if not quiet:
+            click.echo(f"wrote HTML report {html}", err=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="onnx-damp")
 def main() -> None:
@@ -152,6 +184,7 @@ def _echo_verification(res) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
+@_html_option
 def forget_cmd(model, data, forget_classes, labels, output, eval_data, report, batch_size, features,
                no_extra_directions, max_passes, target_forget_acc, reference, feature_samples, max_forget_acc,
                max_retain_drop, min_cka_gain, max_mia, device, input_name, output_name, as_json, quiet) -> None:
@@ -167,6 +200,7 @@ def forget_cmd(model, data, forget_classes, labels, output, eval_data, report, b
     payload = res.to_dict()
     if report:
         _write_json_atomic(Path(report), payload)
+    _write_html(payload)
     if as_json:
         click.echo(json.dumps(payload, indent=2))
     else:
@@ -198,6 +232,7 @@ def forget_cmd(model, data, forget_classes, labels, output, eval_data, report, b
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
+@_html_option
 def evaluate_cmd(model, data, forget_classes, labels, original, reference, train_data, batch_size, feature_samples,
                  max_forget_acc, max_retain_drop, min_cka_gain, max_mia, device, input_name, output_name,
                  as_json, quiet) -> None:
@@ -209,6 +244,7 @@ def evaluate_cmd(model, data, forget_classes, labels, original, reference, train
     res = evaluate(model, data, list(forget_classes), original, reference, batch_size, device, input_name,
                    output_name, quiet, train_data=train_data, feature_samples=feature_samples,
                    gates=_gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia), labels=labels)
+    _write_html(res)
     if as_json:
         click.echo(json.dumps(res.to_dict(), indent=2))
         _finish_gates(res)

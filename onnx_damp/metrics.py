@@ -62,6 +62,18 @@ def summarize(pred: np.ndarray, y: np.ndarray, forget: Sequence[int]) -> Accurac
     return AccuracySummary(pc, list(forget), facc, racc, worst, retain[worst] if retain else None, int(len(y)))
 
 
+def forget_confusion(preds: dict[str, np.ndarray], y: np.ndarray, forget: Sequence[int], num_classes: int) -> dict:
+    """Where the forget-class samples go: {name: {"<forget class>": [count predicted as class 0, 1, ...]}}.
+
+    One list per model (keys as given, e.g. "model", "original", "reference") and forget class, indexed by
+    the predicted class, num_classes long (longer if a model predicts a higher index).
+    """
+    y = np.asarray(y)
+    size = max([int(num_classes)] + [int(np.max(p)) + 1 for p in preds.values() if len(p)])
+    return {name: {str(c): np.bincount(np.asarray(p)[y == c], minlength=size).astype(int).tolist()
+                   for c in forget} for name, p in preds.items()}
+
+
 def worst_retain_drop(before: AccuracySummary, after: AccuracySummary) -> tuple[int | None, float]:
     """The retain class that lost the most accuracy, and how much (fraction, positive = worse)."""
     drops = {c: before.per_class[c] - after.per_class[c] for c in before.per_class
