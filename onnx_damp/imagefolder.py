@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -158,6 +159,7 @@ def load_image_folder(root: str | os.PathLike, preprocess: Preprocess | None = N
         files += imgs
         labels += [c] * len(imgs)
     hw, channels = _peek(files[0])
+    pre = replace(pre, mode=pre.resolved_mode(channels))  # the first image decides "as stored", for all
     source = f"{root} (image folder, {len(files)} images in {len(dirs)} classes)"
     x = LazyImages(files, pre, hw, channels, str(root), workers)
     return Dataset(x, np.asarray(labels, dtype=np.int64), source)

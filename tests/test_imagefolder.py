@@ -107,6 +107,14 @@ def test_prefetch_keeps_order_overlaps_and_reraises():
         list(prefetch(range(4), boom))
 
 
+def test_grey_and_colour_images_mixed_take_the_first_images_mode(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (1, 28, 28, 3), dtype=np.uint8)
+    _write(tmp_path / "a", _grey(1) + list(rgb))
+    ds = as_dataset(tmp_path)
+    assert ds.x[:2].shape == (2, 1, 28, 28)
+    np.testing.assert_array_equal(ds.x[1][0] * 255, np.asarray(Image.fromarray(rgb[0]).convert("L")))
+
+
 def test_images_of_different_sizes_need_a_crop(tmp_path):
     _write(tmp_path / "a", _grey(1, size=28) + _grey(1, size=30))
     ds = as_dataset(tmp_path)
