@@ -169,3 +169,31 @@ def test_forget_on_a_png_folder_equals_forget_on_the_npz(tmp_path):
         assert la["alpha"] == pytest.approx(lb["alpha"], rel=1e-6, abs=1e-9)
         assert la["separability"] == pytest.approx(lb["separability"], rel=1e-6, abs=1e-9)
     assert b["after"]["forget_accuracy"] < 0.05 < b["before"]["forget_accuracy"]
+
+
+def _nhwc_model():
+    """Transpose (NHWC -> NCHW) then tiny_models.conv_model's CNN: a model whose input is [N, 6, 6, 3]."""
+    from onnx import TensorProto, helper
+    from tiny_models import conv_model, make_model
+
+    base, inits = conv_model(np.random.default_rng(0))
+    nodes = [helper.make_node("Transpose", ["img"], ["x"], name="to_nchw", perm=[0, 3, 1, 2])] + list(base.graph.node)
+    return make_model(nodes, [helper.make_tensor_value_info("img", TensorProto.FLOAT, ["N", 6, 6, 3])],
+                      list(base.graph.output), inits)
+
+
+def test_an_nhwc_model_on_cropped_normalised_images_equals_the_numpy_reference(tmp_path):
+    model = _nhwc_model()
+    rgb = np.random.default_rng(1).integers(0, 256, (12, 8, 10, 3), dtype=np.uint8)
+    y = np.arange(12) % 3
+    for c in range(3):
+        _write(tmp_path / "imgs" / str(c), list(rgb[y == c]))
+    order = np.argsort(y, kind="stable")
+    mean, std = np.array([0.5, 0.4, 0.3]), np.array([0.2, 0.25, 0.3])
+    ref = ((rgb[order][:, 1:7, 2:8] / 255.0 - mean) / std).astype(np.float32)      # crop 6 of 8x10: top 1, left 2
+    pre = {"center_crop": 6, "mean": list(mean), "std": list(std), "layout": "NHWC"}
+    a = onnx_damp.evaluate(model, tmp_path / "imgs", [1], feature_samples=0, preprocess=pre)
+    b = onnx_damp.evaluate(model, (ref, y[order]), [1], feature_samples=0)
+    assert a.to_dict() == b.to_dict()
+    with pytest.raises(DampError, match=r"expects \[6, 6, 3\] \(NHWC, 3 channels\).*use --layout NHWC$"):
+        onnx_damp.evaluate(model, tmp_path / "imgs", [1], feature_samples=0, preprocess={"center_crop": 6})
