@@ -70,9 +70,11 @@ def inspect(model: ModelLike) -> InspectResult:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _class_indices(proto: onnx.ModelProto, forget: Sequence, labels) -> list[int]:
-    """Forget classes as indices: names are looked up in the labels file, else the model's class_names metadata."""
+def _class_indices(proto: onnx.ModelProto, forget: Sequence, labels, data: Dataset | None = None) -> list[int]:
+    """Forget classes as indices: names are looked up in the labels file, else the model's class_names metadata,
+    else the class folder names of an image folder."""
     names = read_labels(labels) if labels is not None else metadata_names(proto)
+    names = names or getattr(data.x if data is not None else None, "class_names", None)
     return resolve_classes(forget, names)
 
 
@@ -235,7 +237,7 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     calib = as_dataset(data, preprocess, names)
     evald = as_dataset(eval_data, preprocess, names) if eval_data is not None else calib
     k = _num_outputs(proto, calib, input_name, output_name, device)  # also checks the data fit the input
-    f, retain = _check_classes(_class_indices(proto, forget, labels), calib, k, "the calibration data")
+    f, retain = _check_classes(_class_indices(proto, forget, labels, calib), calib, k, "the calibration data")
     if eval_data is not None:
         _num_outputs(proto, evald, input_name, output_name, device)
         _check_classes(f, evald, k, "the evaluation data")
@@ -359,7 +361,7 @@ def evaluate(model: ModelLike, data, forget: Sequence[int], original: ModelLike 
     names = _class_names(proto, labels)
     ds = as_dataset(data, preprocess, names)
     k = _num_outputs(proto, ds, input_name, output_name, device)
-    f, retain = _check_classes(_class_indices(proto, forget, labels), ds, k, "the data")
+    f, retain = _check_classes(_class_indices(proto, forget, labels, ds), ds, k, "the data")
     train = None
     if train_data is not None:
         train = as_dataset(train_data, preprocess, names)

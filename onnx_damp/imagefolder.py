@@ -5,7 +5,8 @@ decoded when rows are indexed, in a thread pool (Pillow releases the GIL while d
 
 Class indices: with class names (--labels or the model's metadata) each folder name must be one of them
 (exact, else case-insensitive) or an integer index; without names, folders named by integers are those
-class indices, and other folder names are numbered in sorted order, as ImageFolder does.
+class indices, and other folder names are numbered in sorted order, as ImageFolder does; when the folders
+name every class 0..K-1 their names serve `--forget NAME` for a model without class names.
 """
 from __future__ import annotations
 
@@ -83,6 +84,7 @@ class LazyImages(LazyArray):
         self.pre, self.hw, self.stored_channels, self.source = pre, tuple(hw), stored_channels, source
         self.workers = workers or min(8, os.cpu_count() or 1)
         self._pool = None
+        self.class_names: list[str] | None = None
         self._lock = threading.Lock()
         super().__init__(len(self.files), pre.sample_shape(self.hw, stored_channels), pre.dtype)
 
@@ -162,4 +164,6 @@ def load_image_folder(root: str | os.PathLike, preprocess: Preprocess | None = N
     pre = replace(pre, mode=pre.resolved_mode(channels))  # the first image decides "as stored", for all
     source = f"{root} (image folder, {len(files)} images in {len(dirs)} classes)"
     x = LazyImages(files, pre, hw, channels, str(root), workers)
+    if sorted(indices) == list(range(len(dirs))):  # folder names name every class: usable for --forget NAME
+        x.class_names = [d.name for _, d in sorted(zip(indices, dirs))]
     return Dataset(x, np.asarray(labels, dtype=np.int64), source)

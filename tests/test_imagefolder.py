@@ -195,5 +195,9 @@ def test_an_nhwc_model_on_cropped_normalised_images_equals_the_numpy_reference(t
     a = onnx_damp.evaluate(model, tmp_path / "imgs", [1], feature_samples=0, preprocess=pre)
     b = onnx_damp.evaluate(model, (ref, y[order]), [1], feature_samples=0)
     assert a.to_dict() == b.to_dict()
+    named = tmp_path / "named"
+    for c, name in enumerate(("ant", "bee", "cow")):                         # no names in the model: folders
+        _write(named / name, list(rgb[y == c]))
+    assert onnx_damp.evaluate(model, named, ["bee"], feature_samples=0, preprocess=pre).to_dict() == b.to_dict()
     with pytest.raises(DampError, match=r"expects \[6, 6, 3\] \(NHWC, 3 channels\).*use --layout NHWC$"):
         onnx_damp.evaluate(model, tmp_path / "imgs", [1], feature_samples=0, preprocess={"center_crop": 6})
