@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from . import __version__
-from .data import Dataset, as_dataset
+from .data import Dataset, as_dataset, check_fits_model
 from .errors import DampError
 from .labels import metadata_names, read_labels, resolve_classes
 from .graph import EditableOp, SkippedOp, no_editable_message, scan_graph
@@ -71,14 +71,17 @@ def inspect(model: ModelLike) -> InspectResult:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+def _class_indices(proto: onnx.ModelProto, forget: Sequence, labels, data: Dataset | None = None) -> list[int]:
+    """Forget classes as indices: names are looked up in the labels file, else the model's class_names metadata,
+    else the class folder names of an image folder."""
+    names = _class_names(proto, labels)
+    names = names or getattr(data.x if data is not None else None, "class_names", None)
+    return resolve_classes(forget, names)
+
+
 def _class_names(proto: onnx.ModelProto, labels) -> list[str] | None:
-    """Class names from the labels file, else the model's class_names metadata (None when neither has them)."""
+    """Class names for mapping image folder names to indices (None: the model has none)."""
     return read_labels(labels) if labels is not None else metadata_names(proto)
-
-
-def _class_indices(proto: onnx.ModelProto, forget: Sequence, labels) -> list[int]:
-    """Forget classes as indices: names are looked up in the labels file, else the model's class_names metadata."""
-    return resolve_classes(forget, _class_names(proto, labels))
 
 
 def _check_classes(forget: Sequence[int], data: Dataset, num_outputs: int, what: str) -> tuple[list[int], list[int]]:
@@ -104,6 +107,7 @@ def _check_classes(forget: Sequence[int], data: Dataset, num_outputs: int, what:
 
 def _num_outputs(proto: onnx.ModelProto, data: Dataset, input_name, output_name, device) -> int:
     """Run the model on one sample: checks that the data fit its input and returns the number of classes."""
+    check_fits_model(data, proto, input_name)  # images: the preprocessing's shape, before decoding any
     one = Dataset(data.x[:1], data.y[:1], data.source)
     return int(predict(proto, one, 1, device, input_name, output_name).shape[1])
 
@@ -215,12 +219,15 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
            extra_directions: bool = True, input_name: str | None = None, output_name: str | None = None,
            max_passes: int = 3, target_forget_accuracy: float = 0.01, quiet: bool = True,
            reference: ModelLike | None = None, feature_samples: int = 500,
-           gates: "Gates | dict | None" = None, labels: str | os.PathLike | None = None) -> ForgetResult:
+           gates: "Gates | dict | None" = None, labels: str | os.PathLike | None = None,
+           preprocess=None) -> ForgetResult:
     """Make model forget the given classes with DAMP; validate; optionally write the edited model.
 
     Validation (on eval_data, else on the calibration data) gives accuracies and the verification metrics
     of docs/metrics.md (membership inference only with eval_data; CKA only with a reference). gates
     (Gates or a dict of its fields) are checked on them: see ForgetResult.passed and .gates.
+    data and eval_data: a Dataset, (x, y), an .npz, an image folder or a torchvision-format folder/file
+    (see data.as_dataset); preprocess (Preprocess, dict or .json/.toml path) applies to the images.
     """
     if batch_size < 1:
         raise DampError("--batch-size must be at least 1")
@@ -230,10 +237,11 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
         raise DampError("--target-forget-acc must lie in [0, 1]")
     proto, src = _load(model)
     out_path = check_output_path(src or "<memory>", output) if output is not None else None
-    calib = as_dataset(data)
-    evald = as_dataset(eval_data) if eval_data is not None else calib
+    names = _class_names(proto, labels)
+    calib = as_dataset(data, preprocess, names)
+    evald = as_dataset(eval_data, preprocess, names) if eval_data is not None else calib
     k = _num_outputs(proto, calib, input_name, output_name, device)  # also checks the data fit the input
-    f, retain = _check_classes(_class_indices(proto, forget, labels), calib, k, "the calibration data")
+    f, retain = _check_classes(_class_indices(proto, forget, labels, calib), calib, k, "the calibration data")
     if eval_data is not None:
         _num_outputs(proto, evald, input_name, output_name, device)
         _check_classes(f, evald, k, "the evaluation data")
@@ -355,17 +363,18 @@ def evaluate(model: ModelLike, data, forget: Sequence[int], original: ModelLike 
              reference: ModelLike | None = None, batch_size: int = 256, device: str = "cpu",
              input_name: str | None = None, output_name: str | None = None, quiet: bool = True,
              train_data=None, feature_samples: int = 500, gates: "Gates | dict | None" = None,
-             labels: str | os.PathLike | None = None) -> EvaluateResult:
+             labels: str | os.PathLike | None = None, preprocess=None) -> EvaluateResult:
     """Accuracy per class, forget/retain accuracy; agreement and KL against the original; JS to a reference;
     the verification metrics of docs/metrics.md (membership inference needs train_data, the training images
     the model saw, e.g. the calibration data); gates checked on them (EvaluateResult.passed, .gates)."""
     proto, _ = _load(model)
-    ds = as_dataset(data)
+    names = _class_names(proto, labels)
+    ds = as_dataset(data, preprocess, names)
     k = _num_outputs(proto, ds, input_name, output_name, device)
-    f, retain = _check_classes(_class_indices(proto, forget, labels), ds, k, "the data")
+    f, retain = _check_classes(_class_indices(proto, forget, labels, ds), ds, k, "the data")
     train = None
     if train_data is not None:
-        train = as_dataset(train_data)
+        train = as_dataset(train_data, preprocess, names)
         _num_outputs(proto, train, input_name, output_name, device)
         _check_classes(f, train, k, "the training data")
     gates = _as_gates(gates)

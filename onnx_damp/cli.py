@@ -126,6 +126,45 @@ def _gate_options(fn):
     return fn
 
 
+DATA_HELP = ("an .npz with x and y, an image folder DIR/<class>/*.png|jpg|jpeg|bmp|webp, MNIST-style idx "
+             "files (a torchvision root, <Name>/raw, or the t10k-images file for the test split) or CIFAR-10/100 "
+             "python batches (cifar-10-batches-py, cifar-100-python, or a test_batch/test file)")
+
+
+def _preprocess_options(fn):
+    """--preprocess FILE and overrides (--resize, --center-crop, --mode, --mean, --std, --layout, --no-scale),
+    handed to the command as one `preprocess` argument (a Preprocess; used for images, not for .npz)."""
+    @functools.wraps(fn)
+    def wrapper(*args, preprocess_file, resize, center_crop, mode, mean, std, layout, no_scale, **kwargs):
+        pre = _user_errors(_make_preprocess)(preprocess_file, resize=resize, center_crop=center_crop, mode=mode,
+                                             mean=mean, std=std, layout=layout, scale=False if no_scale else None)
+        return fn(*args, preprocess=pre, **kwargs)
+
+    for opt in reversed([
+        click.option("--preprocess", "preprocess_file", type=click.Path(dir_okay=False),
+                     help="Image preprocessing file (.json, or .toml on Python 3.11+) with keys resize, "
+                          "center_crop, mode, scale, mean, std, layout, dtype; the options below override it."),
+        click.option("--resize", type=int, default=None, help="Images: resize the shorter side to N pixels."),
+        click.option("--center-crop", default=None, help="Images: centre crop N or HxW pixels (after --resize)."),
+        click.option("--mode", type=click.Choice(["RGB", "L"]), default=None,
+                     help="Images: colour mode, RGB (3 channels) or L (grey, 1 channel); default as stored."),
+        click.option("--mean", default=None, help="Images: per-channel mean subtracted after scaling, "
+                                                  "e.g. 0.485,0.456,0.406."),
+        click.option("--std", default=None, help="Images: per-channel std divided by, e.g. 0.229,0.224,0.225."),
+        click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None,
+                     help="Images: model input layout (default NCHW)."),
+        click.option("--no-scale", is_flag=True, help="Images: keep 0..255 instead of scaling to [0, 1]."),
+    ]):
+        wrapper = opt(wrapper)
+    return wrapper
+
+
+def _make_preprocess(path, **overrides):
+    from .preprocess import Preprocess
+
+    return (Preprocess.load(path) if path else Preprocess()).updated(**overrides)
+
+
 def _gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia):
     from .verification import Gates
 
@@ -155,13 +194,13 @@ def _echo_verification(res) -> None:
 
 @main.command("forget")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Calibration .npz with x and y.")
+@click.option("--data", required=True, type=click.Path(), help=f"Calibration data: {DATA_HELP}.")
 @click.option("--forget", "forget_classes", required=True, multiple=True,
               help="Class to forget, by index or name (repeat for several).")
 @click.option("--labels", type=click.Path(dir_okay=False),
               help="Class names, one per line (line i = class i); default: the model's class_names metadata.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Edited model path.")
-@click.option("--eval-data", type=click.Path(dir_okay=False), help="Held-out .npz to validate on.")
+@click.option("--eval-data", type=click.Path(), help="Held-out data to validate on (same formats as --data).")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the full report as JSON here.")
 @click.option("--batch-size", default=128, show_default=True, type=int)
 @click.option("--features", type=click.Choice(["auto", "position", "pooled", "patch"]), default="auto", show_default=True,
@@ -178,6 +217,7 @@ def _echo_verification(res) -> None:
               help="A model retrained without the class(es): JS divergence and per-layer CKA to it.")
 @_feature_samples
 @_gate_options
+@_preprocess_options
 @_device
 @_input_name
 @_output_name
@@ -187,7 +227,8 @@ def _echo_verification(res) -> None:
 @_html_option
 def forget_cmd(model, data, forget_classes, labels, output, eval_data, report, batch_size, features,
                no_extra_directions, max_passes, target_forget_acc, reference, feature_samples, max_forget_acc,
-               max_retain_drop, min_cka_gain, max_mia, device, input_name, output_name, as_json, quiet) -> None:
+               max_retain_drop, min_cka_gain, max_mia, device, input_name, output_name, as_json, quiet,
+               preprocess=None) -> None:
     """Edit MODEL so it forgets --forget classes; write the result to -o."""
     from .api import forget
     from .tables import before_after_table, layers_table
@@ -196,7 +237,8 @@ def forget_cmd(model, data, forget_classes, labels, output, eval_data, report, b
     res = forget(model, data, list(forget_classes), output, eval_data, batch_size, device, features,
                  not no_extra_directions, input_name, output_name, max_passes, target_forget_acc, quiet,
                  reference=reference, feature_samples=feature_samples,
-                 gates=_gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia), labels=labels)
+                 gates=_gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia), labels=labels,
+                 preprocess=preprocess)
     payload = res.to_dict()
     if report:
         _write_json_atomic(Path(report), payload)
@@ -215,17 +257,19 @@ def forget_cmd(model, data, forget_classes, labels, output, eval_data, report, b
 
 @main.command("evaluate")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Labelled .npz with x and y.")
+@click.option("--data", required=True, type=click.Path(), help=f"Labelled data: {DATA_HELP}.")
 @click.option("--forget", "forget_classes", required=True, multiple=True, help="Forgotten class (index or name).")
 @click.option("--labels", type=click.Path(dir_okay=False),
               help="Class names, one per line (line i = class i); default: the model's class_names metadata.")
 @click.option("--original", type=click.Path(dir_okay=False), help="The model before forgetting.")
 @click.option("--reference", type=click.Path(dir_okay=False), help="A model retrained without the class(es).")
-@click.option("--train-data", type=click.Path(dir_okay=False),
-              help="Training images of the model (e.g. the calibration .npz): enables membership inference.")
+@click.option("--train-data", type=click.Path(),
+              help="Training images of the model (e.g. the calibration data, same formats as --data): "
+                   "enables membership inference.")
 @click.option("--batch-size", default=256, show_default=True, type=int)
 @_feature_samples
 @_gate_options
+@_preprocess_options
 @_device
 @_input_name
 @_output_name
@@ -235,7 +279,7 @@ def forget_cmd(model, data, forget_classes, labels, output, eval_data, report, b
 @_html_option
 def evaluate_cmd(model, data, forget_classes, labels, original, reference, train_data, batch_size, feature_samples,
                  max_forget_acc, max_retain_drop, min_cka_gain, max_mia, device, input_name, output_name,
-                 as_json, quiet) -> None:
+                 as_json, quiet, preprocess=None) -> None:
     """Per-class, forget and retain accuracy of MODEL; agreement with --original; JS and CKA to --reference;
     membership inference with --train-data; gates for pipelines."""
     from .api import evaluate
@@ -243,7 +287,8 @@ def evaluate_cmd(model, data, forget_classes, labels, original, reference, train
 
     res = evaluate(model, data, list(forget_classes), original, reference, batch_size, device, input_name,
                    output_name, quiet, train_data=train_data, feature_samples=feature_samples,
-                   gates=_gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia), labels=labels)
+                   gates=_gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia), labels=labels,
+                   preprocess=preprocess)
     _write_html(res)
     if as_json:
         click.echo(json.dumps(res.to_dict(), indent=2))

@@ -1,10 +1,13 @@
-"""Labelled data sets: safe .npz loading, validation against a model input, per-class batching."""
+"""Labelled data sets: safe .npz loading, image folders and torchvision formats (lazy), validation against a
+model input, per-class batching, and a prefetching batch loop."""
 from __future__ import annotations
 
+import copy
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -15,7 +18,7 @@ from .errors import DampError
 class Dataset:
     """Preprocessed inputs x (N, ...) and integer class labels y (N,)."""
 
-    x: np.ndarray
+    x: "np.ndarray | LazyArray"
     y: np.ndarray
     source: str = "<memory>"
 
@@ -27,13 +30,109 @@ class Dataset:
         return np.unique(self.y)
 
 
-def as_dataset(data: "Dataset | str | os.PathLike | tuple") -> Dataset:
-    """Accept a Dataset, a path to an .npz file, or an (x, y) tuple."""
+class LazyArray:
+    """A read-only [N, ...] array-like whose rows are made on demand (decoded, preprocessed) when indexed.
+
+    Indexing with an int, a slice or an integer index array returns a numpy array of just those rows;
+    astype() returns another lazy view. Subclasses implement _rows(indices) -> [len(indices), ...] and may
+    implement check_fits(model_input_shape, input_name) (a friendly message before any work).
+    """
+
+    lazy = True
+
+    def __init__(self, n: int, sample_shape: Sequence[int], dtype="float32"):
+        self._n, self._sample_shape, self._dtype = int(n), tuple(int(d) for d in sample_shape), np.dtype(dtype)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self._n,) + self._sample_shape
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self._sample_shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    def __len__(self) -> int:
+        return self._n
+
+    def astype(self, dtype, copy: bool = True) -> "LazyArray":  # noqa: A002 (numpy's signature)
+        view = _copy(self)
+        view._dtype = np.dtype(dtype)
+        return view
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            idx = np.array([key], dtype=np.int64)
+        elif isinstance(key, slice):
+            idx = np.arange(*key.indices(self._n), dtype=np.int64)
+        else:
+            idx = np.asarray(key)
+            if idx.dtype == bool:
+                idx = np.flatnonzero(idx)
+            if idx.ndim != 1 or not (np.issubdtype(idx.dtype, np.integer) or idx.size == 0):
+                raise TypeError(f"{type(self).__name__} takes an int, a slice or a 1-D integer index array")
+            idx = idx.astype(np.int64)
+        if idx.size and (idx.min() < -self._n or idx.max() >= self._n):
+            raise IndexError(f"index out of range for {self._n} samples")
+        idx = np.where(idx < 0, idx + self._n, idx)
+        rows = self._rows(idx) if idx.size else np.zeros((0,) + self._sample_shape, self._dtype)
+        rows = rows.astype(self._dtype, copy=False)
+        return rows[0] if isinstance(key, (int, np.integer)) else rows
+
+    def __array__(self, dtype=None, copy=None):
+        """Materialise every row (only for callers that need a real array; the tool itself never does)."""
+        return self[:].astype(dtype or self._dtype, copy=False)
+
+    def _rows(self, idx: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(shape={self.shape}, dtype={self._dtype})"
+
+
+def _copy(obj):
+    return copy.copy(obj)
+
+
+def as_dataset(data: "Dataset | str | os.PathLike | tuple", preprocess=None,
+               class_names: Sequence[str] | None = None) -> Dataset:
+    """Accept a Dataset, an (x, y) tuple, or a path: an .npz file, an image folder (DIR/<class>/*.png ...),
+    or a torchvision on-disk format (MNIST-style idx files, CIFAR-10/100 python batches).
+
+    preprocess (a Preprocess, a dict of its fields or a .json/.toml path) applies to images only; .npz
+    files and arrays are used as they are. class_names map image folder names to class indices.
+    """
     if isinstance(data, Dataset):
         return validate(data)
     if isinstance(data, tuple) and len(data) == 2:
         return validate(Dataset(np.asarray(data[0]), np.asarray(data[1])))
+    p = Path(data)
+    if p.is_dir() or (p.is_file() and p.suffix.lower() != ".npz"):
+        from .formats import open_path
+
+        ds = open_path(p, preprocess, class_names)
+        if ds is not None:
+            return validate(ds)
     return load_npz(data)
+
+
+def check_fits_model(ds: Dataset, model, input_name: str | None = None) -> None:
+    """For lazily preprocessed images: check the preprocessing against the model input before any work."""
+    check = getattr(ds.x, "check_fits", None)
+    if check is None:
+        return
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if input_name is not None:
+        inputs = [i for i in inputs if i.name == input_name]
+    if len(inputs) != 1:
+        return  # the session reports which input to pick
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in inputs[0].type.tensor_type.shape.dim]
+    check(dims, inputs[0].name)
 
 
 def load_npz(path: str | os.PathLike) -> Dataset:
@@ -74,7 +173,9 @@ def validate(ds: Dataset) -> Dataset:
         raise DampError(f"{ds.source}: labels must be non-negative class indices, found {int(y.min())}")
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise DampError(f"{ds.source}: inputs 'x' must be numeric, got {x.dtype}")
-    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+    # lazy inputs are 8-bit pixels scaled by finite, non-zero constants: finite by construction, and a
+    # full decoding pass only to check that would double the reading time
+    if not getattr(x, "lazy", False) and np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
         bad = int(np.count_nonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1)))
         raise DampError(f"{ds.source}: inputs 'x' contain NaN or infinite values in {bad} sample(s)")
     return Dataset(x, y.astype(np.int64, copy=False), ds.source)
@@ -126,3 +227,42 @@ def plain_batches(n: int, batch_size: int, fixed_batch: int | None = None) -> It
         if fixed_batch and real < fixed_batch:
             idx = np.resize(idx, fixed_batch)
         yield idx, real
+
+
+B = TypeVar("B")
+
+
+def prefetch(batches: Iterable[B], load: Callable[[B], np.ndarray]) -> Iterator[tuple[B, np.ndarray]]:
+    """Yield (batch, load(batch)) while the next batch is loaded in a background thread.
+
+    With lazily decoded images the decoding of batch k+1 overlaps the model run on batch k, so
+    onnxruntime never waits on decoding; for in-memory arrays load is a cheap indexing copy.
+    """
+    it = iter(batches)
+
+    def start(b):
+        box: dict = {}
+
+        def work():
+            try:
+                box["x"] = load(b)
+            except BaseException as exc:  # re-raised in the consumer
+                box["err"] = exc
+        t = threading.Thread(target=work, daemon=True)
+        t.start()
+        return b, t, box
+
+    nxt = None
+    for b in it:
+        nxt = start(b)
+        break
+    while nxt is not None:
+        b, t, box = nxt
+        t.join()
+        if "err" in box:
+            raise box["err"]
+        nxt = None
+        for b2 in it:
+            nxt = start(b2)
+            break
+        yield b, box["x"]

@@ -6,7 +6,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from .data import Dataset, check_against_input, plain_batches
+from .data import Dataset, check_against_input, plain_batches, prefetch
 from .errors import DampError
 from .runtime import input_spec, make_session, output_name, run_checked
 
@@ -20,8 +20,8 @@ def predict(model: onnx.ModelProto, data: Dataset, batch_size: int = 256, device
     x = check_against_input(data, spec.shape, spec.dtype, spec.name)
     out_name = output_name(sess, output)
     rows = []
-    for idx, real in plain_batches(len(x), batch_size, spec.fixed_batch):
-        (out,) = run_checked(sess, [out_name], {spec.name: x[idx]})
+    for (idx, real), xb in prefetch(plain_batches(len(x), batch_size, spec.fixed_batch), lambda b: x[b[0]]):
+        (out,) = run_checked(sess, [out_name], {spec.name: xb})
         out = np.asarray(out)
         if out.ndim != 2 or out.shape[0] != len(idx):
             raise DampError(f"output {out_name!r} has shape {list(out.shape)} for a batch of {len(idx)}; "

@@ -7,7 +7,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import onnx
 
-from .data import Dataset, class_batches
+from .data import Dataset, class_batches, prefetch
 from .graph import EditableOp
 from .instrument import TOKEN_MODES, instrument
 from .tokens import TokenLayout, probe_token_layouts
@@ -95,8 +95,9 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
     per_tap = {key: LayerStats(t.feature_dim) for key, t in unique.items()}
     keep = set(int(c) for c in gram_classes)
     samples: dict[int, int] = {}
-    for c, idx, real in class_batches(data.y, batch_size, fixed_batch=spec.fixed_batch):
-        outs = run_checked(sess, fetch, {spec.name: x[idx]})
+    batches = class_batches(data.y, batch_size, fixed_batch=spec.fixed_batch)
+    for (c, idx, real), xb in prefetch(batches, lambda b: x[b[1]]):
+        outs = run_checked(sess, fetch, {spec.name: xb})
         for k, key in enumerate(unique):
             s, gram, shape = outs[3 * k: 3 * k + 3]
             per_tap[key].add(c, s, gram, int(shape[0]), c in keep)
