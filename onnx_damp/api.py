@@ -322,8 +322,9 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
         after = summarize(probs["model"].argmax(1), evald.y, f)
         ver = verify(protos, evald, f, eval_retain, {"model": after, "original": before}, probs,
                      train=member,
-                     train_reason="needs --eval-data: the calibration data are the attack's members, "
-                                  "held-out data its non-members",
+                     train_reason=("needs --data (the attack's members: statistics alone hold no images)"
+                                   if calib is None else "needs --eval-data: the calibration data are the "
+                                   "attack's members, held-out data its non-members"),
                      feature_samples=feature_samples, batch_size=256, device=device, input_name=input_name,
                      output_name=output_name, progress=bar)
     result = ForgetResult(edited, f, retain, outcome.passes, changes, before, after,
