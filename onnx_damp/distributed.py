@@ -80,11 +80,14 @@ def ray_collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gr
         layouts = {}
     elif layouts is None:  # probe once here so every shard uses the same layouts
         layouts = probe_token_layouts(model, ops, data.x, input_name, device)
+    resource = "GPU" if device == "cuda" else "CPU"  # --device cuda: one GPU per task
     if shards is None:
-        shards = int(ray.cluster_resources().get("CPU", 1))
+        shards = int(ray.cluster_resources().get(resource, 0))
+    if shards < 1:
+        raise DampError(f"the Ray cluster has no {resource}")
     parts = class_aligned_shards(data.y, shards)
     keep = None if gram_classes is None else sorted(int(c) for c in gram_classes)
-    task = ray.remote(_collect_shard)
+    task = ray.remote(num_gpus=1)(_collect_shard) if device == "cuda" else ray.remote(_collect_shard)
     model_ref = ray.put(model.SerializeToString())
     refs = [task.remote(model_ref, ops, data.x[idx], data.y[idx], keep, batch_size, device, feature_mode,
                         input_name, layouts) for idx in parts]
