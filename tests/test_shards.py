@@ -260,3 +260,12 @@ def test_ray_flag_without_ray_is_one_line(monkeypatch, tmp_path, shard_files):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     r = invoke("collect", MODEL, "--data", shard_files[0], "-o", tmp_path / "s.npz", "--ray", "-q")
     assert r.exit_code == 2 and "pip install 'onnx-damp[ray]'" in r.output, r.output
+
+
+def test_collect_refuses_every_class_gram_above_the_limit(monkeypatch, calib):
+    import onnx_damp.api as api
+
+    monkeypatch.setattr(api, "GRAM_LIMIT", 1000)
+    with pytest.raises(DampError, match="pass --forget with the classes you will forget"):
+        onnx_damp.collect(MODEL, calib)
+    assert onnx_damp.collect(MODEL, calib, forget=[3]).gram_classes == [3]  # --forget is not limited
