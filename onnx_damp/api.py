@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import os
 from dataclasses import dataclass, field
@@ -244,7 +245,7 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
         raise DampError("--stats without --data needs --eval-data to validate the edit on")
     calib = as_dataset(data) if data is not None else None
     evald = as_dataset(eval_data) if eval_data is not None else calib
-    k = _num_outputs(proto, calib or evald, input_name, output_name, device)  # also checks the data fit the input
+    k = _num_outputs(proto, calib if calib is not None else evald, input_name, output_name, device)  # data fit?
     merged = _merged_stats(stats, proto, src, input_name, feature_mode, k) if stats is not None else None
     present = set(merged.samples) if merged is not None else set(int(c) for c in np.unique(calib.y))
     f, retain = _check_present_classes(_class_indices(proto, forget, labels), present, k,
@@ -265,7 +266,8 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     gates = _as_gates(gates)
     _check_gates_inputs(gates, True, reference is not None, eval_data is not None and calib is not None,
                         feature_samples,
-                        "--eval-data (held-out non-members; the calibration data are the members)")
+                        "--eval-data (held-out non-members; the calibration data are the members)" if calib is not None
+                        else "--data (the calibration images are the attack's members; statistics hold none)")
     ref_proto = _load(reference)[0] if reference is not None else None
     if ref_proto is not None:
         _num_outputs(ref_proto, evald, input_name, output_name, device)
@@ -420,6 +422,7 @@ def _merged_stats(stats, proto: onnx.ModelProto, src: str | None, input_name: st
     items = [stats] if isinstance(stats, (str, os.PathLike, Statistics)) else list(stats)
     if not items:
         raise DampError("no statistics file given")
+    items = [p for item in items for p in _expand_stats(item)]
     shards = [s if isinstance(s, Statistics) else Statistics.load(s) for s in items]
     for k_, s in enumerate(shards):
         if s.provenance is None:
@@ -439,6 +442,16 @@ def _merged_stats(stats, proto: onnx.ModelProto, src: str | None, input_name: st
     if prov.num_outputs is not None and prov.num_outputs != num_outputs:
         raise DampError(f"the statistics saw {prov.num_outputs} model outputs, this model has {num_outputs}")
     return merged
+
+
+def _expand_stats(item):
+    """A statistics file, or a glob pattern (quoted on the command line: no argument-length limit)."""
+    if isinstance(item, Statistics) or Path(item).exists() or not any(ch in str(item) for ch in "*?["):
+        return [item]
+    found = sorted(glob.glob(str(item)))
+    if not found:
+        raise DampError(f"no statistics file matches {item}")
+    return found
 
 
 def _check_stats_layers(st: Statistics, ops: list[EditableOp]) -> None:

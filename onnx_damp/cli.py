@@ -166,7 +166,9 @@ def collect_cmd(model, data, output, forget_classes, labels, batch_size, feature
 @click.option("--data", type=click.Path(dir_okay=False),
               help="Calibration .npz with x and y (optional with --stats: then it serves passes 2 and later).")
 @click.option("--stats", "stats_files", multiple=True, type=click.Path(dir_okay=False),
-              help="Statistics from `onnx-damp collect` (repeat, or a shell glob): merged and used for pass 1.")
+              help="Statistics from `onnx-damp collect`, merged and used for pass 1: repeat it, follow it with "
+                   "more files (a shell glob), or quote a glob ('stats/*.npz').")
+@click.argument("more_stats", nargs=-1, type=click.Path(dir_okay=False))
 @_ray_options
 @click.option("--forget", "forget_classes", required=True, multiple=True,
               help="Class to forget, by index or name (repeat for several).")
@@ -195,7 +197,7 @@ def collect_cmd(model, data, output, forget_classes, labels, batch_size, feature
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
-def forget_cmd(model, data, stats_files, ray, ray_address, forget_classes, labels, output, eval_data, report,
+def forget_cmd(model, data, stats_files, more_stats, ray, ray_address, forget_classes, labels, output, eval_data, report,
                batch_size, features, no_extra_directions, max_passes, target_forget_acc, reference, feature_samples,
                max_forget_acc, max_retain_drop, min_cka_gain, max_mia, device, input_name, output_name, as_json,
                quiet) -> None:
@@ -204,11 +206,13 @@ def forget_cmd(model, data, stats_files, ray, ray_address, forget_classes, label
     from .tables import before_after_table, layers_table
 
     _check_report_path(report)
+    if more_stats and not stats_files:
+        raise DampError(f"unexpected argument(s) {' '.join(more_stats)}: only --stats takes several files")
     res = forget(model, data, list(forget_classes), output, eval_data, batch_size, device, features,
                  not no_extra_directions, input_name, output_name, max_passes, target_forget_acc, quiet,
                  reference=reference, feature_samples=feature_samples,
                  gates=_gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia), labels=labels,
-                 stats=list(stats_files) or None, ray=ray, ray_address=ray_address)
+                 stats=list(stats_files + more_stats) or None, ray=ray, ray_address=ray_address)
     payload = res.to_dict()
     if report:
         _write_json_atomic(Path(report), payload)

@@ -148,6 +148,16 @@ def test_forget_refuses_statistics_of_another_model(tmp_path, calib):
         onnx_damp.forget(MODEL, None, [3], stats=[path], eval_data=TEST, feature_samples=0)
 
 
+def test_forget_expands_a_quoted_glob_of_statistics(tmp_path, calib, single):
+    _, y = calib
+    low = y < 5
+    onnx_damp.collect(MODEL, _part(calib, low), tmp_path / "stats_0.npz")
+    onnx_damp.collect(MODEL, _part(calib, ~low), tmp_path / "stats_1.npz")
+    res = onnx_damp.forget(MODEL, None, [3], stats=str(tmp_path / "stats_*.npz"), eval_data=calib, max_passes=1,
+                           feature_samples=0)
+    assert res.calibration_samples == single.num_samples and not res.notes
+
+
 def test_forget_with_stats_needs_data_or_eval_data(tmp_path, single):
     path = single.save(tmp_path / "s.npz")
     with pytest.raises(DampError, match="needs --eval-data"):
@@ -202,7 +212,8 @@ def test_cli_collect_then_forget_with_stats_forgets(tmp_path, shard_files):
         assert f"wrote {out}: 250 samples" in r.output
         stats.append(out)
     edited = tmp_path / "edited.onnx"
-    r = invoke("forget", MODEL, "--stats", stats[0], "--stats", stats[1], "--forget", 3, "-o", edited,
+    # `--stats stats_*.npz` as the shell expands it: the files after the first are extra arguments
+    r = invoke("forget", MODEL, "--stats", stats[0], stats[1], "--forget", 3, "-o", edited,
                "--eval-data", TEST, "--feature-samples", 0, "-q")
     assert r.exit_code == 0, r.output
     assert "note: statistics given without --data: one DAMP pass" in r.output
@@ -235,6 +246,11 @@ def test_forget_with_stats_and_data_recollects_later_passes_on_data(monkeypatch,
 def test_cli_forget_stats_errors_are_one_line(tmp_path, shard_files):
     r = invoke("forget", MODEL, "--forget", 3, "-o", tmp_path / "e.onnx")
     assert r.exit_code == 2 and "error: no calibration data: give --data, --stats, or both" in r.output
+    r = invoke("forget", MODEL, "stray.npz", "--data", shard_files[0], "--forget", 3, "-o", tmp_path / "e.onnx")
+    assert r.exit_code == 2 and "error: unexpected argument(s) stray.npz: only --stats takes several" in r.output
+    r = invoke("forget", MODEL, "--stats", tmp_path / "nothing_*.npz", "--forget", 3, "-o", tmp_path / "e.onnx",
+               "--eval-data", TEST)
+    assert r.exit_code == 2 and "error: no statistics file matches" in r.output
     other = tmp_path / "other.npz"
     assert invoke("collect", OTHER_MODEL, "--data", shard_files[0], "-o", other, "-q").exit_code == 0
     mine = tmp_path / "mine.npz"
