@@ -178,6 +178,7 @@ class ForgetResult:
     gates: list[GateResult] = field(default_factory=list)
     token_layouts: dict[str, str] = field(default_factory=dict)  # node -> where its class token was read
     notes: list[str] = field(default_factory=list)  # e.g. why fewer passes could run
+    statistics: dict | None = None  # with --stats: the shards merged for pass 1 and their provenance
 
     @property
     def passed(self) -> bool:
@@ -202,7 +203,8 @@ class ForgetResult:
                 "worst_retain_drop": {"class": worst_c, "drop": worst_drop},
                 **({"reference_js": self.reference_js} if self.reference_js is not None else {}),
                 "verification": self.verification.to_dict(), "gates": gates_dict(self.gates),
-                **({"notes": self.notes} if self.notes else {})}
+                **({"notes": self.notes} if self.notes else {}),
+                **({"statistics": self.statistics} if self.statistics is not None else {})}
 
 
 def _record_metadata(proto: onnx.ModelProto, entries: dict[str, str]) -> None:
@@ -334,7 +336,7 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
                           outcome.first_stats.num_samples, feature_mode, sha, not_editable=scan.skipped,
                           verification=ver, reference_js=_reference_js(probs, evald.y, f),
                           token_layouts={n: lay.describe() for n, lay in outcome.first_stats.token_layouts.items()},
-                          notes=notes)
+                          notes=notes, statistics=_stats_summary(merged) if merged is not None else None)
     result.gates = result.check_gates(gates)
     if out_path is not None:
         external = bool(src) and has_external_data(src)
@@ -442,6 +444,13 @@ def _merged_stats(stats, proto: onnx.ModelProto, src: str | None, input_name: st
     if prov.num_outputs is not None and prov.num_outputs != num_outputs:
         raise DampError(f"the statistics saw {prov.num_outputs} model outputs, this model has {num_outputs}")
     return merged
+
+
+def _stats_summary(st: Statistics) -> dict:
+    p = st.provenance
+    return {"sources": p.sources, "samples": st.num_samples,
+            "model_sha256": p.model_sha256, "graph_sha256": p.graph_sha256, "preprocessing": p.preprocessing,
+            "feature_mode": st.feature_mode, "gram_classes": st.gram_classes}
 
 
 def _expand_stats(item):

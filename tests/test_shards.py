@@ -156,6 +156,9 @@ def test_forget_expands_a_quoted_glob_of_statistics(tmp_path, calib, single):
     res = onnx_damp.forget(MODEL, None, [3], stats=str(tmp_path / "stats_*.npz"), eval_data=calib, max_passes=1,
                            feature_samples=0)
     assert res.calibration_samples == single.num_samples and not res.notes
+    st = res.to_dict()["statistics"]
+    assert st["samples"] == 500 and st["sources"] == ["<memory>", "<memory>"] and st["gram_classes"] is None
+    assert st["model_sha256"] == single.provenance.model_sha256 and st["preprocessing"] == "npz"
 
 
 def test_forget_with_stats_needs_data_or_eval_data(tmp_path, single):
