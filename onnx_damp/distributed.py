@@ -59,7 +59,13 @@ def class_aligned_shards(y: np.ndarray, n_shards: int) -> list[np.ndarray]:
 
 def _collect_shard(model_bytes: bytes, ops, x, y, gram_classes, batch_size, device, feature_mode, input_name,
                    layouts) -> Statistics:
-    """One Ray task: a session of its own on one shard."""
+    """One Ray task: a session of its own on one shard, with as many threads as CPUs Ray gave the task."""
+    import ray
+
+    from . import runtime
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
+    runtime.INTRA_OP_THREADS = max(1, int(cpus))
     return collect(onnx.load_from_string(model_bytes), ops, Dataset(x, y, "<ray shard>"), gram_classes,
                    batch_size, device, feature_mode, input_name, None, layouts)
 

@@ -12,6 +12,7 @@ import onnx
 from .errors import DampError
 
 DEVICES = ("cpu", "cuda")
+INTRA_OP_THREADS: int | None = None  # set by a Ray task to the CPUs it was given (None: onnxruntime's default)
 
 
 def providers_for(device: str) -> list[str]:
@@ -28,6 +29,8 @@ def make_session(model: onnx.ModelProto, device: str = "cpu", basic_optimization
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if INTRA_OP_THREADS:
+        opts.intra_op_num_threads = INTRA_OP_THREADS
     if basic_optimizations:
         # Only basic rewrites (constant folding, redundant-node removal): never a fusion that
         # could merge a tapped activation into a fused kernel.
