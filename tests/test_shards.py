@@ -288,3 +288,16 @@ def test_collect_refuses_every_class_gram_above_the_limit(monkeypatch, calib):
     with pytest.raises(DampError, match="pass --forget with the classes you will forget"):
         onnx_damp.collect(MODEL, calib)
     assert onnx_damp.collect(MODEL, calib, forget=[3]).gram_classes == [3]  # --forget is not limited
+
+
+def test_statistics_do_not_depend_on_the_number_of_threads(monkeypatch, calib):
+    """Ray tasks run onnxruntime with the CPUs they were given: the thread count must not change a bit."""
+    from onnx_damp import runtime
+
+    _, y = calib
+    part = _part(calib, y < 3)
+    monkeypatch.setattr(runtime, "INTRA_OP_THREADS", 1)
+    one = onnx_damp.collect(MODEL, part)
+    monkeypatch.setattr(runtime, "INTRA_OP_THREADS", 2)
+    two = onnx_damp.collect(MODEL, part)
+    assert_stats_equal(one, two, exact=True)
