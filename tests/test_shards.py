@@ -19,7 +19,7 @@ from click.testing import CliRunner
 import onnx_damp
 from onnx_damp import DampError
 from onnx_damp.cli import main
-from onnx_damp.shards import Provenance, load_statistics, merge
+from onnx_damp.shards import load_statistics, merge
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "mnist"
 MODEL, CALIB, TEST = SAMPLE / "model.onnx", SAMPLE / "calib.npz", SAMPLE / "test.npz"
