@@ -7,13 +7,18 @@ from .errors import DampError  # noqa: E402
 
 def __getattr__(name):
     """Load the API lazily so `onnx-damp --help` does not import onnxruntime."""
-    if name in ("forget", "evaluate", "inspect", "ForgetResult", "EvaluateResult", "InspectResult", "Gates"):
+    if name in ("forget", "evaluate", "inspect", "collect", "ForgetResult", "EvaluateResult", "InspectResult",
+                "Gates"):
         from . import api
         return getattr(api, name)
     if name in ("write_html", "render_html"):
         from . import html_report
         return getattr(html_report, name)
+    if name in ("Statistics", "merge"):
+        from . import shards
+        return getattr(shards, name)
     raise AttributeError(name)
 
 
-__all__ = ["forget", "evaluate", "inspect", "Gates", "DampError", "write_html", "render_html", "__version__"]
+__all__ = ["forget", "evaluate", "inspect", "collect", "merge", "Statistics", "Gates", "DampError", "write_html",
+           "render_html", "__version__"]

@@ -1,6 +1,8 @@
 """The Python API: every CLI command is one of these functions."""
 from __future__ import annotations
 
+import functools
+import glob
 import json
 import os
 from dataclasses import dataclass, field
@@ -11,7 +13,8 @@ import numpy as np
 import onnx
 
 from . import __version__
-from .data import Dataset, as_dataset, check_fits_model
+from .data import Dataset, LazyArray, as_dataset, check_fits_model
+from .formats import as_preprocess
 from .errors import DampError
 from .labels import metadata_names, read_labels, resolve_classes
 from .graph import EditableOp, SkippedOp, no_editable_message, scan_graph
@@ -20,6 +23,8 @@ from .metrics import (AccuracySummary, forget_confusion, js_divergence, kl_diver
 from .modelio import check_output_path, has_external_data, load_model, save_model_atomic, sha256_file
 from .predict import predict
 from .progress import Progress
+from .shards import Provenance, merge, proto_sha256
+from .stats import Statistics, collect as collect_stats
 from .unlearn import PassRecord, damp_edit
 from .validation import Verification, feature_runs, gate_values, verify
 from .verification import GateResult, Gates, check_gates, gates_dict
@@ -86,13 +91,18 @@ def _class_names(proto: onnx.ModelProto, labels) -> list[str] | None:
 
 def _check_classes(forget: Sequence[int], data: Dataset, num_outputs: int, what: str) -> tuple[list[int], list[int]]:
     """Validate forget classes against the model's outputs and the data; return (forget, retain)."""
+    return _check_present_classes(forget, set(int(c) for c in np.unique(data.y)), num_outputs, what)
+
+
+def _check_present_classes(forget: Sequence[int], present: set[int], num_outputs: int,
+                           what: str) -> tuple[list[int], list[int]]:
+    """_check_classes for the classes present in data or statistics."""
     if not forget:
         raise DampError("no class to forget: give at least one --forget")
     f = sorted({int(c) for c in forget})
     bad = [c for c in f if c < 0 or c >= num_outputs]
     if bad:
         raise DampError(f"class(es) {bad} out of range: the model has {num_outputs} outputs (0..{num_outputs - 1})")
-    present = set(int(c) for c in np.unique(data.y))
     too_big = sorted(c for c in present if c >= num_outputs)
     if too_big:
         raise DampError(f"{what} has labels {too_big[:5]} but the model has only {num_outputs} outputs")
@@ -179,6 +189,8 @@ class ForgetResult:
     token_layouts: dict[str, str] = field(default_factory=dict)  # node -> where its class token was read
     class_names: list[str] | None = None     # from --labels or the model's metadata
     forget_confusion: dict | None = None     # metrics.forget_confusion of the validation predictions
+    notes: list[str] = field(default_factory=list)  # e.g. why fewer passes could run
+    statistics: dict | None = None  # with --stats: the shards merged for pass 1 and their provenance
 
     @property
     def passed(self) -> bool:
@@ -203,7 +215,9 @@ class ForgetResult:
                 "worst_retain_drop": {"class": worst_c, "drop": worst_drop},
                 **({"reference_js": self.reference_js} if self.reference_js is not None else {}),
                 "verification": self.verification.to_dict(), "gates": gates_dict(self.gates),
-                "class_names": self.class_names, "forget_confusion": self.forget_confusion}
+                "class_names": self.class_names, "forget_confusion": self.forget_confusion,
+                **({"notes": self.notes} if self.notes else {}),
+                **({"statistics": self.statistics} if self.statistics is not None else {})}
 
 
 def _record_metadata(proto: onnx.ModelProto, entries: dict[str, str]) -> None:
@@ -220,8 +234,13 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
            max_passes: int = 3, target_forget_accuracy: float = 0.01, quiet: bool = True,
            reference: ModelLike | None = None, feature_samples: int = 500,
            gates: "Gates | dict | None" = None, labels: str | os.PathLike | None = None,
-           preprocess=None) -> ForgetResult:
+           preprocess=None, stats: "Sequence[str | os.PathLike | Statistics] | None" = None, ray: bool = False,
+           ray_address: str | None = None) -> ForgetResult:
     """Make model forget the given classes with DAMP; validate; optionally write the edited model.
+
+    stats: statistics files from onnx_damp.collect / `onnx-damp collect` (or loaded Statistics), merged
+    and used for pass 1; data (then optional) serves the later passes; without data exactly one pass
+    runs and eval_data is needed to validate. ray / ray_address: collect on Ray (see distributed.py).
 
     Validation (on eval_data, else on the calibration data) gives accuracies and the verification metrics
     of docs/metrics.md (membership inference only with eval_data; CKA only with a reference). gates
@@ -237,17 +256,36 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
         raise DampError("--target-forget-acc must lie in [0, 1]")
     proto, src = _load(model)
     out_path = check_output_path(src or "<memory>", output) if output is not None else None
+    if data is None and stats is None:
+        raise DampError("no calibration data: give --data, --stats, or both")
+    if data is None and eval_data is None:
+        raise DampError("--stats without --data needs --eval-data to validate the edit on")
     names = _class_names(proto, labels)
-    calib = as_dataset(data, preprocess, names)
+    calib = as_dataset(data, preprocess, names) if data is not None else None
     evald = as_dataset(eval_data, preprocess, names) if eval_data is not None else calib
-    k = _num_outputs(proto, calib, input_name, output_name, device)  # also checks the data fit the input
-    f, retain = _check_classes(_class_indices(proto, forget, labels, calib), calib, k, "the calibration data")
+    k = _num_outputs(proto, calib if calib is not None else evald, input_name, output_name, device)  # data fit?
+    merged = _merged_stats(stats, proto, src, input_name, feature_mode, k) if stats is not None else None
+    present = set(merged.samples) if merged is not None else set(int(c) for c in np.unique(calib.y))
+    f, retain = _check_present_classes(_class_indices(proto, forget, labels, calib), present, k,
+                                       "the statistics" if merged is not None else "the calibration data")
+    if merged is not None and calib is not None:
+        _check_classes(f, calib, k, "the calibration data")
+        data_classes = set(int(c) for c in np.unique(calib.y))
+        if data_classes != present:
+            raise DampError(f"the statistics hold classes {sorted(present)} but --data holds "
+                            f"{sorted(data_classes)}; later passes need the same classes")
+    if merged is not None and merged.gram_classes is not None and not set(f) <= set(merged.gram_classes):
+        raise DampError(f"the statistics keep second moments only for classes {merged.gram_classes}, not for "
+                        f"{sorted(set(f) - set(merged.gram_classes))}; collect them again with --forget "
+                        f"for these classes (or without --forget)")
     if eval_data is not None:
         _num_outputs(proto, evald, input_name, output_name, device)
         _check_classes(f, evald, k, "the evaluation data")
     gates = _as_gates(gates)
-    _check_gates_inputs(gates, True, reference is not None, eval_data is not None, feature_samples,
-                        "--eval-data (held-out non-members; the calibration data are the members)")
+    _check_gates_inputs(gates, True, reference is not None, eval_data is not None and calib is not None,
+                        feature_samples,
+                        "--eval-data (held-out non-members; the calibration data are the members)" if calib is not None
+                        else "--data (the calibration images are the attack's members; statistics hold none)")
     ref_proto = _load(reference)[0] if reference is not None else None
     if ref_proto is not None:
         _num_outputs(ref_proto, evald, input_name, output_name, device)
@@ -255,11 +293,24 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     if not scan.editable:
         raise DampError(no_editable_message(scan))
 
-    with Progress(len(calib) * max_passes, "DAMP passes", quiet) as bar:
+    if merged is not None:
+        _check_stats_layers(merged, scan.editable)
+    notes = []
+    if merged is not None and calib is None and max_passes > 1:
+        notes.append("statistics given without --data: one DAMP pass (later passes re-collect statistics "
+                     "on the edited model, which needs --data)")
+    collector = collect_stats
+    if ray or ray_address:
+        from .distributed import import_ray, ray_collect
+        import_ray()
+        collector = functools.partial(ray_collect, address=ray_address)
+    work = len(calib) * (max_passes - (merged is not None)) if calib is not None else 0
+    with Progress(work, "DAMP passes", quiet) as bar:
         outcome = damp_edit(proto, scan.editable, calib, f, retain, batch_size=batch_size, device=device,
                             feature_mode=feature_mode, extra_directions=extra_directions, input_name=input_name,
                             output_name=output_name, max_passes=max_passes,
-                            target_forget_accuracy=target_forget_accuracy, progress=bar)
+                            target_forget_accuracy=target_forget_accuracy, progress=bar,
+                            first_stats=merged, collector=collector)
         bar.done = bar.total  # fewer passes than the maximum were needed
     edited = outcome.model
     changes = total_relative_change(proto, edited, scan.editable)
@@ -281,7 +332,8 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
 
     protos = {"model": edited, "original": proto, **({"reference": ref_proto} if ref_proto is not None else {})}
     _, eval_retain = _check_classes(f, evald, k, "the evaluation data")
-    work = (len(protos) * len(evald) + (len(protos) * len(calib) if eval_data is not None else 0)
+    member = calib if eval_data is not None else None  # membership attack: calibration data are members
+    work = (len(protos) * len(evald) + (len(protos) * len(member) if member is not None else 0)
             + feature_runs(evald, f, eval_retain, feature_samples, True, ref_proto is not None))
     with Progress(work, "validating", quiet) as bar:
         probs = {name: to_probabilities(predict(p, evald, 256, device, input_name, output_name, bar))
@@ -289,9 +341,10 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
         before = summarize(probs["original"].argmax(1), evald.y, f)
         after = summarize(probs["model"].argmax(1), evald.y, f)
         ver = verify(protos, evald, f, eval_retain, {"model": after, "original": before}, probs,
-                     train=calib if eval_data is not None else None,
-                     train_reason="needs --eval-data: the calibration data are the attack's members, "
-                                  "held-out data its non-members",
+                     train=member,
+                     train_reason=("needs --data (the attack's members: statistics alone hold no images)"
+                                   if calib is None else "needs --eval-data: the calibration data are the "
+                                   "attack's members, held-out data its non-members"),
                      feature_samples=feature_samples, batch_size=256, device=device, input_name=input_name,
                      output_name=output_name, progress=bar)
     result = ForgetResult(edited, f, retain, outcome.passes, changes, before, after,
@@ -300,12 +353,143 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
                           verification=ver, reference_js=_reference_js(probs, evald.y, f),
                           token_layouts={n: lay.describe() for n, lay in outcome.first_stats.token_layouts.items()},
                           class_names=_class_names(proto, labels),
-                          forget_confusion=forget_confusion({n: p.argmax(1) for n, p in probs.items()}, evald.y, f, k))
+                          forget_confusion=forget_confusion({n: p.argmax(1) for n, p in probs.items()}, evald.y, f, k),
+                          notes=notes, statistics=_stats_summary(merged) if merged is not None else None)
     result.gates = result.check_gates(gates)
     if out_path is not None:
         external = bool(src) and has_external_data(src)
         result.written = [str(p) for p in save_model_atomic(edited, out_path, external_data=external)]
     return result
+
+
+# ----------------------------------------------------------------------------------------------- collect
+def _data_input_name(proto: onnx.ModelProto, input_name: str | None) -> str:
+    """The input the data feed: --input-name, else the model's only non-initializer input."""
+    if input_name is not None:
+        return input_name
+    inits = {i.name for i in proto.graph.initializer}
+    names = [i.name for i in proto.graph.input if i.name not in inits]
+    return names[0] if len(names) == 1 else ""
+
+
+def _provenance(proto: onnx.ModelProto, src: str | None, input_name: str | None, preprocessing: str,
+                num_outputs: int, device: str, batch_size: int, sources: list[str]) -> Provenance:
+    return Provenance(sha256_file(src) if src else "", proto_sha256(proto), _data_input_name(proto, input_name),
+                      preprocessing, num_outputs, device, batch_size, sources, __version__)
+
+
+def _gram_bytes(ops: list[EditableOp], n_classes: int) -> int:
+    """Memory (bytes) of one float64 Gram per class for every distinct tapped activation (an upper bound)."""
+    dims = {(op.input_name, op.feature_dim): op.feature_dim for op in ops}
+    return 8 * n_classes * sum(d * d for d in dims.values())
+
+
+GRAM_LIMIT = 4 << 30  # refuse to keep every class's Gram above this many bytes (ask for --forget instead)
+
+
+def collect(model: ModelLike, data, output: str | os.PathLike | None = None, *, forget: Sequence | None = None,
+            labels: str | os.PathLike | None = None, batch_size: int = 128, device: str = "cpu",
+            feature_mode: str = "auto", input_name: str | None = None, preprocessing: str = "npz",
+            quiet: bool = True, ray: bool = False, ray_address: str | None = None, preprocess=None) -> Statistics:
+    """Statistics of model's editable layers on data (one shard), optionally saved to output (.npz).
+
+    Shards collected this way (any number, anywhere) merge exactly with shards.merge and feed
+    forget(stats=[...]). forget: keep second moments only for these classes (the ones you will
+    forget; smaller files); by default every class keeps them, so the statistics serve any forget set.
+    preprocessing: a fingerprint of how the data were made; shards must agree to be merged. preprocess:
+    image preprocessing (as in forget); when given and preprocessing is left at "npz", its settings are the
+    fingerprint.
+    """
+    if batch_size < 1:
+        raise DampError("--batch-size must be at least 1")
+    proto, src = _load(model)
+    ds = as_dataset(data, preprocess, _class_names(proto, labels))
+    if isinstance(ds.x, LazyArray) and preprocessing == "npz":  # images: their preprocessing is the fingerprint
+        preprocessing = json.dumps(as_preprocess(preprocess).to_dict(), sort_keys=True)
+    k = _num_outputs(proto, ds, input_name, None, device)  # also checks the data fit the input
+    too_big = sorted(int(c) for c in np.unique(ds.y) if c >= k)
+    if too_big:
+        raise DampError(f"{ds.source} has labels {too_big[:5]} but the model has only {k} outputs")
+    gram_classes = None
+    if forget:
+        gram_classes = _class_indices(proto, forget, labels)
+        bad = [c for c in gram_classes if c < 0 or c >= k]
+        if bad:
+            raise DampError(f"class(es) {bad} out of range: the model has {k} outputs (0..{k - 1})")
+    scan = scan_graph(proto)
+    if not scan.editable:
+        raise DampError(no_editable_message(scan))
+    if gram_classes is None and _gram_bytes(scan.editable, len(np.unique(ds.y))) > GRAM_LIMIT:
+        need = _gram_bytes(scan.editable, len(np.unique(ds.y))) / (1 << 30)
+        raise DampError(f"keeping second moments of every class needs {need:.1f} GiB here; pass --forget with "
+                        f"the classes you will forget to keep them for those only")
+    out_path = Path(output) if output is not None else None
+    if out_path is not None:
+        folder = out_path.parent if str(out_path.parent) else Path(".")
+        if not folder.is_dir():
+            raise DampError(f"cannot write statistics: folder {folder} does not exist")
+    collector = collect_stats
+    if ray or ray_address:
+        from .distributed import ray_collect
+        collector = functools.partial(ray_collect, address=ray_address)
+    with Progress(len(ds), "collecting", quiet) as bar:
+        st = collector(proto, scan.editable, ds, gram_classes, batch_size, device, feature_mode, input_name, bar)
+    st.provenance = _provenance(proto, src, input_name, preprocessing, k, device, batch_size, [ds.source])
+    if out_path is not None:
+        st.path = st.save(out_path)
+    return st
+
+
+def _merged_stats(stats, proto: onnx.ModelProto, src: str | None, input_name: str | None, feature_mode: str,
+                  num_outputs: int) -> Statistics:
+    """Load and merge --stats, and check they belong to this model, input and feature mode."""
+    items = [stats] if isinstance(stats, (str, os.PathLike, Statistics)) else list(stats)
+    if not items:
+        raise DampError("no statistics file given")
+    items = [p for item in items for p in _expand_stats(item)]
+    shards = [s if isinstance(s, Statistics) else Statistics.load(s) for s in items]
+    for k_, s in enumerate(shards):
+        if s.provenance is None:
+            raise DampError(f"statistics {s.path or k_} carry no model hash; make them with onnx-damp collect")
+    merged = shards[0] if len(shards) == 1 else merge(shards)
+    prov = merged.provenance
+    mine = Provenance(sha256_file(src) if src else "", proto_sha256(proto), _data_input_name(proto, input_name))
+    if not prov.same_model(mine):
+        raise DampError(f"the statistics were collected from another model (sha256 "
+                        f"{(prov.model_sha256 or prov.graph_sha256)[:12]}, this one "
+                        f"{(mine.model_sha256 or mine.graph_sha256)[:12]})")
+    if prov.input_name != mine.input_name:
+        raise DampError(f"the statistics fed input {prov.input_name!r}, this run feeds {mine.input_name!r}")
+    if merged.feature_mode != feature_mode:
+        raise DampError(f"the statistics were collected with --features {merged.feature_mode}; "
+                        f"pass the same --features")
+    if prov.num_outputs is not None and prov.num_outputs != num_outputs:
+        raise DampError(f"the statistics saw {prov.num_outputs} model outputs, this model has {num_outputs}")
+    return merged
+
+
+def _stats_summary(st: Statistics) -> dict:
+    p = st.provenance
+    return {"sources": p.sources, "samples": st.num_samples,
+            "model_sha256": p.model_sha256, "graph_sha256": p.graph_sha256, "preprocessing": p.preprocessing,
+            "feature_mode": st.feature_mode, "gram_classes": st.gram_classes}
+
+
+def _expand_stats(item):
+    """A statistics file, or a glob pattern (quoted on the command line: no argument-length limit)."""
+    if isinstance(item, Statistics) or Path(item).exists() or not any(ch in str(item) for ch in "*?["):
+        return [item]
+    found = sorted(glob.glob(str(item)))
+    if not found:
+        raise DampError(f"no statistics file matches {item}")
+    return found
+
+
+def _check_stats_layers(st: Statistics, ops: list[EditableOp]) -> None:
+    for op in ops:
+        ls = st.layers.get(op.node_name)
+        if ls is None or ls.feature_dim != op.feature_dim:
+            raise DampError(f"the statistics lack layer {op.node_name!r} (made by another onnx-damp version?)")
 
 
 # ---------------------------------------------------------------------------------------------- evaluate

@@ -192,9 +192,56 @@ def _echo_verification(res) -> None:
         click.echo("\n".join(g.describe() for g in res.gates))
 
 
+def _ray_options(fn):
+    """--ray / --ray-address: collect statistics in Ray tasks (onnx-damp[ray])."""
+    fn = click.option("--ray-address", default=None,
+                      help="Collect on the Ray cluster at this address (e.g. ray://head:10001 or auto).")(fn)
+    return click.option("--ray", is_flag=True,
+                        help="Collect statistics in parallel Ray tasks on a local Ray instance (onnx-damp[ray]).")(fn)
+
+
+@main.command("collect")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, type=click.Path(), help=f"This shard's data: {DATA_HELP}.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Statistics file (.npz).")
+@click.option("--forget", "forget_classes", multiple=True,
+              help="Keep second moments only for these classes (the ones you will forget): much smaller files "
+                   "for many classes. Default: every class, so the statistics serve any forget set.")
+@click.option("--labels", type=click.Path(dir_okay=False),
+              help="Class names, one per line (line i = class i), for --forget by name.")
+@click.option("--batch-size", default=128, show_default=True, type=int)
+@click.option("--features", type=click.Choice(["auto", "position", "pooled", "patch"]), default="auto",
+              show_default=True, help="Feature mode (as in forget); every shard and the forget run must use the same.")
+@click.option("--preprocessing", default="npz", show_default=True,
+              help="A fingerprint of how the data were made; shards with different ones are not merged.")
+@_ray_options
+@_device
+@_input_name
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_preprocess_options
+@_user_errors
+def collect_cmd(model, data, output, forget_classes, labels, batch_size, features, preprocessing, ray, ray_address,
+                device, input_name, quiet, preprocess=None) -> None:
+    """Collect DAMP statistics of MODEL on one data shard; `forget --stats` merges any number of them."""
+    from .api import collect
+
+    st = collect(model, data, output, forget=list(forget_classes) or None, labels=labels, batch_size=batch_size,
+                 device=device, feature_mode=features, input_name=input_name, preprocessing=preprocessing,
+                 quiet=quiet, ray=ray, ray_address=ray_address, preprocess=preprocess)
+    counts = ", ".join(f"{c}: {n}" for c, n in st.samples.items())
+    click.echo(f"wrote {st.path}: {st.num_samples} samples ({counts}), {len(st.layers)} layers, "
+               f"model sha256 {st.provenance.model_sha256[:12] or st.provenance.graph_sha256[:12]}")
+
+
 @main.command("forget")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--data", required=True, type=click.Path(), help=f"Calibration data: {DATA_HELP}.")
+@click.option("--data", type=click.Path(),
+              help=f"Calibration data: {DATA_HELP} (optional with --stats: then it serves passes 2 and later).")
+@click.option("--stats", "stats_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Statistics from `onnx-damp collect`, merged and used for pass 1: repeat it, follow it with "
+                   "more files (a shell glob), or quote a glob ('stats/*.npz').")
+@click.argument("more_stats", nargs=-1, type=click.Path(dir_okay=False))
+@_ray_options
 @click.option("--forget", "forget_classes", required=True, multiple=True,
               help="Class to forget, by index or name (repeat for several).")
 @click.option("--labels", type=click.Path(dir_okay=False),
@@ -225,20 +272,23 @@ def _echo_verification(res) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 @_html_option
-def forget_cmd(model, data, forget_classes, labels, output, eval_data, report, batch_size, features,
-               no_extra_directions, max_passes, target_forget_acc, reference, feature_samples, max_forget_acc,
-               max_retain_drop, min_cka_gain, max_mia, device, input_name, output_name, as_json, quiet,
-               preprocess=None) -> None:
+def forget_cmd(model, data, stats_files, more_stats, ray, ray_address, forget_classes, labels, output, eval_data, report,
+               batch_size, features, no_extra_directions, max_passes, target_forget_acc, reference, feature_samples,
+               max_forget_acc, max_retain_drop, min_cka_gain, max_mia, device, input_name, output_name, as_json,
+               quiet, preprocess=None) -> None:
     """Edit MODEL so it forgets --forget classes; write the result to -o."""
     from .api import forget
     from .tables import before_after_table, layers_table
 
     _check_report_path(report)
+    if more_stats and not stats_files:
+        raise DampError(f"unexpected argument(s) {' '.join(more_stats)}: only --stats takes several files")
     res = forget(model, data, list(forget_classes), output, eval_data, batch_size, device, features,
                  not no_extra_directions, input_name, output_name, max_passes, target_forget_acc, quiet,
                  reference=reference, feature_samples=feature_samples,
                  gates=_gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia), labels=labels,
-                 preprocess=preprocess)
+                 preprocess=preprocess, stats=list(stats_files + more_stats) or None, ray=ray,
+                 ray_address=ray_address)
     payload = res.to_dict()
     if report:
         _write_json_atomic(Path(report), payload)
@@ -252,6 +302,8 @@ def forget_cmd(model, data, forget_classes, labels, output, eval_data, report, b
         _echo_verification(res)
         click.echo()
         click.echo(f"wrote {', '.join(res.written)}" + (f"; report {report}" if report else ""))
+    for note in res.notes:
+        click.echo(f"note: {note}", err=as_json)
     _finish_gates(res)
 
 

@@ -12,6 +12,7 @@ import onnx
 from .errors import DampError
 
 DEVICES = ("cpu", "cuda")
+INTRA_OP_THREADS: int | None = None  # set by a Ray task to the CPUs it was given (None: onnxruntime's default)
 
 
 def providers_for(device: str) -> list[str]:
@@ -28,14 +29,16 @@ def make_session(model: onnx.ModelProto, device: str = "cpu", basic_optimization
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if INTRA_OP_THREADS:
+        opts.intra_op_num_threads = INTRA_OP_THREADS
     if basic_optimizations:
         # Only basic rewrites (constant folding, redundant-node removal): never a fusion that
         # could merge a tapped activation into a fused kernel.
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     providers = providers_for(device)
     if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise DampError("--device cuda: this onnxruntime has no CUDA execution provider "
-                        "(install onnx-damp[gpu], which brings onnxruntime-gpu)")
+        raise DampError("--device cuda: this onnxruntime has no CUDA execution provider (install "
+                        "onnx-damp[gpu], which brings onnxruntime-gpu, and uninstall the CPU-only onnxruntime)")
     try:
         if model.ByteSize() < 1_800_000_000:
             sess = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
@@ -48,7 +51,9 @@ def make_session(model: onnx.ModelProto, device: str = "cpu", basic_optimization
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DampError(f"onnxruntime cannot load the model: {msg}") from None
     if device == "cuda" and "CUDAExecutionProvider" not in sess.get_providers():
-        raise DampError("--device cuda: onnxruntime fell back to CPU (CUDA provider failed to initialise)")
+        raise DampError(f"--device cuda: onnxruntime fell back to CPU (the CUDA provider failed to initialise: "
+                        f"check that a GPU is visible and the CUDA/cuDNN libraries onnxruntime {ort.__version__} "
+                        f"needs are installed)")
     return sess
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -12,6 +12,9 @@ from .graph import EditableOp
 from .instrument import TOKEN_MODES, instrument, uncentred_gram
 from .tokens import TokenLayout, probe_token_layouts
 from .runtime import input_spec, make_session, run_checked
+
+if TYPE_CHECKING:
+    from .shards import Provenance
 
 
 @dataclass
@@ -38,6 +41,18 @@ class LayerStats:
         if keep_gram:
             self.grams[c] = self.grams.get(c, np.zeros((d, d))) + gram
         self.total_gram = gram.copy() if self.total_gram is None else self.total_gram + gram
+
+    def canonical_total(self) -> None:
+        """total_gram as the sum of the per-class Grams in class order, when every class has one.
+
+        Then the total does not depend on how batches were grouped into shards: statistics merged
+        from class-aligned shards equal single-process ones bit for bit (see shards.merge).
+        """
+        if self.grams and set(self.grams) == set(self.rows):
+            total = np.zeros((self.feature_dim, self.feature_dim))
+            for c in sorted(self.grams):
+                total += self.grams[c]
+            self.total_gram = total
 
     def mean(self, c: int) -> np.ndarray:
         return self.sums[c] / self.rows[c]
@@ -67,18 +82,34 @@ class Statistics:
     samples: dict[int, int]
     feature_mode: str
     token_layouts: dict[str, TokenLayout] = field(default_factory=dict)  # node -> where its class token is read
+    gram_classes: list[int] | None = field(default_factory=list)  # classes with a kept Gram; None: every class
+    provenance: "Provenance | None" = None  # model hash, input, preprocessing (set by onnx_damp.collect)
+    path: str | None = None                 # the file it was loaded from (for messages; not saved)
 
     @property
     def num_samples(self) -> int:
         return int(sum(self.samples.values()))
 
+    def save(self, path) -> str:
+        """Write these statistics to an .npz (float64 arrays; metadata as JSON); see shards.py."""
+        from .shards import save_statistics
+        return save_statistics(self, path)
 
-def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_classes: Iterable[int],
+    @classmethod
+    def load(cls, path) -> "Statistics":
+        """Read statistics written by save (never unpickles)."""
+        from .shards import load_statistics
+        return load_statistics(path)
+
+
+def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_classes: Iterable[int] | None,
             batch_size: int = 128, device: str = "cpu", feature_mode: str = "auto",
             input_name: str | None = None, progress: Callable[[int], None] | None = None,
             layouts: dict[str, TokenLayout] | None = None) -> Statistics:
     """Stream data through an instrumented copy of model in single-class batches and reduce per batch.
 
+    gram_classes: classes whose second moments are kept (the forget classes); None keeps every class's
+    (statistics that serve any forget set, at classes x d^2 floats per layer).
     layouts: token layouts found earlier for the same graph (edits change weights, never layouts);
     probed here when not given and feature_mode is "auto".
     """
@@ -93,7 +124,7 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
     unique = {t.key: t for t in taps.values()}
     fetch = [name for t in unique.values() for name in (t.sum_name, t.centre_name, t.gram_name, t.shape_name)]
     per_tap = {key: LayerStats(t.feature_dim) for key, t in unique.items()}
-    keep = set(int(c) for c in gram_classes)
+    keep = None if gram_classes is None else set(int(c) for c in gram_classes)
     samples: dict[int, int] = {}
     batches = class_batches(data.y, batch_size, fixed_batch=spec.fixed_batch)
     for (c, idx, real), xb in prefetch(batches, lambda b: x[b[1]]):
@@ -101,8 +132,12 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
         for k, key in enumerate(unique):
             s, centre, gram, shape = outs[4 * k: 4 * k + 4]
             n = int(shape[0])
-            per_tap[key].add(c, s, uncentred_gram(s, centre, gram, n), n, c in keep)
+            per_tap[key].add(c, s, uncentred_gram(s, centre, gram, n), n, keep is None or c in keep)
         samples[c] = samples.get(c, 0) + real
         if progress:
             progress(real)
-    return Statistics({name: per_tap[t.key] for name, t in taps.items()}, samples, feature_mode, layouts)
+    if keep is None:
+        for st in per_tap.values():
+            st.canonical_total()
+    return Statistics({name: per_tap[t.key] for name, t in taps.items()}, samples, feature_mode, layouts,
+                      None if keep is None else sorted(keep))

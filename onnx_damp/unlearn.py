@@ -24,8 +24,8 @@ from .stats import Statistics, collect
 @dataclass
 class PassRecord:
     plans: list[dm.LayerPlan]
-    calib_forget_accuracy: float   # on the calibration data, after this pass
-    calib_retain_accuracy: float
+    calib_forget_accuracy: float | None   # on the calibration data, after this pass (None: no data given)
+    calib_retain_accuracy: float | None
 
     def to_dict(self) -> dict:
         return {"calibration_forget_accuracy": self.calib_forget_accuracy,
@@ -40,12 +40,18 @@ class EditOutcome:
     first_stats: Statistics | None = None
 
 
-def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset, forget: Sequence[int],
+def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | None, forget: Sequence[int],
               retain: Sequence[int], *, batch_size: int = 128, device: str = "cpu", feature_mode: str = "auto",
               extra_directions: bool = True, input_name: str | None = None, output_name: str | None = None,
               max_passes: int = 3, target_forget_accuracy: float = 0.01, first_stats: Statistics | None = None,
-              progress: Callable[[int], None] | None = None) -> EditOutcome:
-    """Edit a copy of proto with DAMP until calibration forget accuracy <= target or max_passes are done."""
+              progress: Callable[[int], None] | None = None, collector: Callable[..., Statistics] = collect
+              ) -> EditOutcome:
+    """Edit a copy of proto with DAMP until calibration forget accuracy <= target or max_passes are done.
+
+    first_stats: statistics of proto (e.g. merged shards) for pass 1; calib may then be None, which
+    means exactly one pass (nothing to re-collect on, nothing to check). collector: stats.collect or
+    a function with its signature (the Ray backend).
+    """
     current = proto
     outcome = EditOutcome(proto)
     for k in range(max_passes):
@@ -53,18 +59,21 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset, for
             stats = first_stats
         else:
             layouts = outcome.first_stats.token_layouts if outcome.first_stats is not None else None
-            stats = collect(current, ops, calib, forget, batch_size, device, feature_mode, input_name, progress,
-                            layouts)
+            stats = collector(current, ops, calib, forget, batch_size, device, feature_mode, input_name, progress,
+                              layouts)
         if k == 0:
             outcome.first_stats = stats
         plans = dm.plan(ops, stats, forget, retain, extra_directions)
         edited = onnx.ModelProto()
         edited.CopyFrom(current)
         dm.apply(edited, plans)
+        current = edited
+        if calib is None:
+            outcome.passes.append(PassRecord(plans, None, None))
+            break
         pred = predict(edited, calib, 256, device, input_name, output_name).argmax(1)
         s = summarize(pred, calib.y, forget)
         outcome.passes.append(PassRecord(plans, s.forget_accuracy, s.retain_accuracy))
-        current = edited
         if s.forget_accuracy <= target_forget_accuracy:
             break
     outcome.model = current
