@@ -1,11 +1,9 @@
 """Build a copy of the graph that also outputs per-batch statistics of every editable operator's input.
 
 For each tapped activation the copy reshapes it to rows of input features ([rows, d]; every spatial
-position or token is a row) and reduces inside the graph to a float64 feature sum [d], the batch mean m
-(float32), the Gram matrix of the rows centred on m, sum (x - m)(x - m)^T [d, d] in float32 (a float32
-GEMM: several times faster than a float64 one in onnxruntime, and centring removes the cancellation that
-makes a float32 uncentred Gram inaccurate), and the row count, so no activation ever leaves onnxruntime
-and memory does not grow with the number of samples. The host turns these into float64 uncentred sums.
+position or token is a row), casts to float64 and reduces inside the graph to a feature sum [d], an
+uncentred Gram matrix [d, d] and the row count, so no activation ever leaves onnxruntime and memory
+does not grow with the number of samples.
 """
 from __future__ import annotations
 
@@ -31,18 +29,6 @@ class Tap:
     gram_name: str
     shape_name: str
     feature_dim: int
-    centre_name: str = ""   # the batch mean m (float32) the Gram output was centred on
-
-
-def uncentred_gram(s: np.ndarray, centre: np.ndarray, centred_gram: np.ndarray, n: int) -> np.ndarray:
-    """sum x x^T of a batch in float64 from its float64 sum s, the centre m and sum (x - m)(x - m)^T.
-
-    sum x x^T = C + m s^T + s m^T - n m m^T holds for any m, so the float32 centre only has to be close
-    to the mean for C to be small and well conditioned; the float32 Gram then carries no cancellation.
-    """
-    m = np.asarray(centre, dtype=np.float64).reshape(-1)
-    c = np.asarray(centred_gram, dtype=np.float64)
-    return c + np.outer(m, s) + np.outer(s, m) - n * np.outer(m, m)
 
 
 def tap_key(op: EditableOp, layout: TokenLayout | None = None, mode: str = "position") -> str:
@@ -150,27 +136,20 @@ def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str,
     g.initializer.append(numpy_helper.from_array(np.array([-1, d], dtype=np.int64), p + "shape_const"))
     nodes.append(helper.make_node("Reshape", [x, p + "shape_const"], [p + "rows"]))
     nodes.append(helper.make_node("Cast", [p + "rows"], [p + "rows64"], to=TensorProto.DOUBLE))
-    nodes.append(helper.make_node("Cast", [p + "rows"], [p + "rows32"], to=TensorProto.FLOAT))
-    g.initializer.append(numpy_helper.from_array(np.array([0], dtype=np.int64), p + "axes"))
     if opset >= 13:
+        g.initializer.append(numpy_helper.from_array(np.array([0], dtype=np.int64), p + "axes"))
         nodes.append(helper.make_node("ReduceSum", [p + "rows64", p + "axes"], [p + "sum"], keepdims=0))
     else:
         nodes.append(helper.make_node("ReduceSum", [p + "rows64"], [p + "sum"], axes=[0], keepdims=0))
-    if opset >= 18:
-        nodes.append(helper.make_node("ReduceMean", [p + "rows32", p + "axes"], [p + "centre"], keepdims=1))
-    else:
-        nodes.append(helper.make_node("ReduceMean", [p + "rows32"], [p + "centre"], axes=[0], keepdims=1))
-    nodes.append(helper.make_node("Sub", [p + "rows32", p + "centre"], [p + "centred"]))
-    nodes.append(helper.make_node("Transpose", [p + "centred"], [p + "centredT"], perm=[1, 0]))
-    nodes.append(helper.make_node("MatMul", [p + "centredT", p + "centred"], [p + "gram"]))
+    nodes.append(helper.make_node("Transpose", [p + "rows64"], [p + "rowsT"], perm=[1, 0]))
+    nodes.append(helper.make_node("MatMul", [p + "rowsT", p + "rows64"], [p + "gram"]))
     nodes.append(helper.make_node("Shape", [p + "rows"], [p + "count"]))
     for n in nodes:
         n.name = n.output[0] + "_node"
     g.node.extend(nodes)
     g.output.extend([
         helper.make_tensor_value_info(p + "sum", TensorProto.DOUBLE, [d]),
-        helper.make_tensor_value_info(p + "centre", TensorProto.FLOAT, [1, d]),
-        helper.make_tensor_value_info(p + "gram", TensorProto.FLOAT, [d, d]),
+        helper.make_tensor_value_info(p + "gram", TensorProto.DOUBLE, [d, d]),
         helper.make_tensor_value_info(p + "count", TensorProto.INT64, [2]),
     ])
-    return Tap(tap_key(op, layout, mode), p + "sum", p + "gram", p + "count", d, p + "centre")
+    return Tap(tap_key(op, layout, mode), p + "sum", p + "gram", p + "count", d)

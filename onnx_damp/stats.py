@@ -9,7 +9,7 @@ import onnx
 
 from .data import Dataset, class_batches, prefetch
 from .graph import EditableOp
-from .instrument import TOKEN_MODES, instrument, uncentred_gram
+from .instrument import TOKEN_MODES, instrument
 from .tokens import TokenLayout, probe_token_layouts
 from .runtime import input_spec, make_session, run_checked
 
@@ -122,7 +122,7 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
     spec = input_spec(sess, input_name)
     x = data.x.astype(spec.dtype, copy=False)
     unique = {t.key: t for t in taps.values()}
-    fetch = [name for t in unique.values() for name in (t.sum_name, t.centre_name, t.gram_name, t.shape_name)]
+    fetch = [name for t in unique.values() for name in (t.sum_name, t.gram_name, t.shape_name)]
     per_tap = {key: LayerStats(t.feature_dim) for key, t in unique.items()}
     keep = None if gram_classes is None else set(int(c) for c in gram_classes)
     samples: dict[int, int] = {}
@@ -130,9 +130,8 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
     for (c, idx, real), xb in prefetch(batches, lambda b: x[b[1]]):
         outs = run_checked(sess, fetch, {spec.name: xb})
         for k, key in enumerate(unique):
-            s, centre, gram, shape = outs[4 * k: 4 * k + 4]
-            n = int(shape[0])
-            per_tap[key].add(c, s, uncentred_gram(s, centre, gram, n), n, keep is None or c in keep)
+            s, gram, shape = outs[3 * k: 3 * k + 3]
+            per_tap[key].add(c, s, gram, int(shape[0]), keep is None or c in keep)
         samples[c] = samples.get(c, 0) + real
         if progress:
             progress(real)
