@@ -20,7 +20,7 @@ from .labels import metadata_names, read_labels, resolve_classes
 from .graph import EditableOp, SkippedOp, no_editable_message, scan_graph
 from .metrics import (AccuracySummary, forget_confusion, js_divergence, kl_divergence, summarize, to_probabilities,
                       worst_retain_drop)
-from .modelio import check_output_path, has_external_data, load_model, save_model_atomic, sha256_file
+from .modelio import check_output_path, has_external_data, load_model, proto_size, save_model_atomic, sha256_file
 from .predict import predict
 from .progress import Progress
 from .shards import Provenance, merge, proto_sha256
@@ -326,7 +326,7 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
         "onnx_damp.source_sha256": sha or "",
     })
     try:
-        onnx.checker.check_model(edited, full_check=False) if edited.ByteSize() < 1_800_000_000 else None
+        onnx.checker.check_model(edited, full_check=False) if proto_size(edited) < 1_800_000_000 else None
     except onnx.checker.ValidationError as exc:  # a bug, not a user error: keep the traceback
         raise RuntimeError(f"edited model fails onnx.checker: {exc}") from exc
 
@@ -359,6 +359,11 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     if out_path is not None:
         external = bool(src) and has_external_data(src)
         result.written = [str(p) for p in save_model_atomic(edited, out_path, external_data=external)]
+        if proto_size(edited) >= 1_800_000_000:  # too big to check in memory: check the written file
+            try:
+                onnx.checker.check_model(str(out_path))
+            except onnx.checker.ValidationError as exc:
+                raise RuntimeError(f"edited model fails onnx.checker: {exc}") from exc
     return result
 
 

@@ -95,11 +95,18 @@ def apply(model: onnx.ModelProto, plans: list[LayerPlan]) -> None:
             continue
         ref = weight_ref(gi, p.op)  # an earlier pass may have given the node its own copy
         w = effective_weight(gi, ref)
-        mat = w.astype(np.float64)
-        new = edit_weight(p.op, mat, p.q, p.alpha)
-        p.relative_change = float(np.linalg.norm(new - mat) / max(np.linalg.norm(mat), 1e-300))
+        if ref.dequant is None and _chunkable(p.op, w, p.q):
+            new, change, norm = edit_weight_chunked(p.op, w, p.q, p.alpha)
+            p.relative_change = change / max(norm, 1e-300)
+            mat = None
+        else:
+            mat = w.astype(np.float64)
+            new = edit_weight(p.op, mat, p.q, p.alpha)
+            p.relative_change = float(np.linalg.norm(new - mat) / max(np.linalg.norm(mat), 1e-300))
+            change = float(np.linalg.norm(new - mat))
+        del mat
         if ref.exclusive:
-            _record_quantisation(p, store_weight(gi, ref, new), float(np.linalg.norm(new - mat)))
+            _record_quantisation(p, store_weight(gi, ref, new), change)
         else:
             p.own_copy = give_own_copy(gi, p.op, new.astype(w.dtype))
             if ref.dequant is not None:
@@ -112,6 +119,34 @@ def _record_quantisation(p: LayerPlan, stored: QuantStore | None, edit_norm: flo
         return
     p.quant_error = stored.error / edit_norm if edit_norm > 0 else 0.0
     p.clipped = stored.clipped
+
+
+CHUNK_BYTES = 256 << 20  # weights above this size are edited in row blocks (float64 per block only)
+
+
+def _chunkable(op: EditableOp, w: np.ndarray, q: np.ndarray) -> bool:
+    """Large float Gemm/MatMul weights are edited block by block so a float64 copy never exists whole."""
+    return (w.nbytes > CHUNK_BYTES and op.op_type in ("Gemm", "MatMul") and np.issubdtype(w.dtype, np.floating)
+            and q.shape[0] == op.feature_dim)
+
+
+def edit_weight_chunked(op: EditableOp, w: np.ndarray, q: np.ndarray, alpha: float,
+                        rows: int = 1 << 16) -> tuple[np.ndarray, float, float]:
+    """edit_weight for a large Gemm/MatMul weight, in blocks of rows of its [rows, in] matrix.
+
+    Each block is computed in float64 and cast back to w's dtype, exactly as the whole-matrix edit would
+    be; returns the edited weight (w's dtype and layout), ||W' - W||_F and ||W||_F (both in float64).
+    """
+    new = np.empty_like(w)
+    src, dst = weight_matrix(op, w), weight_matrix(op, new)  # views: Gemm/MatMul matrices are (transposed) views
+    change = norm = 0.0
+    for start in range(0, src.shape[0], rows):
+        block = src[start:start + rows].astype(np.float64)
+        edited = pj.edit_matrix(block, q, alpha)
+        change += float(np.sum((edited - block) ** 2))
+        norm += float(np.sum(block ** 2))
+        dst[start:start + rows] = edited
+    return new, change ** 0.5, norm ** 0.5
 
 
 def edit_weight(op: EditableOp, w: np.ndarray, q: np.ndarray, alpha: float) -> np.ndarray:

@@ -15,6 +15,7 @@ import onnx
 
 from .data import Dataset
 from .errors import DampError
+from .modelio import proto_size
 from .graph import EditableOp
 from .stats import Statistics, collect
 from .tokens import TokenLayout, probe_token_layouts
@@ -79,7 +80,7 @@ def ray_collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gr
     from .shards import merge
 
     ray = init_ray(address)
-    if model.ByteSize() >= 2_000_000_000:
+    if proto_size(model) >= 2_000_000_000:
         raise DampError("--ray sends the model to its tasks in one message, which protobuf limits to 2 GB; "
                         "collect shards by hand (onnx-damp collect on each) instead")
     if feature_mode != "auto":

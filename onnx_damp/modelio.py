@@ -13,6 +13,14 @@ from onnx import external_data_helper
 from .errors import DampError
 
 
+def proto_size(model: onnx.ModelProto) -> int:
+    """model.ByteSize(), or 2 GiB when protobuf refuses to size a message that large (it raises)."""
+    try:
+        return model.ByteSize()
+    except Exception:  # google.protobuf.message.EncodeError above 2 GiB
+        return 1 << 31
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes, streamed."""
     h = hashlib.sha256()
@@ -101,7 +109,7 @@ def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike, external_d
     written: list[Path] = []
     try:
         tmp_model = tmpdir / out_p.name
-        big = model.ByteSize() > 1_800_000_000 if not external_data else True
+        big = proto_size(model) > 1_800_000_000 if not external_data else True
         if big:
             model = _copy(model)  # saving as external data rewrites the proto in place
             location = out_p.name + ".data"

@@ -1,8 +1,6 @@
 """onnxruntime sessions (imported lazily so the CLI starts fast) and batched prediction."""
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -10,9 +8,66 @@ import numpy as np
 import onnx
 
 from .errors import DampError
+from .modelio import proto_size
 
 DEVICES = ("cpu", "cuda")
 INTRA_OP_THREADS: int | None = None  # set by a Ray task to the CPUs it was given (None: onnxruntime's default)
+
+
+PROTO_LIMIT = 1_800_000_000  # protobuf cannot serialise a message of 2 GiB or more: stay clear of it
+LARGE_TENSOR = 1 << 20       # above PROTO_LIMIT, initializers of this many bytes or more go to ORT as arrays
+
+
+def split_large_initializers(model: onnx.ModelProto,
+                             threshold: int = LARGE_TENSOR) -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
+    """A copy of model whose large initializers are external-data stubs, plus their names and values.
+
+    onnxruntime takes the values through SessionOptions.add_external_initializers, so a model above
+    protobuf's 2 GiB limit runs without being serialised whole or written to disk, and the caller's
+    proto is left untouched (onnx.save with external data would rewrite it in place). Only the small
+    part of the model is copied; each large value is read once as an array.
+    """
+    from onnx import numpy_helper
+
+    light = onnx.ModelProto()
+    graph = model.graph
+    big = [t for t in graph.initializer
+           if t.data_location != onnx.TensorProto.EXTERNAL and len(t.raw_data) >= threshold]
+    big_names = {t.name for t in big}
+    _copy_fields(model, light, skip=("graph",))
+    _copy_fields(graph, light.graph, skip=("initializer",))
+    values = []
+    for t in graph.initializer:
+        if t.name not in big_names:
+            light.graph.initializer.add().CopyFrom(t)
+            continue
+        stub = light.graph.initializer.add()
+        stub.name, stub.data_type = t.name, t.data_type
+        stub.dims.extend(t.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        for key, val in (("location", "onnx-damp-in-memory"), ("offset", "0"), ("length", str(len(t.raw_data)))):
+            entry = stub.external_data.add()
+            entry.key, entry.value = key, val
+        values.append(numpy_helper.to_array(t))
+    return light, [t.name for t in big], values
+
+
+def _copy_fields(src, dst, skip=()) -> None:
+    """Copy every set field of protobuf message src into dst, except those named in skip."""
+    for fd, value in src.ListFields():
+        if fd.name in skip:
+            continue
+        if _is_repeated(fd):
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+def _is_repeated(fd) -> bool:
+    rep = getattr(fd, "is_repeated", None)  # protobuf >= 5.28; older versions have only .label
+    return bool(rep) if rep is not None else fd.label == fd.LABEL_REPEATED
 
 
 def providers_for(device: str) -> list[str]:
@@ -40,13 +95,12 @@ def make_session(model: onnx.ModelProto, device: str = "cpu", basic_optimization
         raise DampError("--device cuda: this onnxruntime has no CUDA execution provider (install "
                         "onnx-damp[gpu], which brings onnxruntime-gpu, and uninstall the CPU-only onnxruntime)")
     try:
-        if model.ByteSize() < 1_800_000_000:
+        if proto_size(model) < PROTO_LIMIT:
             sess = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
         else:
-            with tempfile.TemporaryDirectory(prefix="onnx-damp-") as tmp:
-                path = os.path.join(tmp, "model.onnx")
-                onnx.save_model(model, path, save_as_external_data=True, location="model.onnx.data")
-                sess = ort.InferenceSession(path, opts, providers=providers)
+            light, names, values = split_large_initializers(model)
+            opts.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(v) for v in values])
+            sess = ort.InferenceSession(light.SerializeToString(), opts, providers=providers)
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DampError(f"onnxruntime cannot load the model: {msg}") from None

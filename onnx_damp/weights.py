@@ -393,8 +393,12 @@ def store_weight(gi: GraphIndex, ref: WeightRef, value: np.ndarray) -> QuantStor
         value64 = value.astype(np.float64)
         value, clipped = ref.dequant.quantize(value64)
         report = QuantStore(float(np.linalg.norm(ref.dequant.dequantize(value) - value64)), clipped)
-    arr = np.ascontiguousarray(value.astype(_np_dtype(tensor.data_type)))
-    tensor.CopyFrom(numpy_helper.from_array(arr, tensor.name))
+    arr = np.ascontiguousarray(value.astype(_np_dtype(tensor.data_type), copy=False))
+    if tensor.raw_data and tuple(tensor.dims) == arr.shape and arr.dtype.byteorder in ("=", "<", "|"):
+        tensor.ClearField("raw_data")  # replace the bytes in place: no second full copy of a large tensor
+        tensor.raw_data = arr.tobytes()
+    else:
+        tensor.CopyFrom(numpy_helper.from_array(arr, tensor.name))
     return report
 
 
