@@ -336,8 +336,14 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     work = (len(protos) * len(evald) + (len(protos) * len(member) if member is not None else 0)
             + feature_runs(evald, f, eval_retain, feature_samples, True, ref_proto is not None))
     with Progress(work, "validating", quiet) as bar:
-        probs = {name: to_probabilities(predict(p, evald, 256, device, input_name, output_name, bar))
-                 for name, p in protos.items()}
+        probs = {}
+        for name, p in protos.items():
+            if name == "model" and evald is calib and outcome.calib_outputs is not None:
+                out = outcome.calib_outputs  # the last pass already predicted the calibration data
+                bar(len(evald))
+            else:
+                out = predict(p, evald, 256, device, input_name, output_name, bar)
+            probs[name] = to_probabilities(out)
         before = summarize(probs["original"].argmax(1), evald.y, f)
         after = summarize(probs["model"].argmax(1), evald.y, f)
         ver = verify(protos, evald, f, eval_retain, {"model": after, "original": before}, probs,

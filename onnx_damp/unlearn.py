@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import numpy as np
 import onnx
 
 from . import damp as dm
@@ -38,6 +39,7 @@ class EditOutcome:
     model: onnx.ModelProto
     passes: list[PassRecord] = field(default_factory=list)
     first_stats: Statistics | None = None
+    calib_outputs: "np.ndarray | None" = None  # the final model's output rows on calib (reused for validation)
 
 
 def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | None, forget: Sequence[int],
@@ -71,8 +73,8 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
         if calib is None:
             outcome.passes.append(PassRecord(plans, None, None))
             break
-        pred = predict(edited, calib, 256, device, input_name, output_name).argmax(1)
-        s = summarize(pred, calib.y, forget)
+        outcome.calib_outputs = predict(edited, calib, 256, device, input_name, output_name)
+        s = summarize(outcome.calib_outputs.argmax(1), calib.y, forget)
         outcome.passes.append(PassRecord(plans, s.forget_accuracy, s.retain_accuracy))
         if s.forget_accuracy <= target_forget_accuracy:
             break
