@@ -19,8 +19,11 @@ subsets are drawn exactly as in build_samples.py (300 training / 500 test images
 so they equal samples/mnist's and samples/fashion_mnist's.
 
   python samples/build_vit.py --mnist-dir package/data [--out samples] [--epochs 4]
-  python samples/build_vit.py --fashion-dir /usr/share/datasets/fashion-mnist --epochs EPOCHS --per-class N
-    (the shipped vit_fashion: see VIT_FASHION_COMMAND below)
+  python samples/build_vit.py --fashion-dir /usr/share/datasets/fashion-mnist --epochs 4 --threads 1
+
+The shipped vit_fashion was built by that command (the full training set, 4 epochs: 87.34% test accuracy;
+8 min for the original and 10 min for the reference on one shared CPU core). --per-class N trains on a
+stratified subset of N training images per class instead.
 """
 from __future__ import annotations
 
