@@ -95,8 +95,8 @@ def test_resnet18_fashion_forgets_t_shirt_within_bounds():
     """torchvision resnet18 (TorchScript export, BatchNorm folded, 21 Conv/Gemm): T-shirt/top (0) forgotten in one
     pass within the project's bounds, outputs on T-shirts closer to the model retrained without them.
 
-    Opt-in: even on 50 images per class it takes over 30 CPU-seconds (eigendecompositions of the 4608-dim
-    layer4 statistics, resnet18 inference), which the default suite cannot afford."""
+    Opt-in: even on 50 images per class it takes over 30 CPU-seconds (resnet18 inference, and per-layer
+    eigendecompositions that do not shrink with the data), which the default suite cannot afford."""
     folder = SAMPLES / "resnet18_fashion"
     res = onnx_damp.forget(folder / "model.onnx", folder / "calib.npz", [0], eval_data=folder / "test.npz",
                            reference=folder / "retrained_without_0.onnx", feature_samples=0)
