@@ -3,7 +3,9 @@
 Bounds (the project's): forget-class accuracy <= 1%, mean retain accuracy drop <= 1 point, no retain
 class down more than 3 points, and outputs on forget-class test images closer (Jensen-Shannon) to the
 model retrained without the class than the original's. bench/quality.py runs every class and pair.
+The resnet18 test is opt-in (ONNX_DAMP_SLOW_TESTS=1): it takes minutes on a CPU.
 """
+import os
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +73,38 @@ def test_vit_class_token_statistics_move_forget_outputs_toward_the_retrained_mod
     js = onnx_damp.evaluate(out, folder / "test.npz", [7], original=folder / "model.onnx",
                             reference=folder / "retrained_without_7.onnx").reference_js
     assert js["model"]["forget"] < 0.5 * js["original"]["forget"]
+
+
+def test_vit_fashion_forgets_shirt_and_moves_toward_the_retrained_model():
+    """ViT on Fashion-MNIST, Shirt (6, the hardest class): forgotten to a few percent in three passes (not to
+    1%: bench/quality.py measures 5.2%), the retain classes do not lose accuracy, and the outputs on shirts move
+    most of the way to the model retrained without them."""
+    folder = SAMPLES / "vit_fashion"
+    res = onnx_damp.forget(folder / "model.onnx", folder / "calib.npz", [6], eval_data=folder / "test.npz",
+                           reference=folder / "retrained_without_6.onnx", feature_samples=0)
+    assert res.before.forget_accuracy > 0.6
+    assert res.after.forget_accuracy < 0.08
+    assert res.before.retain_accuracy - res.after.retain_accuracy <= 0.01
+    js = res.reference_js
+    assert js["model"]["forget"] < 0.5 * js["original"]["forget"]
+
+
+@pytest.mark.skipif(not os.environ.get("ONNX_DAMP_SLOW_TESTS"),
+                    reason="about 3 CPU-minutes (resnet18, 11 M parameters); set ONNX_DAMP_SLOW_TESTS=1 to run it")
+def test_resnet18_fashion_forgets_t_shirt_within_bounds():
+    """torchvision resnet18 (TorchScript export, BatchNorm folded, 21 Conv/Gemm): T-shirt/top (0) forgotten in one
+    pass within the project's bounds, outputs on T-shirts closer to the model retrained without them.
+
+    Opt-in: even on 50 images per class it takes over 30 CPU-seconds (resnet18 inference, and per-layer
+    eigendecompositions that do not shrink with the data), which the default suite cannot afford."""
+    folder = SAMPLES / "resnet18_fashion"
+    res = onnx_damp.forget(folder / "model.onnx", folder / "calib.npz", [0], eval_data=folder / "test.npz",
+                           reference=folder / "retrained_without_0.onnx", feature_samples=0)
+    assert len(res.passes) == 1
+    assert res.before.forget_accuracy > 0.8
+    assert res.after.forget_accuracy <= 0.01
+    assert res.before.retain_accuracy - res.after.retain_accuracy <= 0.01
+    _, drop = worst_retain_drop(res.before, res.after)
+    assert drop <= 0.03
+    js = res.reference_js
+    assert js["model"]["forget"] < js["original"]["forget"]
