@@ -1,12 +1,12 @@
 """Is it really forgotten? Original, head suppression, DAMP and the retrained model side by side.
 
 For every shipped sample with a retrained reference (mnist without 3, fashion_mnist without 0,
-vit_mnist without 7) this builds a head-suppression baseline (the forget logit's bias in the final
+vit_mnist without 7, vit_fashion without 6, resnet18_fashion without 0) this builds a head-suppression baseline (the forget logit's bias in the final
 Gemm lowered by 100: the class disappears from the outputs while every layer still encodes it), runs
 `onnx_damp.forget` with the shipped defaults, and scores all four models with `onnx_damp.evaluate`
 against the original (held-out test data; calibration data as the attacks' training members).
 
-  python bench/proof.py                 # all three samples
+  python bench/proof.py                 # all five samples
   python bench/proof.py --json out.json
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import onnx_damp  # noqa: E402
 from onnx_damp.graph import scan_graph  # noqa: E402
 
-SAMPLES = {"mnist": [3], "fashion_mnist": [0], "vit_mnist": [7]}
+SAMPLES = {"mnist": [3], "fashion_mnist": [0], "vit_mnist": [7], "vit_fashion": [6], "resnet18_fashion": [0]}
 
 
 def head_suppression(model: onnx.ModelProto, forget: list[int], shift: float = 100.0) -> onnx.ModelProto:
