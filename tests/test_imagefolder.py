@@ -201,3 +201,21 @@ def test_an_nhwc_model_on_cropped_normalised_images_equals_the_numpy_reference(t
     assert onnx_damp.evaluate(model, named, ["bee"], feature_samples=0, preprocess=pre).to_dict() == b.to_dict()
     with pytest.raises(DampError, match=r"expects \[6, 6, 3\] \(NHWC, 3 channels\).*use --layout NHWC$"):
         onnx_damp.evaluate(model, tmp_path / "imgs", [1], feature_samples=0, preprocess={"center_crop": 6})
+
+
+def test_collect_on_a_png_folder_records_the_preprocessing_and_refuses_other_shards(tmp_path):
+    """`collect` reads image folders too; shards made with different preprocessing do not merge."""
+    _mnist_folder(tmp_path / "a", per_class=20)
+    _mnist_folder(tmp_path / "b", per_class=20)
+    outs = []
+    for name, extra in (("a", ["--mode", "L"]), ("b", ["--mode", "L", "--no-scale"])):
+        out = tmp_path / f"{name}.npz"
+        r = CliRunner().invoke(main, ["collect", str(MNIST / "model.onnx"), "--data", str(tmp_path / name),
+                                      "-o", str(out), "-q"] + extra)
+        assert r.exit_code == 0, r.output
+        outs.append(out)
+    a, b = (onnx_damp.Statistics.load(p) for p in outs)
+    assert json.loads(a.provenance.preprocessing)["mode"] == "L"
+    assert a.provenance.preprocessing != b.provenance.preprocessing
+    with pytest.raises(DampError, match="preprocessing"):
+        onnx_damp.merge([a, b])
