@@ -118,6 +118,9 @@ def verify(protos: dict[str, onnx.ModelProto], test: Dataset, forget: Sequence[i
     """Compute the verification metrics of protos["model"] against protos["original"] / ["reference"]."""
     v = Verification()
     f = list(forget)
+    ref_note = reference_recognises_forget(test_probs.get("reference"), test.y, f)
+    if ref_note:
+        v.notes.append(ref_note)
     if "original" in summaries:
         v.selectivity = selectivity(summaries["original"], summaries["model"])
     if train is not None:
@@ -130,6 +133,25 @@ def verify(protos: dict[str, onnx.ModelProto], test: Dataset, forget: Sequence[i
     elif feature_samples <= 0:
         v.notes.append("feature metrics (CKA, residual separability, bias shift) skipped: --feature-samples 0")
     return v
+
+
+def reference_recognises_forget(ref_probs: "np.ndarray | None", y: np.ndarray, forget: Sequence[int],
+                                limit: float = 0.5) -> str | None:
+    """A note when the --reference model still classifies most forget-class samples correctly.
+
+    A model retrained without the class cannot predict it well; if it does, the reference was likely trained
+    with the class (a wrong file or another forget set), and every metric against it is meaningless.
+    """
+    if ref_probs is None:
+        return None
+    mask = np.isin(y, list(forget))
+    if not mask.any():
+        return None
+    acc = float(np.mean(ref_probs[mask].argmax(1) == y[mask]))
+    if acc <= limit:
+        return None
+    return (f"the reference model classifies {100 * acc:.1f}% of the forget-class samples correctly: was it "
+            "really retrained without the forgotten class(es)? Metrics against it compare with a model that knows them")
 
 
 def feature_runs(test: Dataset, forget: Sequence[int], retain: Sequence[int], feature_samples: int,

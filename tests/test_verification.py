@@ -209,3 +209,14 @@ def test_gates_pass_fail_and_missing_metric():
     assert d["passed"] is False and set(d["checks"][0]) == {"gate", "metric", "value", "threshold", "passed"}
     assert check_gates(values, None) == [] and gates_summary([]) == ""
     assert gates_dict(check_gates(values, Gates(min_cka_gain=0.1)))["passed"] is True  # >= holds at equality
+
+
+def test_a_reference_that_still_knows_the_forget_class_is_flagged():
+    from onnx_damp.validation import reference_recognises_forget
+
+    y = np.array([0, 0, 1, 1, 2, 2])
+    knows = np.eye(3)[y]                      # predicts every class, the forget class 1 included
+    forgot = np.eye(3)[[0, 0, 0, 2, 2, 2]]    # sends class 1 elsewhere
+    assert "retrained without" in reference_recognises_forget(knows, y, [1])
+    assert reference_recognises_forget(forgot, y, [1]) is None
+    assert reference_recognises_forget(None, y, [1]) is None
