@@ -5,28 +5,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 
-from onnx_damp.cli import main
+from mnist_sample import CALIB, MODEL, REF, TEST, invoke, subset
 from tiny_models import no_weight_model
-
-SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "mnist"
-MODEL, CALIB, TEST = SAMPLE / "model.onnx", SAMPLE / "calib.npz", SAMPLE / "test.npz"
 
 
 @pytest.fixture(scope="module")
 def small_calib(tmp_path_factory):
     """A 60-per-class slice of the shipped calibration set keeps CLI tests quick."""
-    with np.load(CALIB, allow_pickle=False) as z:
-        x, y = z["x"], z["y"]
-    idx = np.concatenate([np.flatnonzero(y == c)[:60] for c in range(10)])
-    path = tmp_path_factory.mktemp("data") / "calib_small.npz"
-    np.savez(path, x=x[idx], y=y[idx])
-    return path
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+    return subset(CALIB, 60, tmp_path_factory.mktemp("data") / "calib_small.npz")
 
 
 def assert_user_error(result, fragment: str):
@@ -81,7 +68,7 @@ def test_forget_json_output(tmp_path, small_calib):
 
 
 def test_evaluate_with_original_and_reference():
-    ref = SAMPLE / "retrained_without_3.onnx"
+    ref = REF
     r = invoke("evaluate", MODEL, "--data", TEST, "--forget", 3, "--original", MODEL, "--reference", ref, "-q")
     assert r.exit_code == 0, r.output
     assert "Per-class accuracy" in r.output and "retain agreement with original" in r.output

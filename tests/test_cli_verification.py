@@ -1,30 +1,13 @@
 """Verification metrics and pipeline gates through the command line, on the shipped MNIST sample (forget 3)."""
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import numpy_helper
 
-from onnx_damp.cli import main
 
-SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "mnist"
-MODEL, CALIB, TEST = SAMPLE / "model.onnx", SAMPLE / "calib.npz", SAMPLE / "test.npz"
-REF = SAMPLE / "retrained_without_3.onnx"
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def subset(src: Path, per_class: int, dst: Path) -> Path:
-    with np.load(src, allow_pickle=False) as z:
-        x, y = z["x"], z["y"]
-    idx = np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(10)])
-    np.savez(dst, x=x[idx], y=y[idx])
-    return dst
+from mnist_sample import CALIB, MODEL, REF, TEST, invoke, subset
 
 
 @pytest.fixture(scope="module")

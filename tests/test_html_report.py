@@ -6,31 +6,15 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from onnx_damp.cli import main
 from onnx_damp.metrics import forget_confusion
 
-SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "mnist"
-MODEL, CALIB, TEST = SAMPLE / "model.onnx", SAMPLE / "calib.npz", SAMPLE / "test.npz"
-REF = SAMPLE / "retrained_without_3.onnx"
+from mnist_sample import CALIB, MODEL, REF, TEST, invoke, subset
+
 PNG_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def subset(src: Path, per_class: int, dst: Path) -> Path:
-    with np.load(src, allow_pickle=False) as z:
-        x, y = z["x"], z["y"]
-    idx = np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(10)])
-    np.savez(dst, x=x[idx], y=y[idx])
-    return dst
 
 
 @pytest.fixture(scope="module")

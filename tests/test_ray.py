@@ -4,7 +4,6 @@ Ray shards hold whole classes (distributed.class_aligned_shards), so every class
 process batches it and the merged statistics equal single-process ones bit for bit (see
 tests/test_shards.py for why split classes agree only to rounding).
 """
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +13,7 @@ from onnx_damp.distributed import class_aligned_shards
 
 ray = pytest.importorskip("ray")
 
-SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "mnist"
-MODEL, CALIB, TEST = SAMPLE / "model.onnx", SAMPLE / "calib.npz", SAMPLE / "test.npz"
+from mnist_sample import CALIB, MODEL, TEST, first_per_class
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +28,7 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def calib():
-    with np.load(CALIB, allow_pickle=False) as z:
-        x, y = z["x"], z["y"]
-    idx = np.sort(np.concatenate([np.flatnonzero(y == c)[:50] for c in range(10)]))
-    return x[idx], y[idx]
+    return first_per_class(CALIB, 50, keep_order=True)
 
 
 def test_class_aligned_shards_keep_classes_whole_and_order():

@@ -9,30 +9,22 @@ are added in another grouping ((b1+b2)+b3 vs b1+(b2+b3)), so agreement is to flo
 relative 1e-12 of the largest entry (observed ~1e-16), with row and sample counts still exact.
 """
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 
 import onnx_damp
 from onnx_damp import DampError
-from onnx_damp.cli import main
 from onnx_damp.shards import load_statistics, merge
 
-SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "mnist"
-MODEL, CALIB, TEST = SAMPLE / "model.onnx", SAMPLE / "calib.npz", SAMPLE / "test.npz"
-OTHER_MODEL = SAMPLE / "retrained_without_3.onnx"
+from mnist_sample import CALIB, MODEL, REF as OTHER_MODEL, TEST, first_per_class, invoke
 
 
 @pytest.fixture(scope="module")
 def calib():
     """50 samples per class of the shipped calibration set, in their original (shuffled) order."""
-    with np.load(CALIB, allow_pickle=False) as z:
-        x, y = z["x"], z["y"]
-    idx = np.sort(np.concatenate([np.flatnonzero(y == c)[:50] for c in range(10)]))
-    return x[idx], y[idx]
+    return first_per_class(CALIB, 50, keep_order=True)
 
 
 @pytest.fixture(scope="module")
@@ -190,10 +182,6 @@ def test_forget_with_stats_pass_one_equals_forget_with_data(tmp_path, calib):
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
 @pytest.fixture(scope="module")
 def shard_files(tmp_path_factory, calib):
     folder = tmp_path_factory.mktemp("shards")
