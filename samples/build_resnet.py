@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +40,8 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from build_samples import FASHION_CLASSES, accuracy, load_split, preprocess, save_single_file  # noqa: E402
-from build_vit import check_export, training_subset, write_subsets  # noqa: E402
+from build_samples import FASHION_CLASSES, fit  # noqa: E402
+from build_vit import build_pair, export  # noqa: E402
 
 NAME = "resnet18_fashion"
 FORGET = [0]
@@ -64,64 +62,12 @@ def train(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, batch: int = 64,
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * int(np.ceil(len(x) / batch))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.25)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    model.train()
-    for ep in range(epochs):
-        order = rng.permutation(len(x))
-        t0, tot = time.time(), 0.0
-        for i in range(0, len(x), batch):
-            idx = torch.from_numpy(order[i:i + batch])
-            dx, dy = rng.integers(-2, 3, size=2)
-            xb = torch.roll(xt[idx], shifts=(int(dy), int(dx)), dims=(2, 3))
-            loss = nn.functional.cross_entropy(model(xb), yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            tot += loss.item() * len(idx)
-        print(f"  epoch {ep + 1}/{epochs} loss {tot / len(x):.4f} ({time.time() - t0:.0f}s)", flush=True)
-    return model.eval()
-
-
-def export(model: nn.Module, path: Path, meta: dict) -> None:
-    """TorchScript exporter, opset 17, dynamic batch; BatchNorm folded in eval mode; one self-contained file."""
-    dummy = torch.zeros(2, 1, 28, 28)
-    tmp = path.with_suffix(".tmp.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript-based export": wanted here
-        torch.onnx.export(model, (dummy,), str(tmp), input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
-                          dynamo=False)
-    save_single_file(tmp, path, meta)
-    check_export(model, path)
+    return fit(model, opt, sched, x, y, epochs, rng, batch)
 
 
 def build(folder: Path, epochs: int, per_class: int | None, root: Path = HERE) -> None:
-    out = root / NAME
-    out.mkdir(parents=True, exist_ok=True)
-    xtr_u8, ytr = load_split(folder, "train")
-    xte_u8, yte = load_split(folder, "test")
-    xtr, xte = preprocess(xtr_u8), preprocess(xte_u8)
-    write_subsets(out, xtr, ytr, xte, yte)
-    sub = training_subset(ytr, per_class)
-    xtr, ytr = xtr[sub], ytr[sub]
     meta = {"class_names": json.dumps(FASHION_CLASSES), "dataset": "fashion_mnist", "architecture": "resnet18"}
-    print(f"[{NAME}] training original on {len(xtr)} images", flush=True)
-    t0 = time.time()
-    model = train(xtr, ytr, epochs, seed=0)
-    acc = accuracy(model, xte, yte)
-    print(f"[{NAME}] original test accuracy {acc.mean():.4f} per class {np.round(acc, 3).tolist()} "
-          f"({time.time() - t0:.0f}s)", flush=True)
-    export(model, out / "model.onnx", meta)
-    keep = ~np.isin(ytr, FORGET)
-    tag = "_".join(map(str, FORGET))
-    print(f"[{NAME}] retraining from scratch without class(es) {FORGET} on {keep.sum()} images", flush=True)
-    t0 = time.time()
-    ref = train(xtr[keep], ytr[keep], epochs, seed=0)
-    acc = accuracy(ref, xte, yte)
-    print(f"[{NAME}] retrained test accuracy per class {np.round(acc, 3).tolist()} ({time.time() - t0:.0f}s)",
-          flush=True)
-    export(ref, out / f"retrained_without_{tag}.onnx", {**meta, "retrained_without": json.dumps(FORGET)})
+    build_pair(NAME, folder, epochs, per_class, FORGET, meta, train, export, root)
 
 
 def main() -> None:

@@ -92,6 +92,36 @@ class ResCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(h), 1))
 
 
+def fit(model: nn.Module, opt, sched, x: np.ndarray, y: np.ndarray, epochs: int, rng: np.random.Generator,
+        batch: int = 128, shift: int = 2, clip: float | None = None) -> nn.Module:
+    """Cross-entropy training loop shared by the sample builders; returns the model in eval mode.
+
+    Each epoch visits the data in an rng order; shift > 0 rolls each batch by a random offset of up to shift
+    pixels (light augmentation); clip bounds the gradient norm before each step.
+    """
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    model.train()
+    for ep in range(epochs):
+        order = rng.permutation(len(x))
+        t0, tot = time.time(), 0.0
+        for i in range(0, len(x), batch):
+            idx = torch.from_numpy(order[i:i + batch])
+            xb = xt[idx]
+            if shift:
+                dx, dy = rng.integers(-shift, shift + 1, size=2)
+                xb = torch.roll(xb, shifts=(int(dy), int(dx)), dims=(2, 3))
+            loss = nn.functional.cross_entropy(model(xb), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            if clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+            sched.step()
+            tot += loss.item() * len(idx)
+        print(f"  epoch {ep + 1}/{epochs} loss {tot / len(x):.4f} ({time.time() - t0:.0f}s)", flush=True)
+    return model.eval()
+
+
 def train(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, widths=WIDTHS) -> ResCNN:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -99,25 +129,7 @@ def train(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, widths=WIDTHS) -
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     steps = epochs * int(np.ceil(len(x) / 128))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    model.train()
-    for ep in range(epochs):
-        order = rng.permutation(len(x))
-        t0, tot = time.time(), 0.0
-        for i in range(0, len(x), 128):
-            idx = torch.from_numpy(order[i:i + 128])
-            xb = xt[idx]
-            # light augmentation: random shifts of up to 2 pixels
-            dx, dy = rng.integers(-2, 3, size=2)
-            xb = torch.roll(xb, shifts=(int(dy), int(dx)), dims=(2, 3))
-            loss = nn.functional.cross_entropy(model(xb), yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            tot += loss.item() * len(idx)
-        print(f"  epoch {ep + 1}/{epochs} loss {tot / len(x):.4f} ({time.time() - t0:.0f}s)", flush=True)
-    return model.eval()
+    return fit(model, opt, sched, x, y, epochs, rng)
 
 
 def export(model: ResCNN, path: Path, meta: dict) -> None:

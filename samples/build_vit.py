@@ -33,6 +33,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from build_samples import (FASHION_CLASSES, MNIST_CLASSES, accuracy, load_split, preprocess,  # noqa: E402
+from build_samples import (FASHION_CLASSES, MNIST_CLASSES, accuracy, fit, load_split, preprocess,  # noqa: E402
                            save_single_file, stratified)
 
 # name -> (forget classes of the retrained reference, class names, dataset tag)
@@ -82,26 +83,12 @@ def train(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, batch: int = 128
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": other, "weight_decay": 0.0}], lr=lr)
     steps = epochs * int(np.ceil(len(x) / batch))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    model.train()
-    for ep in range(epochs):
-        order = rng.permutation(len(x))
-        t0, tot = time.time(), 0.0
-        for i in range(0, len(x), batch):
-            idx = torch.from_numpy(order[i:i + batch])
-            loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            tot += loss.item() * len(idx)
-        print(f"  epoch {ep + 1}/{epochs} loss {tot / len(x):.4f} ({time.time() - t0:.0f}s)", flush=True)
-    return model.eval()
+    return fit(model, opt, sched, x, y, epochs, rng, batch, shift=0, clip=1.0)
 
 
-def export(model: ViT, path: Path, meta: dict) -> None:
-    """TorchScript exporter, opset 17, dynamic batch; one self-contained file."""
+def export(model: nn.Module, path: Path, meta: dict) -> None:
+    """TorchScript exporter, opset 17, dynamic batch (BatchNorm folded in eval mode); one self-contained file,
+    checked against torch. Shared with build_resnet.py."""
     dummy = torch.zeros(2, 1, 28, 28)
     tmp = path.with_suffix(".tmp.onnx")
     # nn.TransformerEncoderLayer would take its fused inference fast path (aten::_transformer_encoder_layer_fwd,
@@ -149,8 +136,12 @@ def write_subsets(out: Path, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, 
     np.savez_compressed(out / "test.npz", x=xte[tst], y=yte[tst])
 
 
-def build(folder: Path, epochs: int, root: Path = HERE, name: str = "vit_mnist", per_class: int | None = None) -> None:
-    forget, classes, dataset = DATASETS[name]
+def build_pair(name: str, folder: Path, epochs: int, per_class: int | None, forget: list[int], meta: dict,
+               train_fn: Callable, export_fn: Callable, root: Path = HERE) -> None:
+    """Write samples/<name>: calibration/test subsets, the model trained on the (optionally stratified) training
+    split, and the same architecture retrained from scratch without the forget classes. Shared with
+    build_resnet.py; train_fn(x, y, epochs, seed) returns the trained module, export_fn(model, path, meta)
+    writes it."""
     out = root / name
     out.mkdir(parents=True, exist_ok=True)
     xtr_u8, ytr = load_split(folder, "train")
@@ -159,23 +150,28 @@ def build(folder: Path, epochs: int, root: Path = HERE, name: str = "vit_mnist",
     write_subsets(out, xtr, ytr, xte, yte)
     sub = training_subset(ytr, per_class)
     xtr, ytr = xtr[sub], ytr[sub]
-    meta = {"class_names": json.dumps(classes), "dataset": dataset, "architecture": "vit"}
     print(f"[{name}] training original on {len(xtr)} images", flush=True)
     t0 = time.time()
-    model = train(xtr, ytr, epochs, seed=0)
+    model = train_fn(xtr, ytr, epochs, seed=0)
     acc = accuracy(model, xte, yte)
     print(f"[{name}] original test accuracy {acc.mean():.4f} per class {np.round(acc, 3).tolist()} "
           f"({time.time() - t0:.0f}s)", flush=True)
-    export(model, out / "model.onnx", meta)
+    export_fn(model, out / "model.onnx", meta)
     keep = ~np.isin(ytr, forget)
     tag = "_".join(map(str, forget))
     print(f"[{name}] retraining from scratch without class(es) {forget} on {keep.sum()} images", flush=True)
     t0 = time.time()
-    ref = train(xtr[keep], ytr[keep], epochs, seed=0)
+    ref = train_fn(xtr[keep], ytr[keep], epochs, seed=0)
     acc = accuracy(ref, xte, yte)
     print(f"[{name}] retrained test accuracy per class {np.round(acc, 3).tolist()} ({time.time() - t0:.0f}s)",
           flush=True)
-    export(ref, out / f"retrained_without_{tag}.onnx", {**meta, "retrained_without": json.dumps(forget)})
+    export_fn(ref, out / f"retrained_without_{tag}.onnx", {**meta, "retrained_without": json.dumps(forget)})
+
+
+def build(folder: Path, epochs: int, root: Path = HERE, name: str = "vit_mnist", per_class: int | None = None) -> None:
+    forget, classes, dataset = DATASETS[name]
+    meta = {"class_names": json.dumps(classes), "dataset": dataset, "architecture": "vit"}
+    build_pair(name, folder, epochs, per_class, forget, meta, train, export, root)
 
 
 def main() -> None:
