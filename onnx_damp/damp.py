@@ -97,14 +97,12 @@ def apply(model: onnx.ModelProto, plans: list[LayerPlan]) -> None:
         w = effective_weight(gi, ref)
         if ref.dequant is None and _chunkable(p.op, w, p.q):
             new, change, norm = edit_weight_chunked(p.op, w, p.q, p.alpha)
-            p.relative_change = change / max(norm, 1e-300)
-            mat = None
         else:
             mat = w.astype(np.float64)
             new = edit_weight(p.op, mat, p.q, p.alpha)
-            p.relative_change = float(np.linalg.norm(new - mat) / max(np.linalg.norm(mat), 1e-300))
-            change = float(np.linalg.norm(new - mat))
-        del mat
+            change, norm = float(np.linalg.norm(new - mat)), float(np.linalg.norm(mat))
+            del mat
+        p.relative_change = change / max(norm, 1e-300)
         if ref.exclusive:
             _record_quantisation(p, store_weight(gi, ref, new), change)
         else:

@@ -32,7 +32,7 @@ class Tap:
 
 
 def tap_key(op: EditableOp, layout: TokenLayout | None = None, mode: str = "position") -> str:
-    patch = f"|patch{op.weight_shape[1:]}{op.node_name}" if unfolds(op, mode) else ""
+    patch = f"|patch:{op.node_name}" if unfolds(op, mode) else ""  # kernel and strides are the node's own
     return f"{op.input_name}|{op.feature_axis}|{op.rank}|{int(op.trans_a)}|{layout}{patch}"
 
 

@@ -21,6 +21,12 @@ def proto_size(model: onnx.ModelProto) -> int:
         return 1 << 31
 
 
+def is_repeated_field(fd) -> bool:
+    """Whether a protobuf field descriptor is repeated, across protobuf versions."""
+    rep = getattr(fd, "is_repeated", None)  # protobuf >= 5.28; older versions have only .label
+    return bool(rep) if rep is not None else fd.label == fd.LABEL_REPEATED
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes, streamed."""
     h = hashlib.sha256()

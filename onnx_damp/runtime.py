@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from .errors import DampError
-from .modelio import proto_size
+from .modelio import is_repeated_field, proto_size
 
 DEVICES = ("cpu", "cuda")
 INTRA_OP_THREADS: int | None = None  # set by a Ray task to the CPUs it was given (None: onnxruntime's default)
@@ -30,26 +30,24 @@ def split_large_initializers(model: onnx.ModelProto,
     from onnx import numpy_helper
 
     light = onnx.ModelProto()
-    graph = model.graph
-    big = [t for t in graph.initializer
-           if t.data_location != onnx.TensorProto.EXTERNAL and len(t.raw_data) >= threshold]
-    big_names = {t.name for t in big}
     _copy_fields(model, light, skip=("graph",))
-    _copy_fields(graph, light.graph, skip=("initializer",))
-    values = []
-    for t in graph.initializer:
-        if t.name not in big_names:
+    _copy_fields(model.graph, light.graph, skip=("initializer",))
+    names, values = [], []
+    for t in model.graph.initializer:  # ByteSize, not len(raw_data): reading raw_data copies the bytes
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.ByteSize() < threshold:
             light.graph.initializer.add().CopyFrom(t)
             continue
+        value = numpy_helper.to_array(t)
         stub = light.graph.initializer.add()
         stub.name, stub.data_type = t.name, t.data_type
         stub.dims.extend(t.dims)
         stub.data_location = onnx.TensorProto.EXTERNAL
-        for key, val in (("location", "onnx-damp-in-memory"), ("offset", "0"), ("length", str(len(t.raw_data)))):
+        for key, val in (("location", "onnx-damp-in-memory"), ("offset", "0"), ("length", str(value.nbytes))):
             entry = stub.external_data.add()
             entry.key, entry.value = key, val
-        values.append(numpy_helper.to_array(t))
-    return light, [t.name for t in big], values
+        names.append(t.name)
+        values.append(value)
+    return light, names, values
 
 
 def _copy_fields(src, dst, skip=()) -> None:
@@ -57,17 +55,12 @@ def _copy_fields(src, dst, skip=()) -> None:
     for fd, value in src.ListFields():
         if fd.name in skip:
             continue
-        if _is_repeated(fd):
+        if is_repeated_field(fd):
             getattr(dst, fd.name).extend(value)
         elif fd.message_type:
             getattr(dst, fd.name).CopyFrom(value)
         else:
             setattr(dst, fd.name, value)
-
-
-def _is_repeated(fd) -> bool:
-    rep = getattr(fd, "is_repeated", None)  # protobuf >= 5.28; older versions have only .label
-    return bool(rep) if rep is not None else fd.label == fd.LABEL_REPEATED
 
 
 def providers_for(device: str) -> list[str]:

@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 
 from .errors import DampError
+from .modelio import is_repeated_field
 from .stats import LayerStats, Statistics
 from .tokens import TokenLayout
 
@@ -54,11 +55,6 @@ class Provenance:
         return bool(self.model_sha256) and self.model_sha256 == other.model_sha256
 
 
-def _repeated(fd) -> bool:
-    rep = getattr(fd, "is_repeated", None)  # protobuf >= 5.28; older versions have only .label
-    return bool(rep) if rep is not None else fd.label == fd.LABEL_REPEATED
-
-
 def proto_sha256(model: onnx.ModelProto) -> str:
     """sha256 of a ModelProto, serialized field by field (works above protobuf's 2 GB message limit)."""
     h = hashlib.sha256()
@@ -68,7 +64,7 @@ def proto_sha256(model: onnx.ModelProto) -> str:
             if fd.name in skip:
                 continue
             h.update(fd.name.encode() + b"\0")
-            values = value if _repeated(fd) else [value]
+            values = value if is_repeated_field(fd) else [value]
             for v in values:
                 h.update(v.SerializeToString() if hasattr(v, "SerializeToString") else repr(v).encode())
 

@@ -394,7 +394,7 @@ def store_weight(gi: GraphIndex, ref: WeightRef, value: np.ndarray) -> QuantStor
         value, clipped = ref.dequant.quantize(value64)
         report = QuantStore(float(np.linalg.norm(ref.dequant.dequantize(value) - value64)), clipped)
     arr = np.ascontiguousarray(value.astype(_np_dtype(tensor.data_type), copy=False))
-    if tensor.raw_data and tuple(tensor.dims) == arr.shape and arr.dtype.byteorder in ("=", "<", "|"):
+    if tensor.HasField("raw_data") and tuple(tensor.dims) == arr.shape and arr.dtype.byteorder in ("=", "<", "|"):
         tensor.ClearField("raw_data")  # replace the bytes in place: no second full copy of a large tensor
         tensor.raw_data = arr.tobytes()
     else:
