@@ -20,7 +20,8 @@ from .labels import metadata_names, read_labels, resolve_classes
 from .graph import EditableOp, SkippedOp, no_editable_message, scan_graph
 from .metrics import (AccuracySummary, forget_confusion, js_divergence, kl_divergence, summarize, to_probabilities,
                       worst_retain_drop)
-from .modelio import check_output_path, has_external_data, load_model, proto_size, save_model_atomic, sha256_file
+from .modelio import (PROTO_LIMIT, check_output_path, has_external_data, load_model, proto_size, save_model_atomic,
+                      sha256_file)
 from .predict import predict
 from .progress import Progress
 from .shards import Provenance, merge, proto_sha256
@@ -76,12 +77,21 @@ def inspect(model: ModelLike) -> InspectResult:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _class_indices(proto: onnx.ModelProto, forget: Sequence, labels, data: Dataset | None = None) -> list[int]:
-    """Forget classes as indices: names are looked up in the labels file, else the model's class_names metadata,
-    else the class folder names of an image folder."""
-    names = _class_names(proto, labels)
+def _class_indices(names: list[str] | None, forget: Sequence, data: Dataset | None = None) -> list[int]:
+    """Forget classes as indices: names (from _class_names) are looked up first, else the class folder names
+    of an image folder."""
     names = names or getattr(data.x if data is not None else None, "class_names", None)
     return resolve_classes(forget, names)
+
+
+def _run_checker(target: "onnx.ModelProto | str") -> None:
+    """onnx.checker on the edited model (a proto, or the written file of one above protobuf's limit).
+
+    A failure is a bug, not a user error: keep the traceback."""
+    try:
+        onnx.checker.check_model(target, full_check=False)
+    except onnx.checker.ValidationError as exc:
+        raise RuntimeError(f"edited model fails onnx.checker: {exc}") from exc
 
 
 def _class_names(proto: onnx.ModelProto, labels) -> list[str] | None:
@@ -266,7 +276,7 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     k = _num_outputs(proto, calib if calib is not None else evald, input_name, output_name, device)  # data fit?
     merged = _merged_stats(stats, proto, src, input_name, feature_mode, k) if stats is not None else None
     present = set(merged.samples) if merged is not None else set(int(c) for c in np.unique(calib.y))
-    f, retain = _check_present_classes(_class_indices(proto, forget, labels, calib), present, k,
+    f, retain = _check_present_classes(_class_indices(names, forget, calib), present, k,
                                        "the statistics" if merged is not None else "the calibration data")
     if merged is not None and calib is not None:
         _check_classes(f, calib, k, "the calibration data")
@@ -325,10 +335,9 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
                                        for i, op in enumerate(scan.editable)}),
         "onnx_damp.source_sha256": sha or "",
     })
-    try:
-        onnx.checker.check_model(edited, full_check=False) if proto_size(edited) < 1_800_000_000 else None
-    except onnx.checker.ValidationError as exc:  # a bug, not a user error: keep the traceback
-        raise RuntimeError(f"edited model fails onnx.checker: {exc}") from exc
+    in_memory = proto_size(edited) < PROTO_LIMIT  # too big to check in memory: the written file is checked
+    if in_memory:
+        _run_checker(edited)
 
     protos = {"model": edited, "original": proto, **({"reference": ref_proto} if ref_proto is not None else {})}
     _, eval_retain = _check_classes(f, evald, k, "the evaluation data")
@@ -358,18 +367,15 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
                           outcome.first_stats.num_samples, feature_mode, sha, not_editable=scan.skipped,
                           verification=ver, reference_js=_reference_js(probs, evald.y, f),
                           token_layouts={n: lay.describe() for n, lay in outcome.first_stats.token_layouts.items()},
-                          class_names=_class_names(proto, labels),
+                          class_names=names,
                           forget_confusion=forget_confusion({n: p.argmax(1) for n, p in probs.items()}, evald.y, f, k),
                           notes=notes, statistics=_stats_summary(merged) if merged is not None else None)
     result.gates = result.check_gates(gates)
     if out_path is not None:
         external = bool(src) and has_external_data(src)
         result.written = [str(p) for p in save_model_atomic(edited, out_path, external_data=external)]
-        if proto_size(edited) >= 1_800_000_000:  # too big to check in memory: check the written file
-            try:
-                onnx.checker.check_model(str(out_path))
-            except onnx.checker.ValidationError as exc:
-                raise RuntimeError(f"edited model fails onnx.checker: {exc}") from exc
+        if not in_memory:
+            _run_checker(str(out_path))
     return result
 
 
@@ -414,7 +420,8 @@ def collect(model: ModelLike, data, output: str | os.PathLike | None = None, *, 
     if batch_size < 1:
         raise DampError("--batch-size must be at least 1")
     proto, src = _load(model)
-    ds = as_dataset(data, preprocess, _class_names(proto, labels))
+    names = _class_names(proto, labels)
+    ds = as_dataset(data, preprocess, names)
     if isinstance(ds.x, LazyArray) and preprocessing == "npz":  # images: their preprocessing is the fingerprint
         preprocessing = json.dumps(as_preprocess(preprocess).to_dict(), sort_keys=True)
     k = _num_outputs(proto, ds, input_name, None, device)  # also checks the data fit the input
@@ -423,7 +430,7 @@ def collect(model: ModelLike, data, output: str | os.PathLike | None = None, *, 
         raise DampError(f"{ds.source} has labels {too_big[:5]} but the model has only {k} outputs")
     gram_classes = None
     if forget:
-        gram_classes = _class_indices(proto, forget, labels)
+        gram_classes = _class_indices(names, forget)
         bad = [c for c in gram_classes if c < 0 or c >= k]
         if bad:
             raise DampError(f"class(es) {bad} out of range: the model has {k} outputs (0..{k - 1})")
@@ -566,7 +573,7 @@ def evaluate(model: ModelLike, data, forget: Sequence[int], original: ModelLike 
     names = _class_names(proto, labels)
     ds = as_dataset(data, preprocess, names)
     k = _num_outputs(proto, ds, input_name, output_name, device)
-    f, retain = _check_classes(_class_indices(proto, forget, labels, ds), ds, k, "the data")
+    f, retain = _check_classes(_class_indices(names, forget, ds), ds, k, "the data")
     train = None
     if train_data is not None:
         train = as_dataset(train_data, preprocess, names)
@@ -584,7 +591,7 @@ def evaluate(model: ModelLike, data, forget: Sequence[int], original: ModelLike 
     with Progress(work, "evaluating", quiet) as bar:
         for name, p in protos.items():
             outs[name] = to_probabilities(predict(p, ds, batch_size, device, input_name, output_name, bar))
-        res = EvaluateResult(summarize(outs["model"].argmax(1), ds.y, f), class_names=_class_names(proto, labels),
+        res = EvaluateResult(summarize(outs["model"].argmax(1), ds.y, f), class_names=names,
                              forget_confusion=forget_confusion({n: o.argmax(1) for n, o in outs.items()}, ds.y, f, k))
         fmask = np.isin(ds.y, f)
         summaries = {"model": res.summary}

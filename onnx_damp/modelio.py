@@ -21,6 +21,9 @@ def proto_size(model: onnx.ModelProto) -> int:
         return 1 << 31
 
 
+PROTO_LIMIT = 1_800_000_000  # protobuf cannot serialise a message of 2 GiB or more: stay clear of it
+
+
 def is_repeated_field(fd) -> bool:
     """Whether a protobuf field descriptor is repeated, across protobuf versions."""
     rep = getattr(fd, "is_repeated", None)  # protobuf >= 5.28; older versions have only .label
@@ -115,7 +118,7 @@ def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike, external_d
     written: list[Path] = []
     try:
         tmp_model = tmpdir / out_p.name
-        big = proto_size(model) > 1_800_000_000 if not external_data else True
+        big = proto_size(model) > PROTO_LIMIT if not external_data else True
         if big:
             model = _copy(model)  # saving as external data rewrites the proto in place
             location = out_p.name + ".data"

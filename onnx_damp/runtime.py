@@ -8,13 +8,12 @@ import numpy as np
 import onnx
 
 from .errors import DampError
-from .modelio import is_repeated_field, proto_size
+from .modelio import PROTO_LIMIT, is_repeated_field, proto_size
 
 DEVICES = ("cpu", "cuda")
 INTRA_OP_THREADS: int | None = None  # set by a Ray task to the CPUs it was given (None: onnxruntime's default)
 
 
-PROTO_LIMIT = 1_800_000_000  # protobuf cannot serialise a message of 2 GiB or more: stay clear of it
 LARGE_TENSOR = 1 << 20       # above PROTO_LIMIT, initializers of this many bytes or more go to ORT as arrays
 
 
