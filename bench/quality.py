@@ -84,7 +84,9 @@ def run_sample(name: str, features: str, extra: bool, pairs: list[tuple], max_pa
             ref = refs[fset][m]
             row["js_edited"] = float(np.mean(js_divergence(to_probabilities(out[m]), ref)))
             row["js_original"] = float(np.mean(js_divergence(to_probabilities(base[m]), ref)))
-        row["pass"] = bool(after.forget_accuracy <= 0.01 and row["retain_drop"] <= 0.01 and drops[worst] <= 0.03
+        eps = 1e-9  # accuracies are ratios of counts: 0.97 - 0.94 must count as 3 points, not 3.0000000000000027
+        row["pass"] = bool(after.forget_accuracy <= 0.01 + eps and row["retain_drop"] <= 0.01 + eps
+                           and drops[worst] <= 0.03 + eps
                            and ("js_edited" not in row or row["js_edited"] < row["js_original"]))
         rows.append(row)
     return rows

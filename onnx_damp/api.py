@@ -342,13 +342,15 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     protos = {"model": edited, "original": proto, **({"reference": ref_proto} if ref_proto is not None else {})}
     _, eval_retain = _check_classes(f, evald, k, "the evaluation data")
     member = calib if eval_data is not None else None  # membership attack: calibration data are members
+    known = {"model": outcome.calib_outputs, "original": outcome.original_outputs}  # on calib, from the passes
+    known = {n: o for n, o in known.items() if o is not None}
     work = (len(protos) * len(evald) + (len(protos) * len(member) if member is not None else 0)
             + feature_runs(evald, f, eval_retain, feature_samples, True, ref_proto is not None))
     with Progress(work, "validating", quiet) as bar:
         probs = {}
         for name, p in protos.items():
-            if name == "model" and evald is calib and outcome.calib_outputs is not None:
-                out = outcome.calib_outputs  # the last pass already predicted the calibration data
+            if evald is calib and name in known:
+                out = known[name]  # the DAMP passes already predicted the calibration data with this model
                 bar(len(evald))
             else:
                 out = predict(p, evald, 256, device, input_name, output_name, bar)
@@ -356,7 +358,7 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
         before = summarize(probs["original"].argmax(1), evald.y, f)
         after = summarize(probs["model"].argmax(1), evald.y, f)
         ver = verify(protos, evald, f, eval_retain, {"model": after, "original": before}, probs,
-                     train=member,
+                     train=member, train_outputs=known if member is not None else None,
                      train_reason=("needs --data (the attack's members: statistics alone hold no images)"
                                    if calib is None else "needs --eval-data: the calibration data are the "
                                    "attack's members, held-out data its non-members"),

@@ -75,8 +75,12 @@ def ray_collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gr
                 batch_size: int = 128, device: str = "cpu", feature_mode: str = "auto",
                 input_name: str | None = None, progress: Callable[[int], None] | None = None,
                 layouts: dict[str, TokenLayout] | None = None, *, address: str | None = None,
-                shards: int | None = None) -> Statistics:
-    """stats.collect with the same arguments, run as Ray tasks on class-aligned shards of data."""
+                shards: int | None = None, outputs: bool = False, output: str | None = None) -> Statistics:
+    """stats.collect with the same arguments, run as Ray tasks on class-aligned shards of data.
+
+    outputs/output are accepted for the same signature but no outputs come back from the tasks
+    (Statistics.outputs stays None: the caller predicts instead).
+    """
     from .shards import merge
 
     ray = init_ray(address)

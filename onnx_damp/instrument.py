@@ -18,6 +18,7 @@ from .tokens import TokenLayout
 
 FEATURE_MODES = ("auto", "position", "pooled", "patch")
 TOKEN_MODES = ("auto", "patch")  # modes that read the class token of token-sequence inputs
+PRECISIONS = ("float32", "float64")  # in-graph arithmetic of the per-batch sum and Gram
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def instrument(model: onnx.ModelProto, ops: list[EditableOp], mode: str = "position",
-               layouts: dict[str, TokenLayout] | None = None) -> tuple[onnx.ModelProto, dict[str, Tap]]:
+               layouts: dict[str, TokenLayout] | None = None,
+               precision: str = "float32") -> tuple[onnx.ModelProto, dict[str, Tap]]:
     """Return an instrumented copy of model and the tap of every editable operator (by node name).
 
     layouts (mode "auto"): operators whose input is a token sequence contribute only the first token
@@ -62,6 +64,8 @@ def instrument(model: onnx.ModelProto, ops: list[EditableOp], mode: str = "posit
     """
     if mode not in FEATURE_MODES:
         raise ValueError(f"unknown feature mode {mode!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown statistics precision {precision!r}")
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
@@ -72,7 +76,7 @@ def instrument(model: onnx.ModelProto, ops: list[EditableOp], mode: str = "posit
         layout = (layouts or {}).get(op.node_name) if mode in TOKEN_MODES else None
         key = tap_key(op, layout, mode)
         if key not in by_key:
-            by_key[key] = _add_tap(g, op, len(by_key), opset, mode, layout)
+            by_key[key] = _add_tap(g, op, len(by_key), opset, mode, layout, precision)
         taps[op.node_name] = by_key[key]
     return out, taps
 
@@ -113,8 +117,43 @@ def _unfold(g: onnx.GraphProto, op: EditableOp, x: str, p: str) -> tuple[list, s
     return nodes, p + "t", d
 
 
+def _reduce_float64(g: onnx.GraphProto, p: str, opset: int) -> list:
+    """Sum and Gram of rows computed in float64 (exact to float64 rounding; about 2x slower on a CNN)."""
+    nodes = [helper.make_node("Cast", [p + "rows"], [p + "rows64"], to=TensorProto.DOUBLE)]
+    if opset >= 13:
+        g.initializer.append(numpy_helper.from_array(np.array([0], dtype=np.int64), p + "axes"))
+        nodes.append(helper.make_node("ReduceSum", [p + "rows64", p + "axes"], [p + "sum"], keepdims=0))
+    else:
+        nodes.append(helper.make_node("ReduceSum", [p + "rows64"], [p + "sum"], axes=[0], keepdims=0))
+    nodes.append(helper.make_node("Transpose", [p + "rows64"], [p + "rowsT"], perm=[1, 0]))
+    nodes.append(helper.make_node("MatMul", [p + "rowsT", p + "rows64"], [p + "gram"]))
+    return nodes
+
+
+def _reduce_float32(g: onnx.GraphProto, p: str) -> list:
+    """Sum and Gram of rows as float32 Gemms (onnxruntime's fast sgemm), cast to float64 per batch.
+
+    The sum is ones^T rows, so both reductions are matrix products; each batch's result is then
+    accumulated across batches in float64 on the host.
+    """
+    g.initializer.append(numpy_helper.from_array(np.array([0], dtype=np.int64), p + "i0"))
+    g.initializer.append(numpy_helper.from_array(np.array([1], dtype=np.int64), p + "i1"))
+    g.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), p + "i_neg1"))
+    one = helper.make_tensor(p + "one", TensorProto.FLOAT, [1], [1.0])
+    return [helper.make_node("Cast", [p + "rows"], [p + "rows32"], to=TensorProto.FLOAT),
+            helper.make_node("Shape", [p + "rows32"], [p + "rshape"]),
+            helper.make_node("Slice", [p + "rshape", p + "i0", p + "i1"], [p + "n"]),
+            helper.make_node("Concat", [p + "n", p + "i1"], [p + "ones_shape"], axis=0),
+            helper.make_node("ConstantOfShape", [p + "ones_shape"], [p + "ones"], value=one),
+            helper.make_node("Gemm", [p + "ones", p + "rows32"], [p + "sum32"], transA=1),
+            helper.make_node("Reshape", [p + "sum32", p + "i_neg1"], [p + "sum32v"]),
+            helper.make_node("Cast", [p + "sum32v"], [p + "sum"], to=TensorProto.DOUBLE),
+            helper.make_node("Gemm", [p + "rows32", p + "rows32"], [p + "gram32"], transA=1),
+            helper.make_node("Cast", [p + "gram32"], [p + "gram"], to=TensorProto.DOUBLE)]
+
+
 def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str,
-             layout: TokenLayout | None = None) -> Tap:
+             layout: TokenLayout | None = None, precision: str = "float32") -> Tap:
     p = f"__damp_tap{k}_"
     d = op.feature_dim
     nodes: list = []
@@ -135,14 +174,10 @@ def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str,
         x = p + "t"
     g.initializer.append(numpy_helper.from_array(np.array([-1, d], dtype=np.int64), p + "shape_const"))
     nodes.append(helper.make_node("Reshape", [x, p + "shape_const"], [p + "rows"]))
-    nodes.append(helper.make_node("Cast", [p + "rows"], [p + "rows64"], to=TensorProto.DOUBLE))
-    if opset >= 13:
-        g.initializer.append(numpy_helper.from_array(np.array([0], dtype=np.int64), p + "axes"))
-        nodes.append(helper.make_node("ReduceSum", [p + "rows64", p + "axes"], [p + "sum"], keepdims=0))
+    if precision == "float32" and opset >= 11:
+        nodes += _reduce_float32(g, p)
     else:
-        nodes.append(helper.make_node("ReduceSum", [p + "rows64"], [p + "sum"], axes=[0], keepdims=0))
-    nodes.append(helper.make_node("Transpose", [p + "rows64"], [p + "rowsT"], perm=[1, 0]))
-    nodes.append(helper.make_node("MatMul", [p + "rowsT", p + "rows64"], [p + "gram"]))
+        nodes += _reduce_float64(g, p, opset)
     nodes.append(helper.make_node("Shape", [p + "rows"], [p + "count"]))
     for n in nodes:
         n.name = n.output[0] + "_node"

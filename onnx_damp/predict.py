@@ -13,20 +13,34 @@ from .runtime import input_spec, make_session, output_name, run_checked
 
 def predict(model: onnx.ModelProto, data: Dataset, batch_size: int = 256, device: str = "cpu",
             input_name: str | None = None, output: str | None = None,
-            progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """Return the model's output rows (logits or probabilities) for every sample, [N, classes]."""
-    sess = make_session(model, device)
+            progress: Callable[[int], None] | None = None, indices: np.ndarray | None = None,
+            session=None) -> np.ndarray:
+    """Return the model's output rows (logits or probabilities) for every sample, [N, classes].
+
+    indices: predict only these samples (rows in that order), without copying the data.
+    session: an onnxruntime session of model (from runtime.make_session) to reuse across calls.
+    """
+    sess = session if session is not None else make_session(model, device)
     spec = input_spec(sess, input_name)
     x = check_against_input(data, spec.shape, spec.dtype, spec.name)
     out_name = output_name(sess, output)
+    pick = np.arange(len(x)) if indices is None else np.asarray(indices, dtype=np.int64)
     rows = []
-    for (idx, real), xb in prefetch(plain_batches(len(x), batch_size, spec.fixed_batch), lambda b: x[b[0]]):
+    if len(pick) == 0:
+        return np.zeros((0, 0))
+    for (idx, real), xb in prefetch(plain_batches(len(pick), batch_size, spec.fixed_batch),
+                                    lambda b: x[pick[b[0]]]):
         (out,) = run_checked(sess, [out_name], {spec.name: xb})
-        out = np.asarray(out)
-        if out.ndim != 2 or out.shape[0] != len(idx):
-            raise DampError(f"output {out_name!r} has shape {list(out.shape)} for a batch of {len(idx)}; "
-                            "expected [batch, classes] (pick the logits with --output-name)")
-        rows.append(out[:real].astype(np.float64))
+        rows.append(output_rows(out, out_name, len(idx))[:real])
         if progress:
             progress(real)
     return np.concatenate(rows)
+
+
+def output_rows(out, out_name: str, batch: int) -> np.ndarray:
+    """One batch's output as float64 [batch, classes], or a one-line error naming the output."""
+    out = np.asarray(out)
+    if out.ndim != 2 or out.shape[0] != batch:
+        raise DampError(f"output {out_name!r} has shape {list(out.shape)} for a batch of {batch}; "
+                        "expected [batch, classes] (pick the logits with --output-name)")
+    return out.astype(np.float64)

@@ -89,6 +89,20 @@ def energy_ratio(v: np.ndarray, s_f: np.ndarray, s_r: np.ndarray) -> float:
     return float((v @ s_f @ v) / max(v @ s_r @ v, 1e-300))
 
 
+def generalized_eigh(a: np.ndarray, c: np.ndarray, ridge: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """Solve a v = lam c v for symmetric a and symmetric positive semi-definite c (numpy only).
+
+    c's eigenvalues are clamped to at least ridge * the largest, plus ridge * mean eigenvalue: rounding
+    (float32 in-graph Grams) or rank deficiency (few rows) can leave it slightly indefinite. Whitening by
+    c^(-1/2) turns the problem into an ordinary symmetric one; eigenvectors are c-orthonormal.
+    """
+    w, v = np.linalg.eigh(0.5 * (c + c.T))
+    w = np.maximum(w, ridge * max(float(w.max()), 1e-300)) + ridge * max(float(w.mean()), 1e-300)
+    inv_sqrt = (v / np.sqrt(w)) @ v.T
+    lam, u = np.linalg.eigh(inv_sqrt @ (0.5 * (a + a.T)) @ inv_sqrt)
+    return lam, inv_sqrt @ u
+
+
 def extend_subspace(q: np.ndarray, retain_means: np.ndarray, s_f: np.ndarray, s_r: np.ndarray,
                     ridge: float = 1e-6) -> np.ndarray:
     """Add forget-variance directions that are at least as forget-specific as the prototype residuals.
@@ -99,8 +113,6 @@ def extend_subspace(q: np.ndarray, retain_means: np.ndarray, s_f: np.ndarray, s_
     data (the residual directions themselves), so no rank knob is needed; retain prototypes stay
     untouched because every added direction is orthogonal to their span.
     """
-    from scipy.linalg import eigh
-
     d = q.shape[0]
     base = orthonormal_basis(np.hstack([retain_means, q]))
     if base.shape[1] >= d:
@@ -109,8 +121,7 @@ def extend_subspace(q: np.ndarray, retain_means: np.ndarray, s_f: np.ndarray, s_
     comp = u[:, base.shape[1]:]
     a = comp.T @ s_f @ comp
     c = comp.T @ s_r @ comp
-    c = c + ridge * max(np.trace(c) / c.shape[0], 1e-300) * np.eye(c.shape[0])
-    lam, vecs = eigh(0.5 * (a + a.T), 0.5 * (c + c.T))
+    lam, vecs = generalized_eigh(a, c, ridge)
     lam0 = min(energy_ratio(q[:, i], s_f, s_r) for i in range(q.shape[1]))
     chosen = vecs[:, lam >= lam0]
     if chosen.shape[1] == 0:

@@ -11,7 +11,8 @@ from .data import Dataset, class_batches, prefetch
 from .graph import EditableOp
 from .instrument import TOKEN_MODES, instrument
 from .tokens import TokenLayout, probe_token_layouts
-from .runtime import input_spec, make_session, run_checked
+from .predict import output_rows
+from .runtime import input_spec, make_session, output_name, run_checked
 
 if TYPE_CHECKING:
     from .shards import Provenance
@@ -85,6 +86,7 @@ class Statistics:
     gram_classes: list[int] | None = field(default_factory=list)  # classes with a kept Gram; None: every class
     provenance: "Provenance | None" = None  # model hash, input, preprocessing (set by onnx_damp.collect)
     path: str | None = None                 # the file it was loaded from (for messages; not saved)
+    outputs: "np.ndarray | None" = field(default=None, repr=False)  # model outputs per sample (not saved)
 
     @property
     def num_samples(self) -> int:
@@ -105,30 +107,41 @@ class Statistics:
 def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_classes: Iterable[int] | None,
             batch_size: int = 128, device: str = "cpu", feature_mode: str = "auto",
             input_name: str | None = None, progress: Callable[[int], None] | None = None,
-            layouts: dict[str, TokenLayout] | None = None) -> Statistics:
+            layouts: dict[str, TokenLayout] | None = None, precision: str = "float32",
+            outputs: bool = False, output: str | None = None) -> Statistics:
     """Stream data through an instrumented copy of model in single-class batches and reduce per batch.
 
     gram_classes: classes whose second moments are kept (the forget classes); None keeps every class's
     (statistics that serve any forget set, at classes x d^2 floats per layer).
     layouts: token layouts found earlier for the same graph (edits change weights, never layouts);
     probed here when not given and feature_mode is "auto".
+    precision: arithmetic of the in-graph per-batch reductions ("float32": onnxruntime's sgemm, the
+    default; "float64": about 2x slower on a CNN, exact to float64 rounding); batches are always
+    accumulated in float64.
     """
     if feature_mode not in TOKEN_MODES:
         layouts = {}
     elif layouts is None:
         layouts = probe_token_layouts(model, ops, data.x, input_name, device)
-    inst, taps = instrument(model, ops, feature_mode, layouts)
+    inst, taps = instrument(model, ops, feature_mode, layouts, precision)
     sess = make_session(inst, device)  # full optimisation: a node whose output is a graph output is never fused away
     spec = input_spec(sess, input_name)
     x = data.x.astype(spec.dtype, copy=False)
     unique = {t.key: t for t in taps.values()}
     fetch = [name for t in unique.values() for name in (t.sum_name, t.gram_name, t.shape_name)]
+    out_name = output_name(sess, output) if outputs else None
+    kept: np.ndarray | None = None
     per_tap = {key: LayerStats(t.feature_dim) for key, t in unique.items()}
     keep = None if gram_classes is None else set(int(c) for c in gram_classes)
     samples: dict[int, int] = {}
     batches = class_batches(data.y, batch_size, fixed_batch=spec.fixed_batch)
     for (c, idx, real), xb in prefetch(batches, lambda b: x[b[1]]):
-        outs = run_checked(sess, fetch, {spec.name: xb})
+        outs = run_checked(sess, fetch + ([out_name] if out_name else []), {spec.name: xb})
+        if out_name:
+            rows = output_rows(outs[-1], out_name, len(idx))
+            if kept is None:
+                kept = np.zeros((len(data), rows.shape[1]))
+            kept[idx[:real]] = rows[:real]
         for k, key in enumerate(unique):
             s, gram, shape = outs[3 * k: 3 * k + 3]
             per_tap[key].add(c, s, gram, int(shape[0]), keep is None or c in keep)
@@ -139,4 +152,4 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
         for st in per_tap.values():
             st.canonical_total()
     return Statistics({name: per_tap[t.key] for name, t in taps.items()}, samples, feature_mode, layouts,
-                      None if keep is None else sorted(keep))
+                      None if keep is None else sorted(keep), outputs=kept)

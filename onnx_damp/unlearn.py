@@ -19,6 +19,7 @@ from .data import Dataset
 from .graph import EditableOp
 from .metrics import summarize
 from .predict import predict
+from .runtime import make_session
 from .stats import Statistics, collect
 
 
@@ -40,6 +41,7 @@ class EditOutcome:
     passes: list[PassRecord] = field(default_factory=list)
     first_stats: Statistics | None = None
     calib_outputs: "np.ndarray | None" = None  # the final model's output rows on calib (reused for validation)
+    original_outputs: "np.ndarray | None" = None  # the unedited model's output rows on calib (its statistics pass)
 
 
 def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | None, forget: Sequence[int],
@@ -56,13 +58,21 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
     """
     current = proto
     outcome = EditOutcome(proto)
+    forget_idx = np.flatnonzero(np.isin(calib.y, list(forget))) if calib is not None else None
     for k in range(max_passes):
         if k == 0 and first_stats is not None:
             stats = first_stats
         else:
             layouts = outcome.first_stats.token_layouts if outcome.first_stats is not None else None
             stats = collector(current, ops, calib, forget, batch_size, device, feature_mode, input_name, progress,
-                              layouts)
+                              layouts, outputs=True, output=output_name)
+            if k == 0:
+                outcome.original_outputs = stats.outputs  # the unedited model, from its statistics pass
+            else:  # the previous pass's model: its retain accuracy (free when the collector kept outputs)
+                out = stats.outputs
+                if out is None:
+                    out = _complete_outputs(current, calib, forget_idx, f_out, device, input_name, output_name, sess)
+                outcome.passes[-1].calib_retain_accuracy = summarize(out.argmax(1), calib.y, forget).retain_accuracy
         if k == 0:
             outcome.first_stats = stats
         plans = dm.plan(ops, stats, forget, retain, extra_directions)
@@ -73,10 +83,35 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
         if calib is None:
             outcome.passes.append(PassRecord(plans, None, None))
             break
-        outcome.calib_outputs = predict(edited, calib, 256, device, input_name, output_name)
-        s = summarize(outcome.calib_outputs.argmax(1), calib.y, forget)
-        outcome.passes.append(PassRecord(plans, s.forget_accuracy, s.retain_accuracy))
-        if s.forget_accuracy <= target_forget_accuracy:
+        # stopping rule: only the forget-class samples need predicting
+        sess = make_session(edited, device)  # one session for the stopping rule and the rest of calib
+        f_out = predict(edited, calib, 256, device, input_name, output_name, indices=forget_idx, session=sess)
+        f_acc = forget_accuracy(f_out, calib.y[forget_idx])
+        record = PassRecord(plans, f_acc, None)
+        outcome.passes.append(record)
+        if f_acc <= target_forget_accuracy or k == max_passes - 1:
+            full = _complete_outputs(edited, calib, forget_idx, f_out, device, input_name, output_name, sess)
+            record.calib_retain_accuracy = summarize(full.argmax(1), calib.y, forget).retain_accuracy
+            outcome.calib_outputs = full
             break
     outcome.model = current
     return outcome
+
+
+def forget_accuracy(forget_outputs: np.ndarray, forget_labels: np.ndarray) -> float:
+    """Fraction of forget-class samples still classified as their class (the stopping rule's measure)."""
+    return float(np.mean(forget_outputs.argmax(1) == forget_labels)) if len(forget_labels) else float("nan")
+
+
+def _complete_outputs(model: onnx.ModelProto, calib: Dataset, forget_idx: np.ndarray, forget_out: np.ndarray,
+                      device: str, input_name: str | None, output_name: str | None, session=None) -> np.ndarray:
+    """Output rows of model on every calibration sample, predicting only those not yet predicted."""
+    rest = np.setdiff1d(np.arange(len(calib)), forget_idx)
+    r_out = predict(model, calib, 256, device, input_name, output_name, indices=rest, session=session)
+    width = forget_out.shape[1] if len(forget_idx) else r_out.shape[1]
+    full = np.zeros((len(calib), width))
+    if len(forget_idx):
+        full[forget_idx] = forget_out
+    if len(rest):
+        full[rest] = r_out
+    return full

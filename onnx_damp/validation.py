@@ -112,10 +112,14 @@ def gate_values(summary: AccuracySummary, original: AccuracySummary | None, v: V
 
 def verify(protos: dict[str, onnx.ModelProto], test: Dataset, forget: Sequence[int], retain: Sequence[int],
            summaries: dict[str, AccuracySummary], test_probs: dict[str, np.ndarray], train: Dataset | None = None,
+           train_outputs: dict[str, np.ndarray] | None = None,
            train_reason: str = "no training data given", feature_samples: int = 500, batch_size: int = 256,
            device: str = "cpu", input_name: str | None = None, output_name: str | None = None,
            progress: Callable[[int], None] | None = None) -> Verification:
-    """Compute the verification metrics of protos["model"] against protos["original"] / ["reference"]."""
+    """Compute the verification metrics of protos["model"] against protos["original"] / ["reference"].
+
+    train_outputs: output rows on train already known per model name (not predicted again).
+    """
     v = Verification()
     f = list(forget)
     ref_note = reference_recognises_forget(test_probs.get("reference"), test.y, f)
@@ -124,7 +128,8 @@ def verify(protos: dict[str, onnx.ModelProto], test: Dataset, forget: Sequence[i
     if "original" in summaries:
         v.selectivity = selectivity(summaries["original"], summaries["model"])
     if train is not None:
-        v.mia = _mia(protos, test, train, f, test_probs, batch_size, device, input_name, output_name, progress)
+        v.mia = _mia(protos, test, train, f, test_probs, batch_size, device, input_name, output_name, progress,
+                     train_outputs or {})
     else:
         v.mia_reason = train_reason
     has_orig, has_ref = "original" in protos, "reference" in protos
@@ -166,15 +171,20 @@ def feature_runs(test: Dataset, forget: Sequence[int], retain: Sequence[int], fe
 
 # ------------------------------------------------------------------------------------------------- MIA
 def _mia(protos, test: Dataset, train: Dataset, f: list[int], test_probs, batch_size, device, input_name,
-         output_name, progress=None) -> dict[str, dict[str, MiaResult]]:
+         output_name, progress=None, known: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, MiaResult]]:
     tr_forget = np.isin(train.y, f)
     te_retain = ~np.isin(test.y, f)
     out = {}
     for name in MODEL_NAMES:
         if name not in protos:
             continue
-        p_train = to_probabilities(predict(protos[name], train, batch_size, device, input_name, output_name,
-                                           progress))
+        if name in (known or {}):
+            p_train = to_probabilities(known[name])
+            if progress:
+                progress(len(train))
+        else:
+            p_train = to_probabilities(predict(protos[name], train, batch_size, device, input_name, output_name,
+                                               progress))
         p_test = test_probs[name][te_retain]
         args = (p_train[~tr_forget], p_test, p_train[tr_forget])
         out[name] = {"entropy": mia_entropy(*args),

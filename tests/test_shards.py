@@ -53,7 +53,8 @@ def assert_stats_equal(a, b, exact=True):
             if exact:
                 np.testing.assert_array_equal(u, v)
             else:
-                np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12 * np.abs(v).max())
+                # other batch boundaries: each batch is reduced in float32 inside onnxruntime
+                np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6 * np.abs(v).max())
 
 
 def test_save_load_round_trip_is_exact(tmp_path, single):
@@ -217,18 +218,17 @@ def test_forget_with_stats_and_data_recollects_later_passes_on_data(monkeypatch,
     """Pass 1 uses the statistics; pass 2 re-collects on --data (on the edited model)."""
     import onnx_damp.api as api
     import onnx_damp.unlearn as unlearn
-    from onnx_damp.metrics import summarize
 
     out = tmp_path / "stats_0.npz"
     assert invoke("collect", MODEL, "--data", shard_files[0], "-o", out, "-q").exit_code == 0
     calls, real = [], api.collect_stats
 
-    def spy(model, ops, data, *args):
+    def spy(model, ops, data, *args, **kwargs):
         calls.append(len(data))
-        return real(model, ops, data, *args)
+        return real(model, ops, data, *args, **kwargs)
 
     # never reach the target, so both passes run
-    monkeypatch.setattr(unlearn, "summarize", lambda *a: replace(summarize(*a), forget_accuracy=1.0))
+    monkeypatch.setattr(unlearn, "forget_accuracy", lambda *a: 1.0)
     monkeypatch.setattr(api, "collect_stats", spy)
     res = onnx_damp.forget(MODEL, shard_files[0], [3], stats=[out], max_passes=2, feature_samples=0)
     assert len(res.passes) == 2 and calls == [250] and not res.notes
