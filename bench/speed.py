@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-FORGET = {"mnist": 3, "fashion_mnist": 0, "vit_mnist": 7}
+FORGET = {"mnist": 3, "fashion_mnist": 0, "vit_mnist": 7, "vit_fashion": 6, "resnet18_fashion": 0}
 
 CHILD = r"""
 import resource, sys, time, json
