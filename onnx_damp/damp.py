@@ -48,7 +48,7 @@ class LayerPlan:
 
 
 def plan_layer(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Sequence[int],
-               extra_directions: bool = True) -> LayerPlan:
+               extra_directions: bool = True, extra_bar: str = "energy") -> LayerPlan:
     """Compute Q and alpha for one layer from its per-class statistics.
 
     alpha is the separability of the Fisher probe restricted to span(Q): how well forget and retain
@@ -68,7 +68,7 @@ def plan_layer(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Se
                          note="forget prototype lies in the retain span: nothing to remove")
     extra = 0
     if extra_directions:
-        q2 = pj.extend_subspace(q, mu_r, sf, sr)
+        q2 = pj.extend_subspace(q, mu_r, sf, sr, bar=extra_bar, c_f=cf, c_r=cr)
         extra, q = q2.shape[1] - q.shape[1], q2
     delta = pj.mahalanobis_separation(q.T @ mf, q.T @ cf @ q, q.T @ mr, q.T @ cr @ q)
     sep = pj.probe_separability(delta)
@@ -77,8 +77,8 @@ def plan_layer(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Se
 
 
 def plan(ops: list[EditableOp], stats: Statistics, forget: Sequence[int], retain: Sequence[int],
-         extra_directions: bool = True) -> list[LayerPlan]:
-    return [plan_layer(op, stats.layers[op.node_name], forget, retain, extra_directions) for op in ops]
+         extra_directions: bool = True, extra_bar: str = "energy") -> list[LayerPlan]:
+    return [plan_layer(op, stats.layers[op.node_name], forget, retain, extra_directions, extra_bar) for op in ops]
 
 
 def apply(model: onnx.ModelProto, plans: list[LayerPlan]) -> None:

@@ -103,8 +103,12 @@ def generalized_eigh(a: np.ndarray, c: np.ndarray, ridge: float = 1e-6) -> tuple
     return lam, inv_sqrt @ u
 
 
+EXTRA_BARS = ("energy", "variance")
+
+
 def extend_subspace(q: np.ndarray, retain_means: np.ndarray, s_f: np.ndarray, s_r: np.ndarray,
-                    ridge: float = 1e-6) -> np.ndarray:
+                    ridge: float = 1e-6, bar: str = "energy", c_f: np.ndarray | None = None,
+                    c_r: np.ndarray | None = None) -> np.ndarray:
     """Add forget-variance directions that are at least as forget-specific as the prototype residuals.
 
     Within the orthogonal complement of [retain prototypes, Q] solve S_f v = lam S_r v (S_f, S_r:
@@ -112,6 +116,9 @@ def extend_subspace(q: np.ndarray, retain_means: np.ndarray, s_f: np.ndarray, s_
     lam >= lam_0, lam_0 = the smallest energy ratio of Q's own columns. The bar is set by the
     data (the residual directions themselves), so no rank knob is needed; retain prototypes stay
     untouched because every added direction is orthogonal to their span.
+    bar "variance" (an ablation, needs the covariances c_f, c_r): lam_0 = max(1, the smallest ratio
+    q^T C_f q / q^T C_r q), i.e. the residual directions' variance ratio without the forget mean's
+    square; every class mean is 0 along the complement, so lam there is a variance ratio too.
     """
     d = q.shape[0]
     base = orthonormal_basis(np.hstack([retain_means, q]))
@@ -122,7 +129,12 @@ def extend_subspace(q: np.ndarray, retain_means: np.ndarray, s_f: np.ndarray, s_
     a = comp.T @ s_f @ comp
     c = comp.T @ s_r @ comp
     lam, vecs = generalized_eigh(a, c, ridge)
-    lam0 = min(energy_ratio(q[:, i], s_f, s_r) for i in range(q.shape[1]))
+    if bar == "variance":
+        lam0 = max(1.0, min(energy_ratio(q[:, i], c_f, c_r) for i in range(q.shape[1])))
+    elif bar == "energy":
+        lam0 = min(energy_ratio(q[:, i], s_f, s_r) for i in range(q.shape[1]))
+    else:
+        raise ValueError(f"unknown extra-direction bar {bar!r}")
     chosen = vecs[:, lam >= lam0]
     if chosen.shape[1] == 0:
         return q

@@ -48,13 +48,14 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
               retain: Sequence[int], *, batch_size: int = 128, device: str = "cpu", feature_mode: str = "auto",
               extra_directions: bool = True, input_name: str | None = None, output_name: str | None = None,
               max_passes: int = 3, target_forget_accuracy: float = 0.01, first_stats: Statistics | None = None,
-              progress: Callable[[int], None] | None = None, collector: Callable[..., Statistics] = collect
-              ) -> EditOutcome:
+              progress: Callable[[int], None] | None = None, collector: Callable[..., Statistics] = collect,
+              extra_bar: str = "energy") -> EditOutcome:
     """Edit a copy of proto with DAMP until calibration forget accuracy <= target or max_passes are done.
 
     first_stats: statistics of proto (e.g. merged shards) for pass 1; calib may then be None, which
     means exactly one pass (nothing to re-collect on, nothing to check). collector: stats.collect or
-    a function with its signature (the Ray backend).
+    a function with its signature (the Ray backend). extra_bar: see projection.extend_subspace (the
+    "variance" bar is a benchmark ablation, not a CLI option).
     """
     current = proto
     outcome = EditOutcome(proto)
@@ -75,7 +76,7 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
                 outcome.passes[-1].calib_retain_accuracy = summarize(out.argmax(1), calib.y, forget).retain_accuracy
         if k == 0:
             outcome.first_stats = stats
-        plans = dm.plan(ops, stats, forget, retain, extra_directions)
+        plans = dm.plan(ops, stats, forget, retain, extra_directions, extra_bar)
         edited = onnx.ModelProto()
         edited.CopyFrom(current)
         dm.apply(edited, plans)

@@ -125,3 +125,20 @@ def test_generalized_eigh_survives_a_slightly_indefinite_second_moment(rng):
     c[4, 4] -= 1e-9  # rank 3 of 5 and a rounding error below zero: a Cholesky-based solver fails here
     lam, vecs = generalized_eigh(np.eye(5), c)
     assert np.all(np.isfinite(lam)) and np.all(np.isfinite(vecs))
+
+
+def test_variance_bar_compares_variances_and_never_admits_a_retain_heavier_direction():
+    d = 4
+    retain = np.eye(d)[:, :1]                      # one retain prototype along e0
+    mu_f = np.array([0.0, 3.0, 0.0, 0.0])          # forget prototype along e1: the residual q0 = e1
+    q = pj.forget_subspace(mu_f[:, None], retain)
+    c_r = np.eye(d)
+    c_f = np.diag([1.0, 0.5, 2.0, 0.8])            # along q0 forget varies less than retain (ratio 0.5)
+    s_f, s_r = c_f + np.outer(mu_f, mu_f), c_r     # retain mean 0 along e1..e3
+    energy = pj.extend_subspace(q, retain, s_f, s_r)
+    variance = pj.extend_subspace(q, retain, s_f, s_r, bar="variance", c_f=c_f, c_r=c_r)
+    assert energy.shape[1] == 1                    # energy bar: (0.5 + 9) / 1 = 9.5, nothing reaches it
+    # variance bar: max(1, 0.5) = 1 admits e2 (ratio 2) but not e3 (ratio 0.8 < 1)
+    assert variance.shape[1] == 2 and abs(abs(variance[2, 1]) - 1.0) < 1e-9
+    with pytest.raises(ValueError, match="unknown extra-direction bar"):
+        pj.extend_subspace(q, retain, s_f, s_r, bar="other")
