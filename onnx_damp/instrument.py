@@ -30,6 +30,7 @@ class Tap:
     gram_name: str
     shape_name: str
     feature_dim: int
+    shift_name: str | None = None  # float32 reductions: the per-batch shift the sum and Gram are taken around
 
 
 def tap_key(op: EditableOp, layout: TokenLayout | None = None, mode: str = "position") -> str:
@@ -117,6 +118,11 @@ def _unfold(g: onnx.GraphProto, op: EditableOp, x: str, p: str) -> tuple[list, s
     return nodes, p + "t", d
 
 
+def _double_weight(g: onnx.GraphProto, op: EditableOp) -> bool:
+    """Whether the operator's weight initializer is float64 (a float64 model keeps float64 reductions)."""
+    return any(i.name == op.weight_name and i.data_type == TensorProto.DOUBLE for i in g.initializer)
+
+
 def _reduce_float64(g: onnx.GraphProto, p: str, opset: int) -> list:
     """Sum and Gram of rows computed in float64 (exact to float64 rounding; about 2x slower on a CNN)."""
     nodes = [helper.make_node("Cast", [p + "rows"], [p + "rows64"], to=TensorProto.DOUBLE)]
@@ -131,25 +137,45 @@ def _reduce_float64(g: onnx.GraphProto, p: str, opset: int) -> list:
 
 
 def _reduce_float32(g: onnx.GraphProto, p: str) -> list:
-    """Sum and Gram of rows as float32 Gemms (onnxruntime's fast sgemm), cast to float64 per batch.
+    """Shift, shifted sum and shifted Gram of rows as float32 Gemms (onnxruntime's fast sgemm).
 
-    The sum is ones^T rows, so both reductions are matrix products; each batch's result is then
-    accumulated across batches in float64 on the host.
+    Rows are centred on their batch mean m (as float32: the exact shift used is an output) before the
+    Gram, so float32 rounding is relative to the spread of the features, not to their mean: an uncentred
+    float32 Gram of features with a large mean (e.g. after a LayerNorm with a big bias) would lose the
+    variance to cancellation. shift_gram.restore rebuilds the uncentred sum and Gram in float64.
     """
-    g.initializer.append(numpy_helper.from_array(np.array([0], dtype=np.int64), p + "i0"))
-    g.initializer.append(numpy_helper.from_array(np.array([1], dtype=np.int64), p + "i1"))
-    g.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), p + "i_neg1"))
+    for name, value in (("i0", [0]), ("i1", [1]), ("i_neg1", [-1])):
+        g.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.int64), p + name))
     one = helper.make_tensor(p + "one", TensorProto.FLOAT, [1], [1.0])
     return [helper.make_node("Cast", [p + "rows"], [p + "rows32"], to=TensorProto.FLOAT),
             helper.make_node("Shape", [p + "rows32"], [p + "rshape"]),
             helper.make_node("Slice", [p + "rshape", p + "i0", p + "i1"], [p + "n"]),
             helper.make_node("Concat", [p + "n", p + "i1"], [p + "ones_shape"], axis=0),
             helper.make_node("ConstantOfShape", [p + "ones_shape"], [p + "ones"], value=one),
-            helper.make_node("Gemm", [p + "ones", p + "rows32"], [p + "sum32"], transA=1),
-            helper.make_node("Reshape", [p + "sum32", p + "i_neg1"], [p + "sum32v"]),
-            helper.make_node("Cast", [p + "sum32v"], [p + "sum"], to=TensorProto.DOUBLE),
-            helper.make_node("Gemm", [p + "rows32", p + "rows32"], [p + "gram32"], transA=1),
+            helper.make_node("Cast", [p + "n"], [p + "n32"], to=TensorProto.FLOAT),
+            helper.make_node("Gemm", [p + "ones", p + "rows32"], [p + "raw_sum"], transA=1),
+            helper.make_node("Div", [p + "raw_sum", p + "n32"], [p + "shift32"]),
+            helper.make_node("Sub", [p + "rows32", p + "shift32"], [p + "centred"]),
+            helper.make_node("Gemm", [p + "ones", p + "centred"], [p + "csum32"], transA=1),
+            helper.make_node("Reshape", [p + "csum32", p + "i_neg1"], [p + "csum32v"]),
+            helper.make_node("Cast", [p + "csum32v"], [p + "sum"], to=TensorProto.DOUBLE),
+            helper.make_node("Reshape", [p + "shift32", p + "i_neg1"], [p + "shift32v"]),
+            helper.make_node("Cast", [p + "shift32v"], [p + "shift"], to=TensorProto.DOUBLE),
+            helper.make_node("Gemm", [p + "centred", p + "centred"], [p + "gram32"], transA=1),
             helper.make_node("Cast", [p + "gram32"], [p + "gram"], to=TensorProto.DOUBLE)]
+
+
+def restore_shift(s: np.ndarray, gram: np.ndarray, n: int, shift: np.ndarray | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Uncentred sum and Gram of n rows x from those of x - shift (float64; exact up to the inputs' rounding).
+
+    sum x = sum (x - m) + n m;  sum x x^T = sum (x-m)(x-m)^T + m c^T + c m^T + n m m^T, c = sum (x - m).
+    """
+    if shift is None:
+        return s, gram
+    m = np.asarray(shift, dtype=np.float64)
+    mc = np.outer(m, s)
+    return s + n * m, gram + mc + mc.T + n * np.outer(m, m)
 
 
 def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str,
@@ -174,10 +200,8 @@ def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str,
         x = p + "t"
     g.initializer.append(numpy_helper.from_array(np.array([-1, d], dtype=np.int64), p + "shape_const"))
     nodes.append(helper.make_node("Reshape", [x, p + "shape_const"], [p + "rows"]))
-    if precision == "float32" and opset >= 11:
-        nodes += _reduce_float32(g, p)
-    else:
-        nodes += _reduce_float64(g, p, opset)
+    shift = precision == "float32" and opset >= 11 and not _double_weight(g, op)
+    nodes += _reduce_float32(g, p) if shift else _reduce_float64(g, p, opset)
     nodes.append(helper.make_node("Shape", [p + "rows"], [p + "count"]))
     for n in nodes:
         n.name = n.output[0] + "_node"
@@ -187,4 +211,6 @@ def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str,
         helper.make_tensor_value_info(p + "gram", TensorProto.DOUBLE, [d, d]),
         helper.make_tensor_value_info(p + "count", TensorProto.INT64, [2]),
     ])
-    return Tap(tap_key(op, layout, mode), p + "sum", p + "gram", p + "count", d)
+    if shift:
+        g.output.append(helper.make_tensor_value_info(p + "shift", TensorProto.DOUBLE, [d]))
+    return Tap(tap_key(op, layout, mode), p + "sum", p + "gram", p + "count", d, p + "shift" if shift else None)

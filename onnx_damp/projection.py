@@ -130,6 +130,8 @@ def extend_subspace(q: np.ndarray, retain_means: np.ndarray, s_f: np.ndarray, s_
     c = comp.T @ s_r @ comp
     lam, vecs = generalized_eigh(a, c, ridge)
     if bar == "variance":
+        if c_f is None or c_r is None:
+            raise ValueError("the variance bar needs the covariances c_f and c_r")
         lam0 = max(1.0, min(energy_ratio(q[:, i], c_f, c_r) for i in range(q.shape[1])))
     elif bar == "energy":
         lam0 = min(energy_ratio(q[:, i], s_f, s_r) for i in range(q.shape[1]))

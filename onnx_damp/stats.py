@@ -9,7 +9,7 @@ import onnx
 
 from .data import Dataset, class_batches, prefetch
 from .graph import EditableOp
-from .instrument import TOKEN_MODES, instrument
+from .instrument import TOKEN_MODES, instrument, restore_shift
 from .tokens import TokenLayout, probe_token_layouts
 from .predict import output_rows
 from .runtime import input_spec, make_session, output_name, run_checked
@@ -115,9 +115,10 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
     (statistics that serve any forget set, at classes x d^2 floats per layer).
     layouts: token layouts found earlier for the same graph (edits change weights, never layouts);
     probed here when not given and feature_mode is "auto".
-    precision: arithmetic of the in-graph per-batch reductions ("float32": onnxruntime's sgemm, the
-    default; "float64": about 2x slower on a CNN, exact to float64 rounding); batches are always
-    accumulated in float64.
+    precision: arithmetic of the in-graph per-batch reductions ("float32": onnxruntime's sgemm on rows
+    centred on their batch mean, the default; "float64": about 2x slower on a CNN, exact to float64
+    rounding, and always used for float64 weights and below opset 11); batches are always accumulated in
+    float64.
     """
     if feature_mode not in TOKEN_MODES:
         layouts = {}
@@ -129,6 +130,8 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
     x = data.x.astype(spec.dtype, copy=False)
     unique = {t.key: t for t in taps.values()}
     fetch = [name for t in unique.values() for name in (t.sum_name, t.gram_name, t.shape_name)]
+    shifted = [t.key for t in unique.values() if t.shift_name]
+    fetch += [unique[k].shift_name for k in shifted]
     out_name = output_name(sess, output) if outputs else None
     kept: np.ndarray | None = None
     per_tap = {key: LayerStats(t.feature_dim) for key, t in unique.items()}
@@ -137,6 +140,7 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
     batches = class_batches(data.y, batch_size, fixed_batch=spec.fixed_batch)
     for (c, idx, real), xb in prefetch(batches, lambda b: x[b[1]]):
         outs = run_checked(sess, fetch + ([out_name] if out_name else []), {spec.name: xb})
+        shifts = dict(zip(shifted, outs[3 * len(unique): 3 * len(unique) + len(shifted)]))
         if out_name:
             rows = output_rows(outs[-1], out_name, len(idx))
             if kept is None:
@@ -144,6 +148,7 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
             kept[idx[:real]] = rows[:real]
         for k, key in enumerate(unique):
             s, gram, shape = outs[3 * k: 3 * k + 3]
+            s, gram = restore_shift(s, gram, int(shape[0]), shifts.get(key))
             per_tap[key].add(c, s, gram, int(shape[0]), keep is None or c in keep)
         samples[c] = samples.get(c, 0) + real
         if progress:

@@ -8,6 +8,7 @@ max_passes), so most forget sets need one pass.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -54,7 +55,8 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
 
     first_stats: statistics of proto (e.g. merged shards) for pass 1; calib may then be None, which
     means exactly one pass (nothing to re-collect on, nothing to check). collector: stats.collect or
-    a function with its signature (the Ray backend). extra_bar: see projection.extend_subspace (the
+    a function with its signature (the Ray backend); the keywords outputs/output are passed only to a
+    collector that accepts them, and without returned outputs the models are predicted instead. extra_bar: see projection.extend_subspace (the
     "variance" bar is a benchmark ablation, not a CLI option).
     """
     current = proto
@@ -66,7 +68,7 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
         else:
             layouts = outcome.first_stats.token_layouts if outcome.first_stats is not None else None
             stats = collector(current, ops, calib, forget, batch_size, device, feature_mode, input_name, progress,
-                              layouts, outputs=True, output=output_name)
+                              layouts, **_output_kwargs(collector, output_name))
             if k == 0:
                 outcome.original_outputs = stats.outputs  # the unedited model, from its statistics pass
             else:  # the previous pass's model: its retain accuracy (free when the collector kept outputs)
@@ -97,6 +99,16 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
             break
     outcome.model = current
     return outcome
+
+
+def _output_kwargs(collector: Callable[..., Statistics], output_name: str | None) -> dict:
+    """outputs=True, output=... for a collector that takes them (stats.collect, ray_collect), else nothing."""
+    try:
+        params = inspect.signature(collector).parameters
+    except (TypeError, ValueError):
+        return {}
+    takes = "outputs" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return {"outputs": True, "output": output_name} if takes else {}
 
 
 def forget_accuracy(forget_outputs: np.ndarray, forget_labels: np.ndarray) -> float:
