@@ -418,13 +418,17 @@ def test_float16_weight_is_edited_in_float64_and_stored_as_float16(rng):
     assert np.allclose(run(edited, x).astype(np.float32), ref, atol=2e-2, rtol=1e-2)
 
 
-def test_float16_statistics_are_taken_in_float64(rng):
+@pytest.mark.parametrize("precision, tol", [("float32", 1e-6), ("float64", 1e-12)])
+def test_float16_statistics_are_reduced_in_float32_or_float64(rng, precision, tol):
+    """float16 activations are cast (exactly) to float32 or float64 before any reduction, never summed in float16."""
     model = fp16_cnn(rng)
     x = rng.normal(size=(6, 3, 6, 6)).astype(np.float16)
     y = np.array([0, 1, 2, 0, 1, 2])
-    conv = collect(model, scan_graph(model).editable, Dataset(x, y), gram_classes=[0]).layers["conv"]
+    conv = collect(model, scan_graph(model).editable, Dataset(x, y), gram_classes=[0],
+                   precision=precision).layers["conv"]
     rows0 = x[y == 0].transpose(0, 2, 3, 1).reshape(-1, 3).astype(np.float64)
-    assert np.allclose(conv.sums[0], rows0.sum(0), rtol=1e-12) and np.allclose(conv.grams[0], rows0.T @ rows0)
+    for got, want in ((conv.sums[0], rows0.sum(0)), (conv.grams[0], rows0.T @ rows0)):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
 
 
 def test_forget_runs_end_to_end_on_a_float16_model(rng):

@@ -7,7 +7,7 @@ from onnx import TensorProto, helper
 from onnx_damp import damp as dm
 from onnx_damp.data import Dataset
 from onnx_damp.graph import scan_graph
-from onnx_damp.instrument import instrument
+from onnx_damp.instrument import instrument, restore_shift
 from onnx_damp.stats import collect
 from tiny_models import conv_model, make_model
 
@@ -41,7 +41,8 @@ def test_unfolded_statistics_equal_numpy_im2col(pads, strides, dilations):
     x = rng.normal(size=(2, 3, 7, 6)).astype(np.float32)
     t = taps["conv"]
     sess = ort.InferenceSession(inst.SerializeToString(), providers=["CPUExecutionProvider"])
-    s, gram, count = sess.run([t.sum_name, t.gram_name, t.shape_name], {"x": x})
+    s, gram, count, shift = sess.run([t.sum_name, t.gram_name, t.shape_name, t.shift_name], {"x": x})
+    s, gram = restore_shift(s, gram, int(count[0]), shift)  # float32 reductions are taken around the batch mean
     rows = im2col(x.astype(np.float64), (3, 2), pads, strides, dilations)
     assert t.feature_dim == 18 and tuple(count) == rows.shape
     np.testing.assert_allclose(s, rows.sum(0), rtol=1e-5, atol=1e-5)

@@ -53,8 +53,9 @@ def assert_stats_equal(a, b, exact=True):
             if exact:
                 np.testing.assert_array_equal(u, v)
             else:
-                # other batch boundaries: each batch is reduced in float32 inside onnxruntime
-                np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6 * np.abs(v).max())
+                # other batch boundaries: each batch is reduced in float32 inside onnxruntime (around its
+                # own mean), so sums over ~10^5 rows agree to a few 1e-5
+                np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5 * np.abs(v).max())
 
 
 def test_save_load_round_trip_is_exact(tmp_path, single):
