@@ -136,33 +136,43 @@ def _reduce_float64(g: onnx.GraphProto, p: str, opset: int) -> list:
     return nodes
 
 
-def _reduce_float32(g: onnx.GraphProto, p: str) -> list:
+SHIFT_ROWS = 64  # rows (evenly strided over the batch) whose mean is the float32 reductions' shift
+
+
+def _reduce_float32(g: onnx.GraphProto, p: str, opset: int) -> list:
     """Shift, shifted sum and shifted Gram of rows as float32 Gemms (onnxruntime's fast sgemm).
 
-    Rows are centred on their batch mean m (as float32: the exact shift used is an output) before the
-    Gram, so float32 rounding is relative to the spread of the features, not to their mean: an uncentred
-    float32 Gram of features with a large mean (e.g. after a LayerNorm with a big bias) would lose the
-    variance to cancellation. shift_gram.restore rebuilds the uncentred sum and Gram in float64.
+    Rows are centred on a shift m, the mean of about SHIFT_ROWS rows strided evenly over the batch (as
+    float32; the exact shift used is an output), before the Gram, so float32 rounding is relative to the
+    spread of the features, not to their mean: an uncentred float32 Gram of features with a large mean
+    (e.g. after a LayerNorm with a big bias) would lose the variance to cancellation. restore_shift
+    rebuilds the uncentred sum and Gram in float64, exactly for any m.
     """
-    for name, value in (("i0", [0]), ("i1", [1]), ("i_neg1", [-1])):
+    big = np.iinfo(np.int64).max
+    for name, value in (("i0", [0]), ("i1", [1]), ("i_neg1", [-1]), ("i_big", [big]), ("i_rows", [SHIFT_ROWS])):
         g.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.int64), p + name))
     one = helper.make_tensor(p + "one", TensorProto.FLOAT, [1], [1.0])
-    return [helper.make_node("Cast", [p + "rows"], [p + "rows32"], to=TensorProto.FLOAT),
-            helper.make_node("Shape", [p + "rows32"], [p + "rshape"]),
-            helper.make_node("Slice", [p + "rshape", p + "i0", p + "i1"], [p + "n"]),
-            helper.make_node("Concat", [p + "n", p + "i1"], [p + "ones_shape"], axis=0),
-            helper.make_node("ConstantOfShape", [p + "ones_shape"], [p + "ones"], value=one),
-            helper.make_node("Cast", [p + "n"], [p + "n32"], to=TensorProto.FLOAT),
-            helper.make_node("Gemm", [p + "ones", p + "rows32"], [p + "raw_sum"], transA=1),
-            helper.make_node("Div", [p + "raw_sum", p + "n32"], [p + "shift32"]),
-            helper.make_node("Sub", [p + "rows32", p + "shift32"], [p + "centred"]),
-            helper.make_node("Gemm", [p + "ones", p + "centred"], [p + "csum32"], transA=1),
-            helper.make_node("Reshape", [p + "csum32", p + "i_neg1"], [p + "csum32v"]),
-            helper.make_node("Cast", [p + "csum32v"], [p + "sum"], to=TensorProto.DOUBLE),
-            helper.make_node("Reshape", [p + "shift32", p + "i_neg1"], [p + "shift32v"]),
-            helper.make_node("Cast", [p + "shift32v"], [p + "shift"], to=TensorProto.DOUBLE),
-            helper.make_node("Gemm", [p + "centred", p + "centred"], [p + "gram32"], transA=1),
-            helper.make_node("Cast", [p + "gram32"], [p + "gram"], to=TensorProto.DOUBLE)]
+    nodes = [helper.make_node("Cast", [p + "rows"], [p + "rows32"], to=TensorProto.FLOAT),
+             helper.make_node("Shape", [p + "rows32"], [p + "rshape"]),
+             helper.make_node("Slice", [p + "rshape", p + "i0", p + "i1"], [p + "n"]),
+             helper.make_node("Div", [p + "n", p + "i_rows"], [p + "step0"]),
+             helper.make_node("Max", [p + "step0", p + "i1"], [p + "step"]),
+             helper.make_node("Slice", [p + "rows32", p + "i0", p + "i_big", p + "i0", p + "step"], [p + "few"])]
+    if opset >= 18:
+        nodes.append(helper.make_node("ReduceMean", [p + "few", p + "i0"], [p + "shift32"], keepdims=1))
+    else:
+        nodes.append(helper.make_node("ReduceMean", [p + "few"], [p + "shift32"], axes=[0], keepdims=1))
+    return nodes + [
+        helper.make_node("Concat", [p + "n", p + "i1"], [p + "ones_shape"], axis=0),
+        helper.make_node("ConstantOfShape", [p + "ones_shape"], [p + "ones"], value=one),
+        helper.make_node("Sub", [p + "rows32", p + "shift32"], [p + "centred"]),
+        helper.make_node("Gemm", [p + "ones", p + "centred"], [p + "csum32"], transA=1),
+        helper.make_node("Reshape", [p + "csum32", p + "i_neg1"], [p + "csum32v"]),
+        helper.make_node("Cast", [p + "csum32v"], [p + "sum"], to=TensorProto.DOUBLE),
+        helper.make_node("Reshape", [p + "shift32", p + "i_neg1"], [p + "shift32v"]),
+        helper.make_node("Cast", [p + "shift32v"], [p + "shift"], to=TensorProto.DOUBLE),
+        helper.make_node("Gemm", [p + "centred", p + "centred"], [p + "gram32"], transA=1),
+        helper.make_node("Cast", [p + "gram32"], [p + "gram"], to=TensorProto.DOUBLE)]
 
 
 def restore_shift(s: np.ndarray, gram: np.ndarray, n: int, shift: np.ndarray | None
@@ -200,8 +210,10 @@ def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str,
         x = p + "t"
     g.initializer.append(numpy_helper.from_array(np.array([-1, d], dtype=np.int64), p + "shape_const"))
     nodes.append(helper.make_node("Reshape", [x, p + "shape_const"], [p + "rows"]))
-    shift = precision == "float32" and opset >= 11 and not _double_weight(g, op)
-    nodes += _reduce_float32(g, p) if shift else _reduce_float64(g, p, opset)
+    # one row per image (class token, pooled): float64 costs nothing there; many rows: centred float32
+    few_rows = layout is not None or (op.op_type == "Conv" and mode == "pooled")
+    shift = precision == "float32" and opset >= 11 and not few_rows and not _double_weight(g, op)
+    nodes += _reduce_float32(g, p, opset) if shift else _reduce_float64(g, p, opset)
     nodes.append(helper.make_node("Shape", [p + "rows"], [p + "count"]))
     for n in nodes:
         n.name = n.output[0] + "_node"

@@ -92,12 +92,12 @@ def energy_ratio(v: np.ndarray, s_f: np.ndarray, s_r: np.ndarray) -> float:
 def generalized_eigh(a: np.ndarray, c: np.ndarray, ridge: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
     """Solve a v = lam c v for symmetric a and symmetric positive semi-definite c (numpy only).
 
-    c's eigenvalues are clamped to at least ridge * the largest, plus ridge * mean eigenvalue: rounding
-    (float32 in-graph Grams) or rank deficiency (few rows) can leave it slightly indefinite. Whitening by
-    c^(-1/2) turns the problem into an ordinary symmetric one; eigenvectors are c-orthonormal.
+    c is regularised as c + ridge * trace(c)/d * I, after clamping its eigenvalues at 0: rounding (float32
+    in-graph Grams) or rank deficiency (few rows) can leave it slightly indefinite. Whitening by c^(-1/2)
+    turns the problem into an ordinary symmetric one; eigenvectors are c-orthonormal, as scipy's are.
     """
     w, v = np.linalg.eigh(0.5 * (c + c.T))
-    w = np.maximum(w, ridge * max(float(w.max()), 1e-300)) + ridge * max(float(w.mean()), 1e-300)
+    w = np.maximum(w, 0.0) + ridge * max(float(np.mean(w)), 1e-300)
     inv_sqrt = (v / np.sqrt(w)) @ v.T
     lam, u = np.linalg.eigh(inv_sqrt @ (0.5 * (a + a.T)) @ inv_sqrt)
     return lam, inv_sqrt @ u

@@ -116,9 +116,9 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
     layouts: token layouts found earlier for the same graph (edits change weights, never layouts);
     probed here when not given and feature_mode is "auto".
     precision: arithmetic of the in-graph per-batch reductions ("float32": onnxruntime's sgemm on rows
-    centred on their batch mean, the default; "float64": about 2x slower on a CNN, exact to float64
-    rounding, and always used for float64 weights and below opset 11); batches are always accumulated in
-    float64.
+    centred on their batch mean, the default, for activations with many rows per image; "float64": about
+    1.7x slower on a CNN, exact to float64 rounding, and always used for one-row-per-image taps (class
+    token, pooled), float64 weights and below opset 11); batches are always accumulated in float64.
     """
     if feature_mode not in TOKEN_MODES:
         layouts = {}
