@@ -20,8 +20,7 @@ from .labels import metadata_names, read_labels, resolve_classes
 from .graph import EditableOp, SkippedOp, no_editable_message, scan_graph
 from .metrics import (AccuracySummary, forget_confusion, js_divergence, kl_divergence, summarize, to_probabilities,
                       worst_retain_drop)
-from .modelio import (PROTO_LIMIT, check_output_path, has_external_data, load_model, proto_size, save_model_atomic,
-                      sha256_file)
+from .modelio import check_output_path, fits_in_proto, has_external_data, load_model, save_model_atomic, sha256_file
 from .predict import predict
 from .progress import Progress
 from .shards import Provenance, merge, proto_sha256
@@ -335,7 +334,7 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
                                        for i, op in enumerate(scan.editable)}),
         "onnx_damp.source_sha256": sha or "",
     })
-    in_memory = proto_size(edited) < PROTO_LIMIT  # too big to check in memory: the written file is checked
+    in_memory = fits_in_proto(edited)  # too big to check in memory: the written file is checked
     if in_memory:
         _run_checker(edited)
 

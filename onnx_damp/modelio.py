@@ -24,6 +24,29 @@ def proto_size(model: onnx.ModelProto) -> int:
 PROTO_LIMIT = 1_800_000_000  # protobuf cannot serialise a message of 2 GiB or more: stay clear of it
 
 
+def _tensor_payload(t: onnx.TensorProto) -> int:
+    """Bytes of a tensor's values as stored (raw or typed fields), read without serialising anything."""
+    return (len(t.raw_data) + 4 * (len(t.float_data) + len(t.int32_data))
+            + 8 * (len(t.int64_data) + len(t.double_data) + len(t.uint64_data)) + sum(len(b) for b in t.string_data))
+
+
+def fits_in_proto(model: onnx.ModelProto) -> bool:
+    """proto_size(model) < PROTO_LIMIT, without sizing the whole message when the weights are clearly small.
+
+    ByteSize walks the whole message (about 0.1 s for a 45 MB model, once per session and check); the
+    initializer payloads are known for free, and below half the limit the rest of a graph cannot make up
+    the difference, so only models with large weights are sized exactly.
+    """
+    g = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
+        return proto_size(model) < PROTO_LIMIT  # subgraphs may hold weights of their own: size exactly
+    payload = sum(_tensor_payload(t) for t in g.initializer) + sum(
+        _tensor_payload(a.t) for n in g.node if n.op_type == "Constant" for a in n.attribute if a.name == "value")
+    if payload < PROTO_LIMIT // 2:
+        return True
+    return proto_size(model) < PROTO_LIMIT
+
+
 def is_repeated_field(fd) -> bool:
     """Whether a protobuf field descriptor is repeated, across protobuf versions."""
     rep = getattr(fd, "is_repeated", None)  # protobuf >= 5.28; older versions have only .label
@@ -118,7 +141,7 @@ def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike, external_d
     written: list[Path] = []
     try:
         tmp_model = tmpdir / out_p.name
-        big = proto_size(model) > PROTO_LIMIT if not external_data else True
+        big = not fits_in_proto(model) if not external_data else True
         if big:
             model = _copy(model)  # saving as external data rewrites the proto in place
             location = out_p.name + ".data"

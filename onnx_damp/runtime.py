@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from .errors import DampError
-from .modelio import PROTO_LIMIT, is_repeated_field, proto_size
+from .modelio import fits_in_proto, is_repeated_field
 
 DEVICES = ("cpu", "cuda")
 INTRA_OP_THREADS: int | None = None  # set by a Ray task to the CPUs it was given (None: onnxruntime's default)
@@ -94,7 +94,7 @@ def make_session(model: onnx.ModelProto, device: str = "cpu", basic_optimization
         raise DampError("--device cuda: this onnxruntime has no CUDA execution provider (install "
                         "onnx-damp[gpu], which brings onnxruntime-gpu, and uninstall the CPU-only onnxruntime)")
     try:
-        if proto_size(model) < PROTO_LIMIT:
+        if fits_in_proto(model):
             sess = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
         else:
             light, names, values = split_large_initializers(model)

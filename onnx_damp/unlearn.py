@@ -62,6 +62,7 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
     current = proto
     outcome = EditOutcome(proto)
     forget_idx = np.flatnonzero(np.isin(calib.y, list(forget))) if calib is not None else None
+    f_out, sess = None, None  # the last edited model's forget-class outputs and session (set after each pass)
     for k in range(max_passes):
         if k == 0 and first_stats is not None:
             stats = first_stats

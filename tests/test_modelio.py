@@ -128,3 +128,18 @@ def test_several_required_inputs_are_one_line_errors():
         onnx_damp.forget(model, io_data(), [1])
     with pytest.raises(DampError, match="does not fit the model"):
         onnx_damp.forget(model, io_data(), [1], input_name="x")  # only one input is ever fed
+
+
+def test_fits_in_proto_agrees_with_the_exact_size(monkeypatch):
+    import onnx_damp.modelio as mio
+
+    w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")  # 16 KiB of weights
+    const = helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.ones((32, 32), np.float32)))
+    node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    g = helper.make_graph([const, node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [w])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    size = mio.proto_size(model)
+    for limit in (size * 4, size + 1, size, 20_000, 1_000):  # clearly under, at the edge, over
+        monkeypatch.setattr(mio, "PROTO_LIMIT", limit)
+        assert mio.fits_in_proto(model) == (size < limit), limit
