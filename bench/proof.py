@@ -60,14 +60,15 @@ def row(name: str, method: str, ev) -> dict:
             "cka_gain": v["cka_gain"]["value"], "bias_share": v["bias_shift"].get("bias_share")}
 
 
-def run_sample(name: str, forget: list[int], tmp: Path, feature_samples: int) -> list[dict]:
+def run_sample(name: str, forget: list[int], tmp: Path, feature_samples: int, extra_bar: str = "energy") -> list[dict]:
     folder = ROOT / "samples" / name
     orig = onnx.load(str(folder / "model.onnx"))
     ref = folder / f"retrained_without_{'_'.join(map(str, forget))}.onnx"
     supp = tmp / f"{name}_suppressed.onnx"
     onnx.save(head_suppression(orig, forget), str(supp))
     damp = tmp / f"{name}_damp.onnx"
-    onnx_damp.forget(folder / "model.onnx", folder / "calib.npz", forget, output=damp, feature_samples=0)
+    onnx_damp.forget(folder / "model.onnx", folder / "calib.npz", forget, output=damp, feature_samples=0,
+                     extra_bar=extra_bar)
     rows = []
     for method, path in [("original", folder / "model.onnx"), ("head suppression", supp), ("DAMP", damp),
                          ("retrained", ref)]:
@@ -88,11 +89,13 @@ def main() -> None:
     ap.add_argument("--samples", nargs="*", default=list(SAMPLES))
     ap.add_argument("--feature-samples", type=int, default=500)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--extra-bar", choices=["energy", "variance"], default="energy",
+                    help="ablation: the bar DAMP's extra directions must reach (see projection.extend_subspace)")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for s in args.samples:
-            rows += run_sample(s, SAMPLES[s], Path(tmp), args.feature_samples)
+            rows += run_sample(s, SAMPLES[s], Path(tmp), args.feature_samples, args.extra_bar)
     print("| sample (forget) | model | forget acc | retain acc | MIA entropy / confidence (forget-train judged members) "
           "| JS to retrained: forget / retain | CKA to retrained, head input | CKA gain (deepest quarter) | bias share |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -23,6 +23,7 @@ from .metrics import (AccuracySummary, forget_confusion, js_divergence, kl_diver
 from .modelio import check_output_path, fits_in_proto, has_external_data, load_model, save_model_atomic, sha256_file
 from .predict import predict
 from .progress import Progress
+from .projection import EXTRA_BARS
 from .shards import Provenance, merge, proto_sha256
 from .stats import Statistics, collect as collect_stats
 from .unlearn import PassRecord, damp_edit
@@ -244,7 +245,7 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
            reference: ModelLike | None = None, feature_samples: int = 500,
            gates: "Gates | dict | None" = None, labels: str | os.PathLike | None = None,
            preprocess=None, stats: "Sequence[str | os.PathLike | Statistics] | None" = None, ray: bool = False,
-           ray_address: str | None = None) -> ForgetResult:
+           ray_address: str | None = None, extra_bar: str = "energy") -> ForgetResult:
     """Make model forget the given classes with DAMP; validate; optionally write the edited model.
 
     stats: statistics files from onnx_damp.collect / `onnx-damp collect` (or loaded Statistics), merged
@@ -256,9 +257,13 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     (Gates or a dict of its fields) are checked on them: see ForgetResult.passed and .gates.
     data and eval_data: a Dataset, (x, y), an .npz, an image folder or a torchvision-format folder/file
     (see data.as_dataset); preprocess (Preprocess, dict or .json/.toml path) applies to the images.
+    extra_bar: "energy" (the default) or "variance", the bar extra directions must reach (a benchmark
+    ablation, see projection.extend_subspace and the README; not a CLI option).
     """
     if batch_size < 1:
         raise DampError("--batch-size must be at least 1")
+    if extra_bar not in EXTRA_BARS:
+        raise DampError(f"extra_bar must be one of {list(EXTRA_BARS)}, not {extra_bar!r}")
     if max_passes < 1:
         raise DampError("--max-passes must be at least 1")
     if not 0.0 <= target_forget_accuracy <= 1.0:
@@ -316,7 +321,8 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     work = len(calib) * (max_passes - (merged is not None)) if calib is not None else 0
     with Progress(work, "DAMP passes", quiet) as bar:
         outcome = damp_edit(proto, scan.editable, calib, f, retain, batch_size=batch_size, device=device,
-                            feature_mode=feature_mode, extra_directions=extra_directions, input_name=input_name,
+                            feature_mode=feature_mode, extra_directions=extra_directions, extra_bar=extra_bar,
+                            input_name=input_name,
                             output_name=output_name, max_passes=max_passes,
                             target_forget_accuracy=target_forget_accuracy, progress=bar,
                             first_stats=merged, collector=collector)

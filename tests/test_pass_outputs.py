@@ -80,3 +80,15 @@ def test_forget_on_calibration_data_predicts_each_model_once(monkeypatch):
     # besides, one single-sample run checks that the data fit the model
     assert sum(c for c in calls if c > 1) == len(y) and calls.count(1) == 1
     assert res.before.forget_accuracy > 0.9 and res.after.forget_accuracy < res.before.forget_accuracy
+
+
+def test_forget_takes_the_variance_bar_and_refuses_an_unknown_one():
+    from onnx_damp.errors import DampError
+
+    x, y = first_per_class(MODEL.parent / "calib.npz", 30)
+    energy = onnx_damp.forget(MODEL, (x, y), [3], feature_samples=0, max_passes=1)
+    variance = onnx_damp.forget(MODEL, (x, y), [3], feature_samples=0, max_passes=1, extra_bar="variance")
+    ranks = [[p.rank for p in r.passes[0].plans] for r in (energy, variance)]
+    assert ranks[0] != ranks[1]  # the bar decides how many extra directions join
+    with pytest.raises(DampError, match="extra_bar must be one of"):
+        onnx_damp.forget(MODEL, (x, y), [3], extra_bar="mean")
