@@ -12,7 +12,7 @@ import onnx_damp
 from onnx_damp import damp as dm
 from onnx_damp import runtime
 from onnx_damp.graph import scan_graph
-from onnx_damp.modelio import load_model
+from onnx_damp import modelio
 from tiny_models import IR_VERSION, OPSET, gemm_model, matmul_model
 
 
@@ -24,7 +24,7 @@ def test_session_from_external_initializer_stubs_matches_and_leaves_the_proto_al
     assert names == ["w"] and light.graph.initializer[0].data_location == TensorProto.EXTERNAL
     assert not light.graph.initializer[0].raw_data
     np.testing.assert_array_equal(values[0], w)
-    monkeypatch.setattr(runtime, "PROTO_LIMIT", 0)  # take the large-model path on a small model
+    monkeypatch.setattr(modelio, "PROTO_LIMIT", 0)  # take the large-model path on a small model
     monkeypatch.setattr(runtime, "LARGE_TENSOR", 1000)
     sess = runtime.make_session(model)
     x = rng.normal(size=(5, 40)).astype(np.float32)
