@@ -56,8 +56,8 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
     first_stats: statistics of proto (e.g. merged shards) for pass 1; calib may then be None, which
     means exactly one pass (nothing to re-collect on, nothing to check). collector: stats.collect or
     a function with its signature (the Ray backend); the keywords outputs/output are passed only to a
-    collector that accepts them, and without returned outputs the models are predicted instead. extra_bar: see projection.extend_subspace (the
-    "variance" bar is a benchmark ablation, not a CLI option).
+    collector that accepts them, and without returned outputs the models are predicted instead.
+    extra_bar: see projection.extend_subspace (the "variance" bar is an ablation, not a CLI option).
     """
     current = proto
     outcome = EditOutcome(proto)
