@@ -26,8 +26,9 @@ def predict(model: onnx.ModelProto, data: Dataset, batch_size: int = 256, device
     out_name = output_name(sess, output)
     pick = np.arange(len(x)) if indices is None else np.asarray(indices, dtype=np.int64)
     rows = []
-    if len(pick) == 0:
-        return np.zeros((0, 0))
+    if len(pick) == 0:  # nothing to run: the width comes from the output's declared shape when it has one
+        dims = next(o.shape for o in sess.get_outputs() if o.name == out_name)
+        return np.zeros((0, dims[-1] if dims and isinstance(dims[-1], int) else 0))
     for (idx, real), xb in prefetch(plain_batches(len(pick), batch_size, spec.fixed_batch),
                                     lambda b: x[pick[b[0]]]):
         (out,) = run_checked(sess, [out_name], {spec.name: xb})

@@ -92,3 +92,8 @@ def test_forget_takes_the_variance_bar_and_refuses_an_unknown_one():
     assert ranks[0] != ranks[1]  # the bar decides how many extra directions join
     with pytest.raises(DampError, match="extra_bar must be one of"):
         onnx_damp.forget(MODEL, (x, y), [3], extra_bar="mean")
+
+
+def test_predict_of_no_samples_keeps_the_class_axis(shuffled):
+    out = predict(load_model(MODEL), shuffled, indices=np.array([], dtype=np.int64))
+    assert out.shape == (0, 10)
