@@ -46,7 +46,7 @@ def references(folder: Path) -> dict[tuple, Path]:
     return refs
 
 
-def run_sample(name: str, features: str, extra: bool, extra_bar: str, pairs: list[tuple], max_passes: int,
+def run_sample(name: str, features: str, extra: bool, extra_bar: str, target: float, pairs: list[tuple], max_passes: int,
                root: Path = ROOT / "samples", singles: list[int] | None = None) -> list[dict]:
     folder = root / name
     proto = load_model(folder / "model.onnx")
@@ -66,7 +66,7 @@ def run_sample(name: str, features: str, extra: bool, extra_bar: str, pairs: lis
         retain = [c for c in classes if c not in fset]
         t0 = time.perf_counter()
         outcome = damp_edit(proto, ops, calib, list(fset), retain, feature_mode=features, extra_directions=extra,
-                            extra_bar=extra_bar,
+                            extra_bar=extra_bar, target_forget_accuracy=target,
                             max_passes=max_passes, first_stats=stats)
         edited, plans = outcome.model, outcome.passes[0].plans
         t_edit = time.perf_counter() - t0
@@ -114,6 +114,8 @@ def main() -> int:
     ap.add_argument("--extra-bar", choices=["energy", "variance"], default="energy",
                     help="ablation: the bar extra directions must reach (see projection.extend_subspace)")
     ap.add_argument("--max-passes", type=int, default=3)
+    ap.add_argument("--target-forget-acc", type=float, default=0.01,
+                    help="the stopping rule's calibration forget accuracy (forget's default 0.01)")
     ap.add_argument("--classes", type=int, nargs="+", help="single-class forget sets to run (default: every class)")
     ap.add_argument("--no-pairs", action="store_true", help="skip the pair forget sets")
     ap.add_argument("--samples-dir", type=Path, default=ROOT / "samples", help="folder holding the samples")
@@ -121,10 +123,11 @@ def main() -> int:
     args = ap.parse_args()
     rows = []
     for s in args.samples:
-        rows += run_sample(s, args.features, not args.no_extra_directions, args.extra_bar, [] if args.no_pairs else PAIRS,
+        rows += run_sample(s, args.features, not args.no_extra_directions, args.extra_bar, args.target_forget_acc,
+                           [] if args.no_pairs else PAIRS,
                            args.max_passes, args.samples_dir, args.classes)
     print(f"features={args.features} extra_directions={not args.no_extra_directions} extra_bar={args.extra_bar} "
-          f"max_passes={args.max_passes}")
+          f"max_passes={args.max_passes} target_forget_acc={args.target_forget_acc}")
     print(markdown(rows))
     worst_forget = max(r["forget_acc"] for r in rows)
     print(f"\n{sum(r['pass'] for r in rows)}/{len(rows)} forget sets within bounds; max forget acc "
