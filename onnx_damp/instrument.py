@@ -210,9 +210,9 @@ def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str,
         x = p + "t"
     g.initializer.append(numpy_helper.from_array(np.array([-1, d], dtype=np.int64), p + "shape_const"))
     nodes.append(helper.make_node("Reshape", [x, p + "shape_const"], [p + "rows"]))
-    # one row per image (class token, pooled): float64 costs nothing there; many rows: centred float32
+    # class token and pooled taps (one row per image): float64 costs nothing there; the rest: centred float32
     few_rows = layout is not None or (op.op_type == "Conv" and mode == "pooled")
-    shift = precision == "float32" and opset >= 11 and not few_rows and not _double_weight(g, op)
+    shift = precision == "float32" and opset >= 12 and not few_rows and not _double_weight(g, op)  # int64 Max: 12
     nodes += _reduce_float32(g, p, opset) if shift else _reduce_float64(g, p, opset)
     nodes.append(helper.make_node("Shape", [p + "rows"], [p + "count"]))
     for n in nodes:

@@ -25,23 +25,39 @@ PROTO_LIMIT = 1_800_000_000  # protobuf cannot serialise a message of 2 GiB or m
 
 
 def _tensor_payload(t: onnx.TensorProto) -> int:
-    """Bytes of a tensor's values as stored (raw or typed fields), read without serialising anything."""
-    return (len(t.raw_data) + 4 * (len(t.float_data) + len(t.int32_data))
-            + 8 * (len(t.int64_data) + len(t.double_data) + len(t.uint64_data)) + sum(len(b) for b in t.string_data))
+    """An upper bound of the bytes a tensor's values take when serialised, read without serialising anything.
+
+    Varint fields count 10 bytes a value (a negative int32 takes that many), fixed-width ones their width.
+    """
+    return (len(t.raw_data) + 4 * len(t.float_data) + 8 * len(t.double_data)
+            + 10 * (len(t.int32_data) + len(t.int64_data) + len(t.uint64_data))
+            + sum(len(b) + 10 for b in t.string_data))
+
+
+_EXACT_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS, onnx.AttributeProto.SPARSE_TENSOR,
+                onnx.AttributeProto.SPARSE_TENSORS)
+
+
+def _attribute_payload(a: onnx.AttributeProto) -> int:
+    """An upper bound of the bytes of an attribute's values (tensors, lists, strings)."""
+    return (_tensor_payload(a.t) + sum(_tensor_payload(t) for t in a.tensors) + 4 * len(a.floats)
+            + 10 * len(a.ints) + len(a.s) + sum(len(b) + 10 for b in a.strings))
 
 
 def fits_in_proto(model: onnx.ModelProto) -> bool:
     """proto_size(model) < PROTO_LIMIT, without sizing the whole message when the weights are clearly small.
 
-    ByteSize walks the whole message (about 0.1 s for a 45 MB model, once per session and check); the
-    initializer payloads are known for free, and below half the limit the rest of a graph cannot make up
-    the difference, so only models with large weights are sized exactly.
+    ByteSize walks the whole message (about 0.1 s for a 45 MB model, once per session and check); an
+    upper bound of the tensor and attribute payloads is known for free, and below half the limit the rest
+    of a graph cannot make up the difference, so only models with large weights are sized exactly, and so
+    are models with subgraphs, sparse tensors or local functions, whose payloads this does not walk.
     """
     g = model.graph
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
-        return proto_size(model) < PROTO_LIMIT  # subgraphs may hold weights of their own: size exactly
-    payload = sum(_tensor_payload(t) for t in g.initializer) + sum(
-        _tensor_payload(a.t) for n in g.node if n.op_type == "Constant" for a in n.attribute if a.name == "value")
+    if (len(g.sparse_initializer) or len(model.functions)
+            or any(a.type in _EXACT_ATTRS for n in g.node for a in n.attribute)):
+        return proto_size(model) < PROTO_LIMIT
+    payload = (sum(_tensor_payload(t) for t in g.initializer)
+               + sum(_attribute_payload(a) for n in g.node for a in n.attribute))
     if payload < PROTO_LIMIT // 2:
         return True
     return proto_size(model) < PROTO_LIMIT

@@ -18,13 +18,16 @@ def predict(model: onnx.ModelProto, data: Dataset, batch_size: int = 256, device
     """Return the model's output rows (logits or probabilities) for every sample, [N, classes].
 
     indices: predict only these samples (rows in that order), without copying the data.
-    session: an onnxruntime session of model (from runtime.make_session) to reuse across calls.
+    session: an onnxruntime session of model (from runtime.make_session) to reuse across calls; it is
+    trusted to be model's (model is not read then).
     """
     sess = session if session is not None else make_session(model, device)
     spec = input_spec(sess, input_name)
     x = check_against_input(data, spec.shape, spec.dtype, spec.name)
     out_name = output_name(sess, output)
     pick = np.arange(len(x)) if indices is None else np.asarray(indices, dtype=np.int64)
+    if len(pick) and (pick.min() < 0 or pick.max() >= len(x)):
+        raise ValueError(f"indices must lie in [0, {len(x)})")
     rows = []
     if len(pick) == 0:  # nothing to run: the width comes from the output's declared shape when it has one
         dims = next(o.shape for o in sess.get_outputs() if o.name == out_name)

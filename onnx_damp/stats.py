@@ -116,15 +116,16 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
     layouts: token layouts found earlier for the same graph (edits change weights, never layouts);
     probed here when not given and feature_mode is "auto".
     precision: arithmetic of the in-graph per-batch reductions ("float32": onnxruntime's sgemm on rows
-    centred on their batch mean, the default, for activations with many rows per image; "float64": about
-    1.7x slower on a CNN, exact to float64 rounding, and always used for one-row-per-image taps (class
-    token, pooled), float64 weights and below opset 11); batches are always accumulated in float64.
+    centred on a shift near their mean, the default; "float64": about 1.7x slower on a CNN, exact to
+    float64 rounding). float64 is always used for class-token and pooled taps (one row per image: it costs
+    nothing), float64 weights, opsets below 12, and --device cuda (where float32 GEMMs may run in TF32);
+    batches are always accumulated in float64.
     """
     if feature_mode not in TOKEN_MODES:
         layouts = {}
     elif layouts is None:
         layouts = probe_token_layouts(model, ops, data.x, input_name, device)
-    inst, taps = instrument(model, ops, feature_mode, layouts, precision)
+    inst, taps = instrument(model, ops, feature_mode, layouts, "float64" if device == "cuda" else precision)
     sess = make_session(inst, device)  # full optimisation: a node whose output is a graph output is never fused away
     spec = input_spec(sess, input_name)
     x = data.x.astype(spec.dtype, copy=False)

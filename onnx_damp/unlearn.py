@@ -98,8 +98,8 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
             record.calib_retain_accuracy = summarize(full.argmax(1), calib.y, forget).retain_accuracy
             outcome.calib_outputs = full
             break
-        if _output_kwargs(collector, output_name):  # the next statistics pass returns this model's outputs:
-            sess = None                             # free its session (a copy of every weight) before that pass
+        if stats.outputs is not None:  # the collector returns outputs, so the next pass gives this model's:
+            sess = None                # free its session (a copy of every weight) before that pass
     outcome.model = current
     return outcome
 

@@ -143,3 +143,30 @@ def test_fits_in_proto_agrees_with_the_exact_size(monkeypatch):
     for limit in (size * 4, size + 1, size, 20_000, 1_000):  # clearly under, at the edge, over
         monkeypatch.setattr(mio, "PROTO_LIMIT", limit)
         assert mio.fits_in_proto(model) == (size < limit), limit
+
+
+@pytest.mark.parametrize("case", ["negative_int32", "value_floats", "tensor_attribute", "sparse_initializer"])
+def test_fits_in_proto_never_says_yes_to_a_model_over_the_limit(monkeypatch, case):
+    """Payloads the fast path must count (or size exactly): varints, list attributes, non-Constant tensors."""
+    import onnx_damp.modelio as mio
+
+    n = 4000
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    inits, sparse, node = [], [], helper.make_node("Identity", ["x"], ["y"])
+    if case == "negative_int32":  # 10 bytes a value as varints, not 4
+        inits = [helper.make_tensor("w", TensorProto.INT32, [n], [-1] * n)]
+    elif case == "value_floats":
+        node = helper.make_node("Constant", [], ["y"], value_floats=[1.0] * n)
+    elif case == "tensor_attribute":  # ConstantOfShape's value is a tensor attribute of a non-Constant op
+        node = helper.make_node("ConstantOfShape", ["x"], ["y"],
+                                value=numpy_helper.from_array(np.ones(n, np.float32)))
+    else:
+        values = numpy_helper.from_array(np.ones(n, np.float32), "w")
+        sparse = [helper.make_sparse_tensor(values, numpy_helper.from_array(np.arange(n, dtype=np.int64)), [n])]
+    g = helper.make_graph([node], "g", [x], [y], inits)
+    g.sparse_initializer.extend(sparse)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    size = mio.proto_size(model)
+    monkeypatch.setattr(mio, "PROTO_LIMIT", size - 1)  # just over the (patched) limit
+    assert not mio.fits_in_proto(model)
