@@ -135,24 +135,33 @@ def check_fits_model(ds: Dataset, model, input_name: str | None = None) -> None:
     check(dims, inputs[0].name)
 
 
-def load_npz(path: str | os.PathLike) -> Dataset:
-    """Load `x` and `y` from an .npz file without ever unpickling objects."""
+def read_npz(path: str | os.PathLike, what: str, keys: Sequence[str] | None = None,
+             hint: str = "") -> tuple[Path, dict[str, np.ndarray]]:
+    """The arrays (keys, or every one) of an .npz file, never unpickling; one-line DampError otherwise.
+
+    what names the file in messages ("data", "statistics"); hint follows the list of missing keys.
+    """
     p = Path(path)
     if not p.is_file():
-        raise DampError(f"data file not found: {p}")
+        raise DampError(f"{what} file not found: {p}")
     try:
         with np.load(p, allow_pickle=False) as npz:
-            missing = {"x", "y"} - set(npz.files)
+            missing = set(keys or ()) - set(npz.files)
             if missing:
-                raise DampError(f"{p} lacks array(s) {sorted(missing)}; expected 'x' (inputs) and 'y' (labels)")
-            x, y = npz["x"], npz["y"]
+                raise DampError(f"{p} lacks array(s) {sorted(missing)}{hint}")
+            return p, {k: npz[k] for k in (keys or npz.files)}
     except DampError:
         raise
     except ValueError as exc:
         raise DampError(f"{p}: cannot read arrays without pickle ({exc})") from None
     except Exception as exc:
-        raise DampError(f"{p} is not a readable .npz file ({type(exc).__name__})") from None
-    return validate(Dataset(x, y, str(p)))
+        raise DampError(f"{p} is not a readable {what} .npz file ({type(exc).__name__})") from None
+
+
+def load_npz(path: str | os.PathLike) -> Dataset:
+    """Load `x` and `y` from an .npz file without ever unpickling objects."""
+    p, arrays = read_npz(path, "data", ("x", "y"), "; expected 'x' (inputs) and 'y' (labels)")
+    return validate(Dataset(arrays["x"], arrays["y"], str(p)))
 
 
 def validate(ds: Dataset) -> Dataset:
