@@ -31,3 +31,9 @@ def subset(src: Path, per_class: int, dst: Path) -> Path:
     x, y = first_per_class(src, per_class)
     np.savez(dst, x=x, y=y)
     return dst
+
+
+def small_files(folder: Path, test_per_class: int, calib_per_class: int) -> dict:
+    """Per-class subsets of the sample's test and calibration data written into folder (module fixtures)."""
+    return {"folder": folder, "test": subset(TEST, test_per_class, folder / "test_small.npz"),
+            "calib": subset(CALIB, calib_per_class, folder / "calib_small.npz")}

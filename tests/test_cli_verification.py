@@ -7,14 +7,12 @@ import pytest
 from onnx import numpy_helper
 
 
-from mnist_sample import CALIB, MODEL, REF, TEST, invoke, subset
+from mnist_sample import CALIB, MODEL, REF, invoke, small_files
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("verify")
-    return {"folder": folder, "test": subset(TEST, 150, folder / "test_small.npz"),
-            "calib": subset(CALIB, 60, folder / "calib_small.npz")}
+    return small_files(tmp_path_factory.mktemp("verify"), 150, 60)
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,14 @@ import pytest
 
 from onnx_damp.metrics import forget_confusion
 
-from mnist_sample import CALIB, MODEL, REF, TEST, invoke, subset
+from mnist_sample import MODEL, REF, invoke, small_files
 
 PNG_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("html")
-    return {"folder": folder, "test": subset(TEST, 100, folder / "test_small.npz"),
-            "calib": subset(CALIB, 100, folder / "calib_small.npz")}
+    return small_files(tmp_path_factory.mktemp("html"), 100, 100)
 
 
 @pytest.fixture(scope="module")
