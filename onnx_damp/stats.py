@@ -130,27 +130,25 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
     spec = input_spec(sess, input_name)
     x = data.x.astype(spec.dtype, copy=False)
     unique = {t.key: t for t in taps.values()}
-    fetch = [name for t in unique.values() for name in (t.sum_name, t.gram_name, t.shape_name)]
-    shifted = [t.key for t in unique.values() if t.shift_name]
-    fetch += [unique[k].shift_name for k in shifted]
     out_name = output_name(sess, output) if outputs else None
+    fetch = [name for t in unique.values() for name in (t.sum_name, t.gram_name, t.shape_name, t.shift_name) if name]
+    fetch += [out_name] if out_name else []
     kept: np.ndarray | None = None
     per_tap = {key: LayerStats(t.feature_dim) for key, t in unique.items()}
     keep = None if gram_classes is None else set(int(c) for c in gram_classes)
     samples: dict[int, int] = {}
     batches = class_batches(data.y, batch_size, fixed_batch=spec.fixed_batch)
     for (c, idx, real), xb in prefetch(batches, lambda b: x[b[1]]):
-        outs = run_checked(sess, fetch + ([out_name] if out_name else []), {spec.name: xb})
-        shifts = dict(zip(shifted, outs[3 * len(unique): 3 * len(unique) + len(shifted)]))
+        got = dict(zip(fetch, run_checked(sess, fetch, {spec.name: xb})))
         if out_name:
-            rows = output_rows(outs[-1], out_name, len(idx))
+            rows = output_rows(got[out_name], out_name, len(idx))
             if kept is None:
                 kept = np.zeros((len(data), rows.shape[1]))
             kept[idx[:real]] = rows[:real]
-        for k, key in enumerate(unique):
-            s, gram, shape = outs[3 * k: 3 * k + 3]
-            s, gram = restore_shift(s, gram, int(shape[0]), shifts.get(key))
-            per_tap[key].add(c, s, gram, int(shape[0]), keep is None or c in keep)
+        for key, t in unique.items():
+            n = int(got[t.shape_name][0])
+            s, gram = restore_shift(got[t.sum_name], got[t.gram_name], n, got.get(t.shift_name))
+            per_tap[key].add(c, s, gram, n, keep is None or c in keep)
         samples[c] = samples.get(c, 0) + real
         if progress:
             progress(real)
