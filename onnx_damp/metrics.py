@@ -52,10 +52,15 @@ class AccuracySummary:
                 "per_class_accuracy": {str(k): v for k, v in self.per_class.items()}}
 
 
+def pooled_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of samples predicted as their label, pooled over classes (nan for no samples)."""
+    return float(np.mean(pred == y)) if len(y) else float("nan")
+
+
 def summarize(pred: np.ndarray, y: np.ndarray, forget: Sequence[int]) -> AccuracySummary:
     pc = per_class_accuracy(pred, y)
     fmask = np.isin(y, list(forget))
-    facc = float(np.mean(pred[fmask] == y[fmask])) if fmask.any() else float("nan")
+    facc = pooled_accuracy(pred[fmask], y[fmask])
     retain = {c: a for c, a in pc.items() if c not in set(forget)}
     racc = float(np.mean(list(retain.values()))) if retain else float("nan")
     worst = min(retain, key=retain.get) if retain else None

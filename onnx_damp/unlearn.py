@@ -18,7 +18,7 @@ import onnx
 from . import damp as dm
 from .data import Dataset
 from .graph import EditableOp
-from .metrics import summarize
+from .metrics import pooled_accuracy, summarize
 from .predict import predict
 from .runtime import make_session
 from .stats import Statistics, collect
@@ -116,7 +116,7 @@ def _output_kwargs(collector: Callable[..., Statistics], output_name: str | None
 
 def forget_accuracy(forget_outputs: np.ndarray, forget_labels: np.ndarray) -> float:
     """Fraction of forget-class samples still classified as their class (the stopping rule's measure)."""
-    return float(np.mean(forget_outputs.argmax(1) == forget_labels)) if len(forget_labels) else float("nan")
+    return pooled_accuracy(forget_outputs.argmax(1), forget_labels) if len(forget_labels) else float("nan")
 
 
 def _complete_outputs(model: onnx.ModelProto, calib: Dataset, forget_idx: np.ndarray, forget_out: np.ndarray,

@@ -14,7 +14,7 @@ import onnx
 from .data import Dataset
 from .features import PooledFeatures, extract, pick_samples
 from .graph import EditableOp, scan_graph
-from .metrics import AccuracySummary, to_probabilities
+from .metrics import AccuracySummary, pooled_accuracy, to_probabilities
 from .predict import predict
 from .verification import (BiasShift, MiaResult, bias_shift, cka_gain, deepest_layers, forget_structure,
                            linear_cka, match_layers, mia_confidence, mia_entropy, ratio, selectivity)
@@ -152,7 +152,7 @@ def reference_recognises_forget(ref_probs: "np.ndarray | None", y: np.ndarray, f
     mask = np.isin(y, list(forget))
     if not mask.any():
         return None
-    acc = float(np.mean(ref_probs[mask].argmax(1) == y[mask]))
+    acc = pooled_accuracy(ref_probs[mask].argmax(1), y[mask])
     if acc <= limit:
         return None
     return (f"the reference model classifies {100 * acc:.1f}% of the forget-class samples correctly: was it "
