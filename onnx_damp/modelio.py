@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import external_data_helper
 
@@ -24,12 +25,21 @@ def proto_size(model: onnx.ModelProto) -> int:
 PROTO_LIMIT = 1_800_000_000  # protobuf cannot serialise a message of 2 GiB or more: stay clear of it
 
 
+def tensor_nbytes(t: onnx.TensorProto) -> int:
+    """Size of a tensor's values from its dims and type: reading raw_data would copy the bytes, and
+    ByteSize() raises on a tensor above protobuf's 2 GiB limit."""
+    itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    return int(np.prod(t.dims, dtype=np.int64)) * itemsize
+
+
 def _tensor_payload(t: onnx.TensorProto) -> int:
     """An upper bound of the bytes a tensor's values take when serialised, read without serialising anything.
 
-    Varint fields count 10 bytes a value (a negative int32 takes that many), fixed-width ones their width.
+    raw_data is sized from dims and type (not read: that would copy it); varint fields count 10 bytes a
+    value (a negative int32 takes that many), fixed-width ones their width.
     """
-    return (len(t.raw_data) + 4 * len(t.float_data) + 8 * len(t.double_data)
+    raw = tensor_nbytes(t) if t.HasField("raw_data") else 0
+    return (raw + 4 * len(t.float_data) + 8 * len(t.double_data)
             + 10 * (len(t.int32_data) + len(t.int64_data) + len(t.uint64_data))
             + sum(len(b) + 10 for b in t.string_data))
 

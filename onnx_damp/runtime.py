@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from .errors import DampError
-from .modelio import fits_in_proto, is_repeated_field
+from .modelio import fits_in_proto, is_repeated_field, tensor_nbytes
 
 DEVICES = ("cpu", "cuda")
 INTRA_OP_THREADS: int | None = None  # set by a Ray task to the CPUs it was given (None: onnxruntime's default)
@@ -33,7 +33,7 @@ def split_large_initializers(model: onnx.ModelProto,
     _copy_fields(model.graph, light.graph, skip=("initializer",))
     names, values = [], []
     for t in model.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL or _tensor_bytes(t) < threshold:
+        if t.data_location == onnx.TensorProto.EXTERNAL or tensor_nbytes(t) < threshold:
             light.graph.initializer.add().CopyFrom(t)
             continue
         value = numpy_helper.to_array(t)
@@ -47,13 +47,6 @@ def split_large_initializers(model: onnx.ModelProto,
         names.append(t.name)
         values.append(value)
     return light, names, values
-
-
-def _tensor_bytes(t: onnx.TensorProto) -> int:
-    """Size of a tensor's values from its dims and type: reading raw_data would copy the bytes, and
-    ByteSize() raises on a tensor above protobuf's 2 GiB limit."""
-    itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-    return int(np.prod(t.dims, dtype=np.int64)) * itemsize
 
 
 def _copy_fields(src, dst, skip=()) -> None:
