@@ -101,7 +101,7 @@ def _class_names(proto: onnx.ModelProto, labels) -> list[str] | None:
 
 def _check_classes(forget: Sequence[int], data: Dataset, num_outputs: int, what: str) -> tuple[list[int], list[int]]:
     """Validate forget classes against the model's outputs and the data; return (forget, retain)."""
-    return _check_present_classes(forget, set(int(c) for c in np.unique(data.y)), num_outputs, what)
+    return _check_present_classes(forget, set(data.classes.tolist()), num_outputs, what)
 
 
 def _check_present_classes(forget: Sequence[int], present: set[int], num_outputs: int,
@@ -279,12 +279,12 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     evald = as_dataset(eval_data, preprocess, names) if eval_data is not None else calib
     k = _num_outputs(proto, calib if calib is not None else evald, input_name, output_name, device)  # data fit?
     merged = _merged_stats(stats, proto, src, input_name, feature_mode, k) if stats is not None else None
-    present = set(merged.samples) if merged is not None else set(int(c) for c in np.unique(calib.y))
+    present = set(merged.samples) if merged is not None else set(calib.classes.tolist())
     f, retain = _check_present_classes(_class_indices(names, forget, calib), present, k,
                                        "the statistics" if merged is not None else "the calibration data")
     if merged is not None and calib is not None:
         _check_classes(f, calib, k, "the calibration data")
-        data_classes = set(int(c) for c in np.unique(calib.y))
+        data_classes = set(calib.classes.tolist())
         if data_classes != present:
             raise DampError(f"the statistics hold classes {sorted(present)} but --data holds "
                             f"{sorted(data_classes)}; later passes need the same classes")
@@ -417,7 +417,8 @@ def collect(model: ModelLike, data, output: str | os.PathLike | None = None, *, 
             quiet: bool = True, ray: bool = False, ray_address: str | None = None, preprocess=None) -> Statistics:
     """Statistics of model's editable layers on data (one shard), optionally saved to output (.npz).
 
-    Shards collected this way (any number, anywhere) merge exactly with shards.merge and feed
+    Shards collected this way (any number, anywhere) merge with shards.merge (bit for bit when no class
+    straddles shards) and feed
     forget(stats=[...]). forget: keep second moments only for these classes (the ones you will
     forget; smaller files); by default every class keeps them, so the statistics serve any forget set.
     preprocessing: a fingerprint of how the data were made; shards must agree to be merged. preprocess:
@@ -432,7 +433,7 @@ def collect(model: ModelLike, data, output: str | os.PathLike | None = None, *, 
     if isinstance(ds.x, LazyArray) and preprocessing == "npz":  # images: their preprocessing is the fingerprint
         preprocessing = json.dumps(as_preprocess(preprocess).to_dict(), sort_keys=True)
     k = _num_outputs(proto, ds, input_name, None, device)  # also checks the data fit the input
-    too_big = sorted(int(c) for c in np.unique(ds.y) if c >= k)
+    too_big = [c for c in ds.classes.tolist() if c >= k]
     if too_big:
         raise DampError(f"{ds.source} has labels {too_big[:5]} but the model has only {k} outputs")
     gram_classes = None
@@ -444,10 +445,10 @@ def collect(model: ModelLike, data, output: str | os.PathLike | None = None, *, 
     scan = scan_graph(proto)
     if not scan.editable:
         raise DampError(no_editable_message(scan))
-    if gram_classes is None and _gram_bytes(scan.editable, len(np.unique(ds.y))) > GRAM_LIMIT:
-        need = _gram_bytes(scan.editable, len(np.unique(ds.y))) / (1 << 30)
-        raise DampError(f"keeping second moments of every class needs {need:.1f} GiB here; pass --forget with "
-                        f"the classes you will forget to keep them for those only")
+    need = _gram_bytes(scan.editable, len(ds.classes)) if gram_classes is None else 0
+    if need > GRAM_LIMIT:
+        raise DampError(f"keeping second moments of every class needs {need / (1 << 30):.1f} GiB here; pass "
+                        f"--forget with the classes you will forget to keep them for those only")
     out_path = Path(output) if output is not None else None
     if out_path is not None:
         folder = out_path.parent if str(out_path.parent) else Path(".")
