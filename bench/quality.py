@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from onnx_damp.data import load_npz
 from onnx_damp.graph import scan_graph

@@ -278,7 +278,7 @@ def forget_cmd(model, data, stats_files, more_stats, ray, ray_address, forget_cl
                quiet, preprocess=None) -> None:
     """Edit MODEL so it forgets --forget classes; write the result to -o."""
     from .api import forget
-    from .tables import before_after_table, layers_table
+    from .tables import before_after_table, layers_table, reference_js_rows, table
 
     _check_report_path(report)
     if more_stats and not stats_files:
@@ -299,6 +299,10 @@ def forget_cmd(model, data, stats_files, more_stats, ray, ray_address, forget_cl
         click.echo(layers_table(res))
         click.echo()
         click.echo(before_after_table(res.before, res.after, res.validated_on))
+        if res.reference_js is not None:
+            click.echo()
+            click.echo(table(["metric", "value"], reference_js_rows(res.reference_js),
+                             title="Outputs against the reference (Jensen-Shannon, nats)"))
         _echo_verification(res)
         click.echo()
         click.echo(f"wrote {', '.join(res.written)}" + (f"; report {report}" if report else ""))
@@ -335,7 +339,7 @@ def evaluate_cmd(model, data, forget_classes, labels, original, reference, train
     """Per-class, forget and retain accuracy of MODEL; agreement with --original; JS and CKA to --reference;
     membership inference with --train-data; gates for pipelines."""
     from .api import evaluate
-    from .tables import pct, per_class_table, table
+    from .tables import pct, per_class_table, reference_js_rows, table
 
     res = evaluate(model, data, list(forget_classes), original, reference, batch_size, device, input_name,
                    output_name, quiet, train_data=train_data, feature_samples=feature_samples,
@@ -355,9 +359,7 @@ def evaluate_cmd(model, data, forget_classes, labels, original, reference, train
         rows += [["retain agreement with original", pct(res.retain_agreement)],
                  ["retain KL(original || model)", f"{res.retain_kl:.4f}"]]
     if res.reference_js is not None:
-        for name, js in res.reference_js.items():
-            rows.append([f"JS to reference, {name}, forget samples", f"{js['forget']:.4f}"])
-            rows.append([f"JS to reference, {name}, retain samples", f"{js['retain']:.4f}"])
+        rows += reference_js_rows(res.reference_js)
     click.echo(table(["metric", "value"], rows, title=f"Summary ({s.samples} samples)"))
     _echo_verification(res)
     _finish_gates(res)

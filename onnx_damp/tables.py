@@ -95,6 +95,15 @@ def before_after_table(before, after, validated_on: str) -> str:
     return table(["metric", "before", "after"], rows, title=f"Validation on {validated_on} ({before.samples} samples)")
 
 
+def reference_js_rows(reference_js: dict) -> list[list[str]]:
+    """Rows 'JS to reference, <model>, forget/retain samples' for the summary tables."""
+    rows = []
+    for name, js in reference_js.items():
+        rows.append([f"JS to reference, {name}, forget samples", f"{js['forget']:.4f}"])
+        rows.append([f"JS to reference, {name}, retain samples", f"{js['retain']:.4f}"])
+    return rows
+
+
 def per_class_table(summary, original=None) -> str:
     headers = ["class", "role", "accuracy"] + (["original", "change"] if original else [])
     rows = []

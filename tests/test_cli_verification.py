@@ -1,5 +1,7 @@
 """Verification metrics and pipeline gates through the command line, on the shipped MNIST sample (forget 3)."""
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -51,6 +53,8 @@ def test_forget_reports_verification_and_passes_gates(damp):
     r, out, report = damp
     assert r.exit_code == 0, r.output
     assert "Verification" in r.output and "Per-layer verification" in r.output and "gate failed" not in r.output
+    js = report["reference_js"]["model"]["forget"]
+    assert "Outputs against the reference" in r.output and f"{js:.4f}" in r.output  # JS in the terminal too
     assert out.exists()
     v = report["verification"]
     assert set(v) == {"selectivity", "mia", "feature_samples", "layer_matching", "layers", "cka_gain", "bias_shift",
@@ -63,6 +67,27 @@ def test_forget_reports_verification_and_passes_gates(damp):
     assert report["reference_js"]["model"]["forget"] < report["reference_js"]["original"]["forget"]
     assert v["cka_gain"]["value"] > 0 and v["cka_gain"]["layers"] == [7, 8, 9]
     assert v["bias_shift"]["available"] and abs(v["bias_shift"]["bias_share"]) < 1e-3   # DAMP leaves biases alone
+
+
+def documented_keys(section: str) -> set[str]:
+    """Backticked names in the first column of docs/metrics.md's tables under the heading `section`."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    keys = set()
+    for line in body.splitlines():
+        if line.startswith("| `"):
+            keys |= {k.split(".")[0] for k in re.findall(r"`([a-z0-9_.]+)`", line.split("|")[1])}
+    return keys | set(re.findall(r"`([a-z_]+)` \(accuracy summary", body))
+
+
+def test_json_keys_are_documented(damp, files):
+    """Every top-level key forget and evaluate emit is defined in docs/metrics.md (stable, documented keys)."""
+    documented = documented_keys("Top-level JSON keys")
+    assert set(damp[2]) - documented == set()
+    body = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+    evaluate_keys = set(evaluate_json(damp[1], files))
+    assert {k for k in evaluate_keys if f"`{k}`" not in body} == set()
+    assert set(damp[2]["after"]) <= set(re.findall(r"`([a-z_]+)`", body.split("| `before`, `after` |")[1].split("\n")[0]))
 
 
 def test_evaluate_damp_model_against_original_and_retrained(damp, files):

@@ -15,7 +15,7 @@ from tiny_models import make_model
 T, D, OUT = 5, 4, 3
 
 
-def token_model(layout: str, rng) -> "onnx.ModelProto":
+def token_model(layout: str, rng):
     """x [N, T, D] laid out as the named layout before a constant-weight MatMul (3-D) or Gemm (2-D rows)."""
     w = rng.normal(size=(D, OUT)).astype(np.float32)
     inits = {"w": w}
