@@ -59,7 +59,7 @@ from onnx_damp.weights import (effective_weight, give_own_copy, index_graph, mat
                                store_weight, weight_matrix, weight_ref, write_initializer)
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ["mnist", "fashion_mnist", "vit_mnist"]
+SAMPLES = ["mnist", "fashion_mnist", "vit_mnist", "vit_fashion", "resnet18_fashion"]
 PAIRS = ["0,1", "2,7", "3,5", "4,9"]
 METHODS = ["original", "retrained", "head_bias", "kodge", "damp", "damp_uniform", "damp_last", "damp_1pass",
            "damp_sequential", "damp_patch"]
