@@ -14,7 +14,17 @@ DEVICES = ("cpu", "cuda")
 INTRA_OP_THREADS: int | None = None  # set by a Ray task to the CPUs it was given (None: onnxruntime's default)
 
 
-LARGE_TENSOR = 1 << 20       # above PROTO_LIMIT, initializers of this many bytes or more go to ORT as arrays
+LARGE_TENSOR = 1 << 20       # in the array path, initializers of this many bytes or more go to ORT as arrays
+SERIALISE_LIMIT = 256 << 20  # models whose initializers hold more bytes than this take the array path
+
+
+def serialise_whole(model: onnx.ModelProto) -> bool:
+    """Whether a session may get model as one serialised string: small weights and under protobuf's limit.
+
+    Larger models (typically loaded with external data) take the array path instead, so their weights are
+    never copied into one big bytes object.
+    """
+    return sum(tensor_nbytes(t) for t in model.graph.initializer) <= SERIALISE_LIMIT and fits_in_proto(model)
 
 
 def split_large_initializers(model: onnx.ModelProto,
@@ -87,7 +97,7 @@ def make_session(model: onnx.ModelProto, device: str = "cpu", basic_optimization
         raise DampError("--device cuda: this onnxruntime has no CUDA execution provider (install "
                         "onnx-damp[gpu], which brings onnxruntime-gpu, and uninstall the CPU-only onnxruntime)")
     try:
-        if fits_in_proto(model):
+        if serialise_whole(model):
             sess = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
         else:
             light, names, values = split_large_initializers(model)

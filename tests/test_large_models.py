@@ -33,6 +33,24 @@ def test_session_from_external_initializer_stubs_matches_and_leaves_the_proto_al
     assert model.SerializeToString() == before
 
 
+def test_models_with_large_weights_are_never_serialised_whole(monkeypatch):
+    """Under protobuf's limit too: weights above SERIALISE_LIMIT reach onnxruntime as arrays, not as bytes."""
+    rng = np.random.default_rng(0)
+    model, _ = gemm_model(rng, d=40, out=30, trans_b=1)
+    assert runtime.serialise_whole(model)
+    monkeypatch.setattr(runtime, "SERIALISE_LIMIT", 1000)
+    monkeypatch.setattr(runtime, "LARGE_TENSOR", 1000)
+    assert not runtime.serialise_whole(model)
+    calls = []
+    real = runtime.split_large_initializers
+    monkeypatch.setattr(runtime, "split_large_initializers", lambda m: calls.append(1) or real(m))
+    sess = runtime.make_session(model)
+    x = rng.normal(size=(5, 40)).astype(np.float32)
+    plain = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], plain.run(None, {"x": x})[0])
+    assert calls == [1]
+
+
 @pytest.mark.parametrize("builder", ["gemm_t", "gemm", "matmul"])
 def test_block_wise_edit_equals_whole_matrix_edit(builder):
     rng = np.random.default_rng(1)
