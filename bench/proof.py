@@ -53,6 +53,9 @@ def row(name: str, method: str, ev) -> dict:
     deep = v["layers"][-1] if v["layers"] else {}
     return {"sample": name, "method": method, "forget_acc": d["model"]["forget_accuracy"],
             "retain_acc": d["model"]["retain_accuracy"],
+            "worst_retain_class": d["worst_retain_drop"]["class"], "worst_retain_drop": d["worst_retain_drop"]["drop"],
+            "selectivity": v["selectivity"]["selectivity"] if v["selectivity"] else None,
+            "forget_distance_ratio_head_input": deep.get("forget_distance", {}).get("ratio"),
             "mia_entropy": mia.get("entropy", {}).get("member_rate"),
             "mia_confidence": mia.get("confidence", {}).get("member_rate"),
             "js_forget": d["reference_js"]["model"]["forget"], "js_retain": d["reference_js"]["model"]["retain"],
@@ -84,6 +87,10 @@ def fmt(v, pct=False) -> str:
     return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
 
 
+def _worst(r: dict) -> str:
+    return "-" if r["worst_retain_class"] is None or r["method"] == "original" else f"{r['worst_retain_class']} ({100 * r['worst_retain_drop']:+.1f})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", nargs="*", default=list(SAMPLES))
@@ -96,14 +103,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for s in args.samples:
             rows += run_sample(s, SAMPLES[s], Path(tmp), args.feature_samples, args.extra_bar)
-    print("| sample (forget) | model | forget acc | retain acc | MIA entropy / confidence (forget-train judged members) "
-          "| JS to retrained: forget / retain | CKA to retrained, head input | CKA gain (deepest quarter) | bias share |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| sample (forget) | model | forget acc | retain acc | worst retain class (drop pts) | selectivity "
+          "| MIA entropy / confidence (forget-train judged members) "
+          "| JS to retrained: forget / retain | CKA to retrained, head input | CKA gain (deepest quarter) "
+          "| forget Delta at head input (ratio to original) | bias share |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['sample']} ({','.join(map(str, SAMPLES[r['sample']]))}) | {r['method']} | {fmt(r['forget_acc'], 1)} "
-              f"| {fmt(r['retain_acc'], 1)} | {fmt(r['mia_entropy'], 1)} / {fmt(r['mia_confidence'], 1)} "
+              f"| {fmt(r['retain_acc'], 1)} | {_worst(r)} | {fmt(r['selectivity'])} | {fmt(r['mia_entropy'], 1)} / {fmt(r['mia_confidence'], 1)} "
               f"| {fmt(r['js_forget'])} / {fmt(r['js_retain'])} | {fmt(r['cka_head_input'])} | {fmt(r['cka_gain'])} "
-              f"| {fmt(r['bias_share'])} |")
+              f"| {fmt(r['forget_distance_ratio_head_input'])} | {fmt(r['bias_share'])} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2, default=lambda o: float(o) if isinstance(o, np.floating) else str(o)))
 
