@@ -57,7 +57,7 @@ def project_head(model: onnx.ModelProto, calib, forget: list[int], retain: list[
 
 
 def scores(model: onnx.ModelProto, test, forget: list[int], original=None) -> dict:
-    """Held-out forget/retain accuracy, and the worst retain-class drop against original's summary."""
+    """(row, summary): held-out forget/retain accuracy, and the worst retain-class drop against original's summary."""
     s = summarize(predict(model, test).argmax(1), test.y, forget)
     row = {"forget_acc": s.forget_accuracy, "retain_acc": s.retain_accuracy}
     if original is not None:

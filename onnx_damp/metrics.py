@@ -14,9 +14,10 @@ def to_probabilities(out: np.ndarray) -> np.ndarray:
     out = np.asarray(out, dtype=np.float64)
     if np.all(out >= 0) and np.allclose(out.sum(axis=-1), 1.0, atol=1e-4):
         return out
-    z = out - out.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    z = out - out.max(axis=-1, keepdims=True)  # one new [N, K] array, then in place (N x K can be large)
+    np.exp(z, out=z)
+    z /= z.sum(axis=-1, keepdims=True)
+    return z
 
 
 def per_class_accuracy(pred: np.ndarray, y: np.ndarray) -> dict[int, float]:

@@ -28,7 +28,7 @@ def serialise_whole(model: onnx.ModelProto) -> bool:
 
 
 def split_large_initializers(model: onnx.ModelProto,
-                             threshold: int = LARGE_TENSOR) -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
+                             threshold: int | None = None) -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
     """A copy of model whose large initializers are external-data stubs, plus their names and values.
 
     onnxruntime takes the values through SessionOptions.add_external_initializers, so a model above
@@ -38,12 +38,14 @@ def split_large_initializers(model: onnx.ModelProto,
     """
     from onnx import numpy_helper
 
+    threshold = LARGE_TENSOR if threshold is None else threshold
     light = onnx.ModelProto()
     _copy_fields(model, light, skip=("graph",))
     _copy_fields(model.graph, light.graph, skip=("initializer",))
     names, values = [], []
     for t in model.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL or tensor_nbytes(t) < threshold:
+        if (t.data_location == onnx.TensorProto.EXTERNAL or t.data_type == onnx.TensorProto.STRING
+                or tensor_nbytes(t) < threshold):  # onnxruntime takes no string arrays as initializers
             light.graph.initializer.add().CopyFrom(t)
             continue
         value = numpy_helper.to_array(t)

@@ -142,8 +142,9 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
         got = dict(zip(fetch, run_checked(sess, fetch, {spec.name: xb})))
         if out_name:
             rows = output_rows(got[out_name], out_name, len(idx))
-            if kept is None:
-                kept = np.zeros((len(data), rows.shape[1]))
+            if kept is None:  # the output's own float type holds its values exactly, at half the memory of float64
+                raw = np.asarray(got[out_name]).dtype
+                kept = np.zeros((len(data), rows.shape[1]), dtype=raw if raw.kind == "f" else np.float64)
             kept[idx[:real]] = rows[:real]
         for key, t in unique.items():
             n = int(got[t.shape_name][0])

@@ -84,7 +84,8 @@ def test_json_keys_are_documented(damp, files):
     """Every top-level key forget and evaluate emit is defined in docs/metrics.md (stable, documented keys)."""
     documented = documented_keys("Top-level JSON keys")
     assert set(damp[2]) - documented == set()
-    body = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+    text = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+    body = text.split("## Top-level JSON keys\n", 1)[1].split("\n## ", 1)[0]
     evaluate_keys = set(evaluate_json(damp[1], files))
     assert {k for k in evaluate_keys if f"`{k}`" not in body} == set()
     assert set(damp[2]["after"]) <= set(re.findall(r"`([a-z_]+)`", body.split("| `before`, `after` |")[1].split("\n")[0]))

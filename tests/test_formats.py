@@ -167,3 +167,17 @@ def test_python2_pickles_like_the_published_cifar_files(tmp_path):
     ds = as_dataset(tmp_path / "test_batch")
     np.testing.assert_array_equal(ds.y, [7, 0, 9])
     np.testing.assert_allclose(ds.x[:3], data.reshape(3, 3, 32, 32) / np.float32(255))
+
+
+def test_non_finite_rows_are_counted_across_chunks():
+    """The finiteness check runs in chunks (no full-size mask) and still counts every bad sample once."""
+    from onnx_damp.data import _non_finite_rows
+
+    x = np.zeros((50, 3, 4), dtype=np.float32)
+    x[0, 0, 0] = np.nan
+    x[7, 2, 3] = np.inf
+    x[7, 1, 1] = -np.inf   # two bad values, one sample
+    x[49, 1, 2] = np.nan
+    for chunk in (1, 48, 100, 1 << 20):   # bytes per chunk: one row per chunk, 1 row, 2 rows, everything
+        assert _non_finite_rows(x, chunk_bytes=chunk) == 3
+    assert _non_finite_rows(np.zeros((5, 2), dtype=np.float64)) == 0

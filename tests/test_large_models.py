@@ -43,12 +43,17 @@ def test_models_with_large_weights_are_never_serialised_whole(monkeypatch):
     assert not runtime.serialise_whole(model)
     calls = []
     real = runtime.split_large_initializers
-    monkeypatch.setattr(runtime, "split_large_initializers", lambda m: calls.append(1) or real(m))
+
+    def spy(m):
+        light, names, values = real(m)
+        calls.append(names)
+        return light, names, values
+    monkeypatch.setattr(runtime, "split_large_initializers", spy)
     sess = runtime.make_session(model)
     x = rng.normal(size=(5, 40)).astype(np.float32)
     plain = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(sess.run(None, {"x": x})[0], plain.run(None, {"x": x})[0])
-    assert calls == [1]
+    assert calls == [["w"]]   # the weight went to onnxruntime as an array (the 120-byte bias stayed inline)
 
 
 @pytest.mark.parametrize("builder", ["gemm_t", "gemm", "matmul"])
@@ -132,3 +137,14 @@ def test_model_above_2_gib_is_edited_with_external_data(tmp_path):
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     pred = sess.run(None, {"x": x})[0].argmax(1)
     assert np.mean(pred[y == 3] == 3) == pytest.approx(res.after.forget_accuracy)
+
+
+def test_string_initializers_stay_inline():
+    """onnxruntime cannot take string arrays through add_external_initializers: they stay in the graph."""
+    rng = np.random.default_rng(0)
+    model, _ = gemm_model(rng, d=40, out=30, trans_b=1)
+    model.graph.initializer.append(helper.make_tensor("names", TensorProto.STRING, [300], [b"x" * 20] * 300))
+    light, names, _ = runtime.split_large_initializers(model, threshold=100)
+    assert "names" not in names and "w" in names
+    kept = {t.name: t for t in light.graph.initializer}
+    assert kept["names"].data_location == TensorProto.DEFAULT and len(kept["names"].string_data) == 300
