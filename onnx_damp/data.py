@@ -168,8 +168,11 @@ def _non_finite_rows(x: np.ndarray, chunk_bytes: int = 8 << 20) -> int:
     """Number of samples of x holding a NaN or an infinity, checked in chunks (no full-size mask)."""
     per_row = max(1, int(np.prod(x.shape[1:])) * x.dtype.itemsize)
     step = max(1, chunk_bytes // per_row)
-    return sum(int(np.count_nonzero(~np.isfinite(x[i:i + step]).reshape(len(x[i:i + step]), -1).all(axis=1)))
-               for i in range(0, len(x), step))
+    bad = 0
+    for i in range(0, len(x), step):
+        chunk = x[i:i + step]
+        bad += int(np.count_nonzero(~np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1)))
+    return bad
 
 
 def validate(ds: Dataset) -> Dataset:
