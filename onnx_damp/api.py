@@ -26,7 +26,8 @@ from .progress import Progress
 from .projection import EXTRA_BARS
 from .shards import Provenance, merge, proto_sha256
 from .stats import Statistics, collect as collect_stats
-from .unlearn import PassRecord, damp_edit
+from .selection import HOLDOUT_FRACTION, MAX_CLASS_DROP, MAX_MEAN_DROP
+from .unlearn import PassRecord, ReadoutRecord, damp_edit
 from .validation import Verification, feature_runs, gate_values, verify
 from .verification import GateResult, Gates, check_gates, gates_dict
 from .weights import index_graph, read_weight
@@ -84,13 +85,23 @@ def _class_indices(names: list[str] | None, forget: Sequence, data: Dataset | No
     return resolve_classes(forget, names)
 
 
-def _run_checker(target: "onnx.ModelProto | str") -> None:
+def _run_checker(target: "onnx.ModelProto | str", original: "onnx.ModelProto | str | None" = None) -> str | None:
     """onnx.checker on the edited model (a proto, or the written file of one above protobuf's limit).
 
-    A failure is a bug, not a user error: keep the traceback."""
+    The edit changes weight values only, so the edited model must pass every check the original passes:
+    when the original fails the checker as well (nodes out of topological order, as keras2onnx writes
+    them, which onnxruntime runs), the failure is the input's and is returned as a note. Otherwise a
+    failure is a bug, not a user error: keep the traceback."""
     try:
         onnx.checker.check_model(target, full_check=False)
+        return None
     except onnx.checker.ValidationError as exc:
+        if original is not None:
+            try:
+                onnx.checker.check_model(original, full_check=False)
+            except onnx.checker.ValidationError as orig_exc:
+                first = str(orig_exc).strip().splitlines()[0] if str(orig_exc).strip() else type(orig_exc).__name__
+                return f"the input model already fails onnx.checker ({first}); the edited one fails it the same way"
         raise RuntimeError(f"edited model fails onnx.checker: {exc}") from exc
 
 
@@ -201,6 +212,10 @@ class ForgetResult:
     forget_confusion: dict | None = None     # metrics.forget_confusion of the validation predictions
     notes: list[str] = field(default_factory=list)  # e.g. why fewer passes could run
     statistics: dict | None = None  # with --stats: the shards merged for pass 1 and their provenance
+    readout: "ReadoutRecord | None" = None  # the readout stage at the last operator (None: not run)
+    stages: dict | None = None      # forget accuracy on the validation data after each stage
+    heldout: dict | None = None     # the held-out calibration images: size and the returned edit's score
+    warnings: list[str] = field(default_factory=list)  # bounds the held-out images say are not reached
 
     @property
     def passed(self) -> bool:
@@ -227,7 +242,9 @@ class ForgetResult:
                 "verification": self.verification.to_dict(), "gates": gates_dict(self.gates),
                 "class_names": self.class_names, "forget_confusion": self.forget_confusion,
                 **({"notes": self.notes} if self.notes else {}),
-                **({"statistics": self.statistics} if self.statistics is not None else {})}
+                **({"statistics": self.statistics} if self.statistics is not None else {}),
+                "readout": self.readout.to_dict() if self.readout is not None else None,
+                "stages": self.stages, "heldout": self.heldout, "warnings": self.warnings}
 
 
 def _record_metadata(proto: onnx.ModelProto, entries: dict[str, str]) -> None:
@@ -241,11 +258,12 @@ def _record_metadata(proto: onnx.ModelProto, entries: dict[str, str]) -> None:
 def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathLike | None = None,
            eval_data=None, batch_size: int = 128, device: str = "cpu", feature_mode: str = "auto",
            extra_directions: bool = True, input_name: str | None = None, output_name: str | None = None,
-           max_passes: int = 3, target_forget_accuracy: float = 0.01, quiet: bool = True,
+           max_passes: int = 1, target_forget_accuracy: float = 0.01, quiet: bool = True,
            reference: ModelLike | None = None, feature_samples: int = 500,
            gates: "Gates | dict | None" = None, labels: str | os.PathLike | None = None,
            preprocess=None, stats: "Sequence[str | os.PathLike | Statistics] | None" = None, ray: bool = False,
-           ray_address: str | None = None, extra_bar: str = "energy") -> ForgetResult:
+           ray_address: str | None = None, extra_bar: str = "energy", readout: bool = True,
+           holdout: float = HOLDOUT_FRACTION, candidates: bool = True) -> ForgetResult:
     """Make model forget the given classes with DAMP; validate; optionally write the edited model.
 
     stats: statistics files from onnx_damp.collect / `onnx-damp collect` (or loaded Statistics), merged
@@ -259,6 +277,9 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     (see data.as_dataset); preprocess (Preprocess, dict or .json/.toml path) applies to the images.
     extra_bar: "energy" (the default) or "variance", the bar extra directions must reach (a benchmark
     ablation, see projection.extend_subspace and the README; not a CLI option).
+    readout: run the readout stage (readout.py) after the representation edit; holdout: the share of each
+    class's calibration images held out from the statistics to judge every choice on (0: none, the old
+    behaviour); candidates: choose among candidate plans on those images (False: the one default plan).
     """
     if batch_size < 1:
         raise DampError("--batch-size must be at least 1")
@@ -268,12 +289,17 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
         raise DampError("--max-passes must be at least 1")
     if not 0.0 <= target_forget_accuracy <= 1.0:
         raise DampError("--target-forget-acc must lie in [0, 1]")
+    if not 0.0 <= holdout < 1.0:
+        raise DampError("--holdout must lie in [0, 1)")
     proto, src = _load(model)
     out_path = check_output_path(src or "<memory>", output) if output is not None else None
     if data is None and stats is None:
         raise DampError("no calibration data: give --data, --stats, or both")
     if data is None and eval_data is None:
         raise DampError("--stats without --data needs --eval-data to validate the edit on")
+    scan = scan_graph(proto)  # before running the model: a model with nothing to edit is refused for that reason
+    if not scan.editable:
+        raise DampError(no_editable_message(scan))
     names = _class_names(proto, labels)
     calib = as_dataset(data, preprocess, names) if data is not None else None
     evald = as_dataset(eval_data, preprocess, names) if eval_data is not None else calib
@@ -303,10 +329,6 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     ref_proto = _load(reference)[0] if reference is not None else None
     if ref_proto is not None:
         _num_outputs(ref_proto, evald, input_name, output_name, device)
-    scan = scan_graph(proto)
-    if not scan.editable:
-        raise DampError(no_editable_message(scan))
-
     if merged is not None:
         _check_stats_layers(merged, scan.editable)
     notes = []
@@ -318,15 +340,17 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
         from .distributed import import_ray, ray_collect
         import_ray()
         collector = functools.partial(ray_collect, address=ray_address)
-    work = len(calib) * (max_passes - (merged is not None)) if calib is not None else 0
-    with Progress(work, "DAMP passes", quiet) as bar:
+    work = int(len(calib) * (1 - holdout)) if calib is not None and merged is None else 0
+    with Progress(work, "statistics", quiet) as bar:
         outcome = damp_edit(proto, scan.editable, calib, f, retain, batch_size=batch_size, device=device,
                             feature_mode=feature_mode, extra_directions=extra_directions, extra_bar=extra_bar,
                             input_name=input_name,
                             output_name=output_name, max_passes=max_passes,
                             target_forget_accuracy=target_forget_accuracy, progress=bar,
-                            first_stats=merged, collector=collector)
-        bar.done = bar.total  # fewer passes than the maximum were needed
+                            first_stats=merged, collector=collector, readout=readout, holdout=holdout,
+                            candidates=candidates)
+        bar.done = bar.total
+    notes += outcome.notes
     edited = outcome.model
     changes = total_relative_change(proto, edited, scan.editable)
     sha = sha256_file(src) if src else None
@@ -342,7 +366,8 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     })
     in_memory = fits_in_proto(edited)  # too big to check in memory: the written file is checked
     if in_memory:
-        _run_checker(edited)
+        note = _run_checker(edited, proto)
+        notes += [note] if note else []
 
     protos = {"model": edited, "original": proto, **({"reference": ref_proto} if ref_proto is not None else {})}
     _, eval_retain = _check_classes(f, evald, k, "the evaluation data")
@@ -362,6 +387,7 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
             probs[name] = to_probabilities(out)
         before = summarize(probs["original"].argmax(1), evald.y, f)
         after = summarize(probs["model"].argmax(1), evald.y, f)
+        stages = _stage_accuracies(outcome, evald, f, after, device, input_name, output_name)
         ver = verify(protos, evald, f, eval_retain, {"model": after, "original": before}, probs,
                      train=member, train_outputs=known if member is not None else None,
                      train_reason=("needs --data (the attack's members: statistics alone hold no images)"
@@ -376,14 +402,56 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
                           token_layouts={n: lay.describe() for n, lay in outcome.first_stats.token_layouts.items()},
                           class_names=names,
                           forget_confusion=forget_confusion({n: p.argmax(1) for n, p in probs.items()}, evald.y, f, k),
-                          notes=notes, statistics=_stats_summary(merged) if merged is not None else None)
+                          notes=notes, statistics=_stats_summary(merged) if merged is not None else None,
+                          readout=outcome.readout, stages=stages, heldout=_heldout_summary(outcome),
+                          warnings=heldout_warnings(outcome, target_forget_accuracy))
     result.gates = result.check_gates(gates)
     if out_path is not None:
         external = bool(src) and has_external_data(src)
         result.written = [str(p) for p in save_model_atomic(edited, out_path, external_data=external)]
         if not in_memory:
-            _run_checker(str(out_path))
+            note = _run_checker(str(out_path), src)
+            result.notes += [note] if note else []
     return result
+
+
+def _stage_accuracies(outcome, evald: Dataset, f: list[int], after: AccuracySummary, device, input_name,
+                      output_name) -> dict:
+    """Forget accuracy on the validation data after the representation edit alone and after the readout."""
+    final = {"forget_accuracy": after.forget_accuracy}
+    if outcome.readout is None or not outcome.readout.applied:
+        return {"representation": final, "readout": None}
+    idx = np.flatnonzero(np.isin(evald.y, f))
+    pred = predict(outcome.representation, evald, 256, device, input_name, output_name, indices=idx).argmax(1)
+    return {"representation": {"forget_accuracy": float(np.mean(pred == evald.y[idx])) if len(idx) else None},
+            "readout": final}
+
+
+def _heldout_summary(outcome) -> dict | None:
+    if outcome.heldout is None:
+        return None
+    return {"samples": int(len(outcome.heldout)),
+            "score": outcome.heldout_score.to_dict() if outcome.heldout_score is not None else None}
+
+
+def heldout_warnings(outcome, target: float, max_mean_drop: float = MAX_MEAN_DROP,
+                     max_class_drop: float = MAX_CLASS_DROP) -> list[str]:
+    """One line per bound that the held-out calibration images say the returned edit misses, and by how much."""
+    sc = outcome.heldout_score
+    if sc is None:
+        return []
+    out = []
+    if sc.forget_accuracy > target:
+        out.append(f"held-out calibration images: forget accuracy {100 * sc.forget_accuracy:.1f}% is above the "
+                   f"{100 * target:.1f}% target by {100 * (sc.forget_accuracy - target):.1f} points")
+    if sc.mean_drop > max_mean_drop:
+        out.append(f"held-out calibration images: mean retain accuracy fell {100 * sc.mean_drop:.1f} points "
+                   f"(bound {100 * max_mean_drop:.0f})")
+    c, d = sc.worst
+    if d > max_class_drop:
+        out.append(f"held-out calibration images: retain class {c} fell {100 * d:.1f} points "
+                   f"(bound {100 * max_class_drop:.0f})")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- collect

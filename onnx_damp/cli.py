@@ -256,10 +256,16 @@ def collect_cmd(model, data, output, forget_classes, labels, batch_size, feature
                    "patch: Conv inputs as unfolded kernel-sized patches (in * k * k features), tokens as auto.")
 @click.option("--no-extra-directions", is_flag=True,
               help="Use only the prototype residuals (rank = number of forget classes).")
-@click.option("--max-passes", default=3, show_default=True, type=int,
-              help="Most DAMP passes (statistics re-collected on the edited model before each further pass).")
+@click.option("--max-passes", default=1, show_default=True, type=int,
+              help="Most DAMP passes (statistics re-collected on the edited model before each further pass; a "
+                   "pass is kept only when the held-out calibration images say it is better).")
 @click.option("--target-forget-acc", default=0.01, show_default=True, type=float,
-              help="Stop passing once forget-class accuracy on the calibration data is at or below this.")
+              help="Forget accuracy the held-out calibration images should reach (passes, readout, warnings).")
+@click.option("--no-readout", is_flag=True,
+              help="Skip the readout stage: return DAMP's representation edit alone (the paper's form).")
+@click.option("--holdout", default=0.2, show_default=True, type=float,
+              help="Share of each class's calibration images held out from the statistics; every choice "
+                   "(candidate plan, passes, readout shift) is judged on them. 0: none.")
 @click.option("--reference", type=click.Path(dir_okay=False),
               help="A model retrained without the class(es): JS divergence and per-layer CKA to it.")
 @_feature_samples
@@ -273,12 +279,13 @@ def collect_cmd(model, data, output, forget_classes, labels, batch_size, feature
 @_user_errors
 @_html_option
 def forget_cmd(model, data, stats_files, more_stats, ray, ray_address, forget_classes, labels, output, eval_data, report,
-               batch_size, features, no_extra_directions, max_passes, target_forget_acc, reference, feature_samples,
+               batch_size, features, no_extra_directions, max_passes, target_forget_acc, no_readout, holdout, reference,
+               feature_samples,
                max_forget_acc, max_retain_drop, min_cka_gain, max_mia, device, input_name, output_name, as_json,
                quiet, preprocess=None) -> None:
     """Edit MODEL so it forgets --forget classes; write the result to -o."""
     from .api import forget
-    from .tables import before_after_table, layers_table, reference_js_rows, table
+    from .tables import before_after_table, layers_table, reference_js_rows, stages_table, table
 
     _check_report_path(report)
     if more_stats and not stats_files:
@@ -288,7 +295,8 @@ def forget_cmd(model, data, stats_files, more_stats, ray, ray_address, forget_cl
                  reference=reference, feature_samples=feature_samples,
                  gates=_gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia), labels=labels,
                  preprocess=preprocess, stats=list(stats_files + more_stats) or None, ray=ray,
-                 ray_address=ray_address)
+                 ray_address=ray_address, readout=not no_readout, holdout=holdout,
+                 candidates=not no_extra_directions)
     payload = res.to_dict()
     if report:
         _write_json_atomic(Path(report), payload)
@@ -299,6 +307,9 @@ def forget_cmd(model, data, stats_files, more_stats, ray, ray_address, forget_cl
         click.echo(layers_table(res))
         click.echo()
         click.echo(before_after_table(res.before, res.after, res.validated_on))
+        if res.readout is not None:
+            click.echo()
+            click.echo(stages_table(res))
         if res.reference_js is not None:
             click.echo()
             click.echo(table(["metric", "value"], reference_js_rows(res.reference_js),
@@ -308,6 +319,8 @@ def forget_cmd(model, data, stats_files, more_stats, ray, ray_address, forget_cl
         click.echo(f"wrote {', '.join(res.written)}" + (f"; report {report}" if report else ""))
     for note in res.notes:
         click.echo(f"note: {note}", err=as_json)
+    for line in res.warnings:
+        click.echo(f"warning: {line}", err=True)
     _finish_gates(res)
 
 

@@ -93,6 +93,23 @@ class LazyArray:
         return f"{type(self).__name__}(shape={self.shape}, dtype={self._dtype})"
 
 
+class SubsetArray(LazyArray):
+    """Rows `indices` of another array (numpy or lazy), without copying them: a view for the fit/held-out split."""
+
+    def __init__(self, base, indices: np.ndarray):
+        super().__init__(len(indices), tuple(base.shape[1:]), base.dtype)
+        self._base, self._idx = base, np.asarray(indices, dtype=np.int64)
+
+    def _rows(self, idx: np.ndarray) -> np.ndarray:
+        return np.asarray(self._base[self._idx[idx]])
+
+
+def subset(ds: "Dataset", indices: np.ndarray) -> "Dataset":
+    """The samples `indices` of ds as a Dataset (rows read on demand)."""
+    idx = np.asarray(indices, dtype=np.int64)
+    return Dataset(SubsetArray(ds.x, idx), np.asarray(ds.y)[idx], ds.source)
+
+
 def _copy(obj):
     return copy.copy(obj)
 

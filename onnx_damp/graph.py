@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from .weights import (DEFAULT_DOMAINS, RUNTIME_WEIGHT, GraphIndex, index_graph, node_attr, node_label, resolve_weight,
-                      subgraphs)
+                      subgraphs, topological_order)
 
 LINEAR_OPS = ("Conv", "Gemm", "MatMul")
 MS_DOMAIN = "com.microsoft"
@@ -29,6 +29,10 @@ UNSUPPORTED_OPS = {
        for op in QOPERATOR_OPS},
 }
 NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+ML_DOMAIN = "ai.onnx.ml"
+ML_MODEL_OPS = ("LinearClassifier", "LinearRegressor", "SVMClassifier", "SVMRegressor", "TreeEnsembleClassifier",
+                "TreeEnsembleRegressor", "TreeEnsemble")
+ML_REASON = "an ai.onnx.ml model operator: its coefficients are attributes, not a Conv/Gemm/MatMul weight"
 
 
 @dataclass
@@ -124,7 +128,8 @@ def scan_graph(model: onnx.ModelProto) -> GraphScan:
     graph = model.graph
     gi = index_graph(graph)
     scan = GraphScan()
-    for i, node in enumerate(graph.node):
+    for i in topological_order(graph):
+        node = graph.node[i]
         label = node_label(node, i)
         for attr, g in subgraphs(node):
             scan.skipped += _nested_skips(g, f"{label}/{attr}", f"the {attr} subgraph of {node.op_type} node {label}")
@@ -152,6 +157,8 @@ def _unsupported(node: onnx.NodeProto, gi: GraphIndex) -> str:
     """Why node is a weight operator that is never edited (ConvTranspose, QOperator, com.microsoft), or ''."""
     if node.domain in DEFAULT_DOMAINS:
         return UNSUPPORTED_OPS.get(node.op_type, "")
+    if node.domain == ML_DOMAIN and node.op_type in ML_MODEL_OPS:
+        return ML_REASON
     if node.domain != MS_DOMAIN:
         return ""
     weights = [n for n in node.input if n and _constant_rank(gi, n) >= 2]
@@ -181,6 +188,10 @@ def _constant_rank(gi: GraphIndex, name: str) -> int:
 def no_editable_message(scan: GraphScan) -> str:
     """The one-line user error for a model without an editable operator, naming unsupported quantised ops."""
     msg = "the model has no editable operator (Conv, Gemm or MatMul with a constant weight)"
+    ml = sorted({s.op_type for s in scan.skipped if s.reason == ML_REASON})
+    if ml:
+        msg += (f"; it holds {', '.join(ml)} from the ai.onnx.ml domain (a classical-ML model, e.g. converted from "
+                "scikit-learn), which DAMP does not edit: it needs Conv/Gemm/MatMul layers")
     quant = [s for s in scan.skipped if s.quantized_op]
     if quant:
         kinds = ", ".join(sorted({s.op_type for s in quant}))

@@ -95,6 +95,24 @@ def before_after_table(before, after, validated_on: str) -> str:
     return table(["metric", "before", "after"], rows, title=f"Validation on {validated_on} ({before.samples} samples)")
 
 
+def stages_table(result) -> str:
+    """Forget accuracy after each stage (held-out calibration images and validation data) and the readout shift."""
+    ro, st = result.readout, result.stages or {}
+    rep = (st.get("representation") or {}).get("forget_accuracy")
+    fin = (st.get("readout") or {}).get("forget_accuracy") if ro.applied else None
+    rows = [["representation edit (DAMP)", pct(ro.before.forget_accuracy) if ro.before else "-", pct(rep)],
+            ["+ readout stage" + ("" if ro.applied else " (not applied)"),
+             pct(ro.after.forget_accuracy) if ro.after else "-", pct(fin) if fin is not None else "-"]]
+    out = table(["stage", "forget acc. (held-out calib.)", f"forget acc. ({result.validated_on})"], rows,
+                title="Stages")
+    if ro.applied:
+        shifts = ", ".join(f"class {c}: {s:+.3g}" for c, s in zip(ro.classes, ro.shift))
+        out += f"\nreadout: bias {ro.bias} of {ro.node} lowered on the forget channels ({shifts})"
+    elif ro.reason:
+        out += f"\nreadout not applied: {ro.reason}"
+    return out
+
+
 def reference_js_rows(reference_js: dict) -> list[list[str]]:
     """Rows 'JS to reference, <model>, forget/retain samples' for the summary tables."""
     rows = []

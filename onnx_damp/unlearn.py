@@ -1,13 +1,18 @@
-"""DAMP passes: collect statistics, edit every layer, check the forget class on calibration data, repeat.
+"""The forget pipeline: hold out part of the calibration data, collect statistics on the rest, plan and
+apply candidate DAMP edits, keep the best on the held-out images, then the readout stage.
 
-One pass is the plain one-shot DAMP edit. Because every layer's subspace and alpha come from the
-statistics of the *original* network, deep layers see forget-class features that earlier edits have
-already moved; a further pass re-collects statistics on the edited model and edits again. Passes stop
-as soon as the forget-class accuracy on the calibration data is at or below the target (or after
-max_passes), so most forget sets need one pass.
+1. Split: every fifth calibration image of each class is held out (selection.split_holdout); statistics
+   come from the rest, every choice below from the held-out images, which built nothing.
+2. Representation edit (DAMP): one statistics pass; candidate plans from the same statistics (with and
+   without extra directions; at half strength only when neither keeps the retain guards); each is applied
+   to a copy and scored on the held-out images; selection.pick keeps one. Further passes (max_passes > 1)
+   re-collect statistics on the kept model and are kept only when the held-out images say they are better.
+3. Readout stage (readout.py): the last operator's bias is lowered for the forget channels by a shift
+   measured on the held-out images; it never lowers a retain prediction.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -16,24 +21,59 @@ import numpy as np
 import onnx
 
 from . import damp as dm
-from .data import Dataset
+from . import readout as ro
+from .data import Dataset, subset
 from .graph import EditableOp
-from .metrics import pooled_accuracy, summarize
+from .metrics import pooled_accuracy
 from .predict import predict
 from .runtime import make_session
+from .selection import HOLDOUT_FRACTION, HeldOutScore, class_accuracies, pick, score, split_holdout
 from .stats import Statistics, collect
+from .weights import BiasRef, index_graph, output_bias, shift_bias
+
+# (name, extra directions, alpha scale): tried in this order; the half-strength ones only when no full one
+# keeps the retain guards on the held-out images
+CANDIDATES = (("damp", True, 1.0), ("damp, residual directions only", False, 1.0))
+FALLBACK_CANDIDATES = (("damp, half strength", True, 0.5), ("damp, residual directions only, half strength", False, 0.5),
+                       ("damp, quarter strength", True, 0.25))
+PROBE_SHIFT = 1.0  # bias units of the probe that measures how the output's scores follow the bias
 
 
 @dataclass
 class PassRecord:
     plans: list[dm.LayerPlan]
-    calib_forget_accuracy: float | None   # on the calibration data, after this pass (None: no data given)
+    calib_forget_accuracy: float | None   # on the held-out calibration images, after this pass (None: no data)
     calib_retain_accuracy: float | None
+    candidate: str = "damp"               # which candidate plan was kept
+    candidates: list[dict] = field(default_factory=list)  # every candidate's held-out score
 
     def to_dict(self) -> dict:
         return {"calibration_forget_accuracy": self.calib_forget_accuracy,
                 "calibration_retain_accuracy": self.calib_retain_accuracy,
+                "candidate": self.candidate, "candidates": self.candidates,
                 "layers": [p.to_dict() for p in self.plans]}
+
+
+@dataclass
+class ReadoutRecord:
+    """What the readout stage did at the last operator, and what the held-out images said."""
+
+    applied: bool
+    reason: str = ""
+    node: str = ""
+    bias: str = ""
+    classes: list[int] = field(default_factory=list)
+    shift: list[float] = field(default_factory=list)        # change of each forget channel's output (op units)
+    score_shift: list[float] = field(default_factory=list)  # t_c, in log-score units
+    gain: list[float] = field(default_factory=list)         # log-score units per unit of bias
+    before: HeldOutScore | None = None                     # held-out, after the representation edit alone
+    after: HeldOutScore | None = None                      # held-out, after the readout stage
+
+    def to_dict(self) -> dict:
+        return {"applied": self.applied, "reason": self.reason, "node": self.node, "bias": self.bias,
+                "classes": self.classes, "shift": self.shift, "score_shift": self.score_shift, "gain": self.gain,
+                "heldout_before": self.before.to_dict() if self.before else None,
+                "heldout_after": self.after.to_dict() if self.after else None}
 
 
 @dataclass
@@ -41,67 +81,201 @@ class EditOutcome:
     model: onnx.ModelProto
     passes: list[PassRecord] = field(default_factory=list)
     first_stats: Statistics | None = None
-    calib_outputs: "np.ndarray | None" = None  # the final model's output rows on calib (reused for validation)
-    original_outputs: "np.ndarray | None" = None  # the unedited model's output rows on calib (its statistics pass)
+    calib_outputs: "np.ndarray | None" = None     # the final model's output rows on calib (reused for validation)
+    original_outputs: "np.ndarray | None" = None  # the unedited model's output rows on calib
+    representation: "onnx.ModelProto | None" = None  # the model after the representation edit, before the readout
+    readout: ReadoutRecord | None = None
+    heldout: np.ndarray | None = None             # indices of the held-out calibration images
+    heldout_score: HeldOutScore | None = None     # the returned model on them
+    notes: list[str] = field(default_factory=list)
 
 
 def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | None, forget: Sequence[int],
               retain: Sequence[int], *, batch_size: int = 128, device: str = "cpu", feature_mode: str = "auto",
               extra_directions: bool = True, input_name: str | None = None, output_name: str | None = None,
-              max_passes: int = 3, target_forget_accuracy: float = 0.01, first_stats: Statistics | None = None,
+              max_passes: int = 1, target_forget_accuracy: float = 0.01, first_stats: Statistics | None = None,
               progress: Callable[[int], None] | None = None, collector: Callable[..., Statistics] = collect,
-              extra_bar: str = "energy") -> EditOutcome:
-    """Edit a copy of proto with DAMP until calibration forget accuracy <= target or max_passes are done.
+              extra_bar: str = "energy", readout: bool = True, holdout: float = HOLDOUT_FRACTION,
+              candidates: bool = True, outputs: bool = True) -> EditOutcome:
+    """Edit a copy of proto: DAMP representation edit chosen on held-out calibration images, then readout.
 
-    first_stats: statistics of proto (e.g. merged shards) for pass 1; calib may then be None, which
-    means exactly one pass (nothing to re-collect on, nothing to check). collector: stats.collect or
-    a function with its signature (the Ray backend); the keywords outputs/output are passed only to a
-    collector that accepts them, and without returned outputs the models are predicted instead.
-    extra_bar: see projection.extend_subspace (the "variance" bar is an ablation, not a CLI option).
+    first_stats: statistics of proto (e.g. merged shards) for pass 1; calib may then be None, which means
+    exactly one pass of the default plan and no readout stage (nothing to check it on). collector:
+    stats.collect or a function with its signature (the Ray backend). extra_directions=False and
+    candidates=False fix the plan (ablations); readout=False returns the representation edit alone (DAMP as
+    the paper has it); holdout=0 decides on the images that built the statistics (the old behaviour).
+    outputs=False skips predicting the whole calibration set with the original and the edited model.
     """
-    current = proto
+    forget, retain = list(forget), list(retain)
     outcome = EditOutcome(proto)
-    forget_idx = np.flatnonzero(np.isin(calib.y, list(forget))) if calib is not None else None
-    f_out, sess = None, None  # the last edited model's forget-class outputs and session (set after each pass)
-    for k in range(max_passes):
-        if k == 0 and first_stats is not None:
-            stats = first_stats
-        else:
-            layouts = outcome.first_stats.token_layouts if outcome.first_stats is not None else None
-            stats = collector(current, ops, calib, forget, batch_size, device, feature_mode, input_name, progress,
-                              layouts, **_output_kwargs(collector, output_name))
-            if k == 0:
-                outcome.original_outputs = stats.outputs  # the unedited model, from its statistics pass
-            else:  # the previous pass's model: its retain accuracy (free when the collector kept outputs)
-                out = stats.outputs
-                if out is None:
-                    out = _complete_outputs(current, calib, forget_idx, f_out, device, input_name, output_name, sess)
-                outcome.passes[-1].calib_retain_accuracy = summarize(out.argmax(1), calib.y, forget).retain_accuracy
-        if k == 0:
-            outcome.first_stats = stats
-        plans = dm.plan(ops, stats, forget, retain, extra_directions, extra_bar)
-        edited = onnx.ModelProto()
-        edited.CopyFrom(current)
-        dm.apply(edited, plans)
-        current = edited
-        if calib is None:
-            outcome.passes.append(PassRecord(plans, None, None))
+    if calib is None:
+        plans = dm.plan(ops, first_stats, forget, retain, extra_directions, extra_bar)
+        edited = _applied(proto, plans)
+        outcome.passes.append(PassRecord(plans, None, None))
+        outcome.model = outcome.representation = edited
+        outcome.first_stats = first_stats
+        outcome.notes.append("no calibration images: the default plan, no held-out selection, no readout stage")
+        return outcome
+    run = dict(batch_size=batch_size, device=device, feature_mode=feature_mode, input_name=input_name,
+               progress=progress, collector=collector, output_name=output_name)
+    fit_idx, held_idx = split_holdout(calib.y, holdout)
+    if len(held_idx) == 0:
+        held_idx = fit_idx  # too few images to hold any out: decide on the fit images, and say so
+        outcome.notes.append("too few calibration images per class to hold any out: choices are judged on the "
+                             "images that built the statistics")
+    elif first_stats is not None:
+        outcome.notes.append("statistics were given: the held-out calibration images may be part of them")
+    outcome.heldout = held_idx
+    fit, held = (subset(calib, fit_idx) if len(fit_idx) < len(calib) else calib), subset(calib, held_idx)
+    stats = first_stats if first_stats is not None else _collect(proto, ops, fit, forget, None, **run)
+    outcome.first_stats = stats
+    orig_held = predict(proto, held, 256, device, input_name, output_name)
+    base = class_accuracies(orig_held.argmax(1), held.y)
+    rep_model, best, rec = _best_candidate(proto, ops, stats, held, forget, retain, base, extra_directions, extra_bar,
+                                           candidates, run)
+    outcome.passes.append(rec)
+    for _ in range(max_passes - 1):
+        if best.forget_accuracy <= target_forget_accuracy:
             break
-        # stopping rule: only the forget-class samples need predicting
-        sess = make_session(edited, device)  # one session for the stopping rule and the rest of calib
-        f_out = predict(edited, calib, 256, device, input_name, output_name, indices=forget_idx, session=sess)
-        f_acc = forget_accuracy(f_out, calib.y[forget_idx])
-        record = PassRecord(plans, f_acc, None)
-        outcome.passes.append(record)
-        if f_acc <= target_forget_accuracy or k == max_passes - 1:
-            full = _complete_outputs(edited, calib, forget_idx, f_out, device, input_name, output_name, sess)
-            record.calib_retain_accuracy = summarize(full.argmax(1), calib.y, forget).retain_accuracy
-            outcome.calib_outputs = full
+        st = _collect(rep_model, ops, fit, forget, stats.token_layouts, **run)
+        model, sc, r = _best_candidate(rep_model, ops, st, held, forget, retain, base, extra_directions, extra_bar,
+                                       candidates, run)
+        better = pick([best, sc]) == 1 and sc.forget_accuracy < best.forget_accuracy
+        if not better:
+            outcome.notes.append(f"pass {len(outcome.passes) + 1} was not kept: held-out forget accuracy "
+                                 f"{100 * sc.forget_accuracy:.1f}% (kept {100 * best.forget_accuracy:.1f}%), "
+                                 f"worst retain-class drop {100 * sc.worst[1]:.1f} points "
+                                 f"(kept {100 * best.worst[1]:.1f})")
             break
-        if stats.outputs is not None:  # the collector returns outputs, so the next pass gives this model's:
-            sess = None                # free its session (a copy of every weight) before that pass
-    outcome.model = current
+        outcome.passes.append(r)
+        rep_model, best = model, sc
+    outcome.representation, outcome.model = rep_model, rep_model
+    outcome.heldout_score = best
+    if readout:
+        outcome.readout = _readout(rep_model, ops[-1], held, forget, retain, base, best, target_forget_accuracy,
+                                   device, input_name, output_name)
+        if outcome.readout.applied:
+            outcome.model = outcome.readout.model  # type: ignore[attr-defined]
+            outcome.heldout_score = outcome.readout.after
+    if not outputs:
+        return outcome
+    outcome.original_outputs = _all_outputs(proto, calib, fit_idx, held_idx, stats.outputs if first_stats is None
+                                            else None, orig_held, device, input_name, output_name)
+    outcome.calib_outputs = _all_outputs(outcome.model, calib, fit_idx, held_idx, None, None, device, input_name,
+                                         output_name)
     return outcome
+
+
+def _collect(model, ops, data, forget, layouts, *, batch_size, device, feature_mode, input_name, progress, collector,
+             output_name) -> Statistics:
+    return collector(model, ops, data, forget, batch_size, device, feature_mode, input_name, progress, layouts,
+                     **_output_kwargs(collector, output_name))
+
+
+def _applied(model: onnx.ModelProto, plans: list[dm.LayerPlan]) -> onnx.ModelProto:
+    edited = onnx.ModelProto()
+    edited.CopyFrom(model)
+    dm.apply(edited, plans)
+    return edited
+
+
+def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directions, extra_bar, use_candidates,
+                    run) -> tuple[onnx.ModelProto, HeldOutScore, PassRecord]:
+    """Plan every candidate from the same statistics, score each on the held-out images, keep one."""
+    cands = CANDIDATES if use_candidates else (("damp", extra_directions, 1.0),)
+    tried: list[tuple[str, list, onnx.ModelProto, HeldOutScore]] = []
+    plans_by_extra: dict[bool, list[dm.LayerPlan]] = {}
+
+    def attempt(name, extra, scale):
+        if extra not in plans_by_extra:
+            plans_by_extra[extra] = dm.plan(ops, stats, forget, retain, extra, extra_bar)
+        plans = [dataclasses.replace(p, alpha=p.alpha * scale) for p in plans_by_extra[extra]]
+        edited = _applied(model, plans)
+        pred = predict(edited, held, 256, run["device"], run["input_name"], run["output_name"]).argmax(1)
+        tried.append((name, plans, edited, score(pred, held.y, forget, base)))
+
+    for c in cands:
+        attempt(*c)
+    if use_candidates and not any(t[3].within_guards() for t in tried):
+        for c in FALLBACK_CANDIDATES:
+            attempt(*c)
+            if tried[-1][3].within_guards():
+                break
+    k = pick([t[3] for t in tried])
+    name, plans, edited, sc = tried[k]
+    rec = PassRecord(plans, sc.forget_accuracy, sc.retain_accuracy, name,
+                     [{"candidate": t[0], **t[3].to_dict()} for t in tried])
+    return edited, sc, rec
+
+
+def _readout(model: onnx.ModelProto, head: EditableOp, held: Dataset, forget: list[int], retain: list[int],
+             base: dict[int, float], before: HeldOutScore, target: float, device, input_name, output_name
+             ) -> ReadoutRecord:
+    """Lower the forget channels of the last operator's bias by the shift readout.readout_shift measures."""
+    ref = output_bias(index_graph(model.graph), head)
+    if isinstance(ref, str):
+        return ReadoutRecord(False, ref, head.node_name, before=before)
+    sess = make_session(model, device)
+    out = predict(model, held, 256, device, input_name, output_name, session=sess)
+    del sess
+    if out.shape[1] != ref.channels:
+        return ReadoutRecord(False, f"the last operator {head.node_name} has {ref.channels} output channels but the "
+                                    f"model output has {out.shape[1]} columns", head.node_name, ref.name, before=before)
+    fmask = np.isin(held.y, forget)
+    if not fmask.any():
+        return ReadoutRecord(False, "no held-out forget images", head.node_name, ref.name, before=before)
+    m = ro.forget_margins(ro.log_scores(out), forget, retain)
+    t = ro.readout_shift(m[fmask], m[~fmask])
+    fidx = np.flatnonzero(fmask)
+    probe = _shifted(model, ref, forget, np.full(len(forget), PROBE_SHIFT))
+    m_probe = ro.forget_margins(ro.log_scores(predict(probe, held, 256, device, input_name, output_name,
+                                                      indices=fidx)), forget, retain)
+    gain = ro.margin_gain(m[fmask], m_probe, PROBE_SHIFT)
+    rec = ReadoutRecord(False, "", head.node_name, ref.name, list(forget), score_shift=t.tolist(),
+                        gain=gain.tolist(), before=before)
+    if np.any(gain <= 1e-6):
+        rec.reason = (f"lowering the bias of {head.node_name} does not lower the output's score of class(es) "
+                      f"{[c for c, g in zip(forget, gain) if g <= 1e-6]} (gain {np.round(gain, 4).tolist()})")
+        return rec
+    shift = t / gain
+    for _ in range(8):  # scores clipped by a saturated softmax can hide part of the margin: widen until it holds
+        edited = _shifted(model, ref, forget, shift)
+        pred = predict(edited, held, 256, device, input_name, output_name).argmax(1)
+        after = score(pred, held.y, forget, base)
+        if after.forget_accuracy <= target:
+            break
+        shift = 2 * np.maximum(shift, 1e-3)
+    if after.mean_drop > before.mean_drop + 1e-9 or after.worst[1] > before.worst[1] + 1e-9:
+        rec.reason = (f"lowering the forget channels of {head.node_name} lowered retain accuracy on the held-out "
+                      "images: the output is not a per-channel increasing function of that operator")
+        return rec
+    rec.applied, rec.shift, rec.after = True, (-shift).tolist(), after
+    rec.model = edited  # type: ignore[attr-defined]  (not serialised)
+    return rec
+
+
+def _shifted(model: onnx.ModelProto, ref: BiasRef, forget: list[int], amount: np.ndarray) -> onnx.ModelProto:
+    """A copy of model whose forget channels of the bias are lowered by amount (operator output units)."""
+    edited = onnx.ModelProto()
+    edited.CopyFrom(model)
+    delta = np.zeros(ref.channels)
+    delta[forget] = -np.asarray(amount, dtype=np.float64)
+    shift_bias(edited, ref, delta)
+    return edited
+
+
+def _all_outputs(model, calib: Dataset, fit_idx, held_idx, fit_out, held_out, device, input_name,
+                 output_name) -> np.ndarray:
+    """Output rows of model on every calibration image, reusing rows already computed for fit or held-out."""
+    if fit_out is None:
+        fit_out = predict(model, calib, 256, device, input_name, output_name, indices=fit_idx)
+    if held_out is None:
+        same = len(held_idx) == len(fit_idx) and np.array_equal(held_idx, fit_idx)
+        held_out = fit_out if same else predict(model, calib, 256, device, input_name, output_name, indices=held_idx)
+    full = np.zeros((len(calib), fit_out.shape[1]), dtype=np.float64)
+    full[fit_idx] = fit_out
+    full[held_idx] = held_out
+    return full
 
 
 def _output_kwargs(collector: Callable[..., Statistics], output_name: str | None) -> dict:
@@ -115,19 +289,5 @@ def _output_kwargs(collector: Callable[..., Statistics], output_name: str | None
 
 
 def forget_accuracy(forget_outputs: np.ndarray, forget_labels: np.ndarray) -> float:
-    """Fraction of forget-class samples still classified as their class (the stopping rule's measure)."""
+    """Fraction of forget-class samples still classified as their class."""
     return pooled_accuracy(forget_outputs.argmax(1), forget_labels) if len(forget_labels) else float("nan")
-
-
-def _complete_outputs(model: onnx.ModelProto, calib: Dataset, forget_idx: np.ndarray, forget_out: np.ndarray,
-                      device: str, input_name: str | None, output_name: str | None, session=None) -> np.ndarray:
-    """Output rows of model on every calibration sample, predicting only those not yet predicted."""
-    rest = np.setdiff1d(np.arange(len(calib)), forget_idx)
-    r_out = predict(model, calib, 256, device, input_name, output_name, indices=rest, session=session)
-    width = forget_out.shape[1] if len(forget_idx) else r_out.shape[1]
-    full = np.zeros((len(calib), width))
-    if len(forget_idx):
-        full[forget_idx] = forget_out
-    if len(rest):
-        full[rest] = r_out
-    return full

@@ -10,6 +10,7 @@ own (float) initializer copy of the weight it sees.
 """
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
@@ -86,11 +87,47 @@ def _folds_to_constant(node: onnx.NodeProto, constant: set[str]) -> bool:
             and all(n in constant for n in node.input if n) and next(subgraphs(node), None) is None)
 
 
+def topological_order(graph: onnx.GraphProto) -> list[int]:
+    """Node indices in an order where every node comes after the nodes producing its inputs.
+
+    Files need not list nodes so (keras2onnx does not; onnxruntime runs them anyway): depth and constant
+    folding follow the data flow, never the file order. Ties keep file order; nodes on a cycle (invalid
+    graphs) are appended in file order.
+    """
+    producer = {o: i for i, node in enumerate(graph.node) for o in node.output if o}
+    deps = [{producer[n] for n in _node_reads(node) if n in producer and producer[n] != i}
+            for i, node in enumerate(graph.node)]
+    users: list[list[int]] = [[] for _ in graph.node]
+    for i, ds in enumerate(deps):
+        for d in ds:
+            users[d].append(i)
+    waiting = [len(ds) for ds in deps]
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users[i]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    seen = set(order)
+    return order + [i for i in range(len(graph.node)) if i not in seen]
+
+
+def _node_reads(node: onnx.NodeProto) -> Iterator[str]:
+    yield from (n for n in node.input if n)
+    for _, g in subgraphs(node):
+        yield from _nested_reads(g)
+
+
 def index_graph(graph: onnx.GraphProto) -> GraphIndex:
     """Build the lookup tables of graph (the main graph of a model)."""
     inits = {t.name: t for t in graph.initializer}
     producer, uses, constant = {}, Counter(), set(inits)
-    for i, node in enumerate(graph.node):
+    for i in topological_order(graph):
+        node = graph.node[i]
         for out in node.output:
             producer[out] = i
         uses.update(n for n in node.input if n)
@@ -474,3 +511,52 @@ def give_own_copy(gi: GraphIndex, op: EditableOp, value: np.ndarray) -> str:
     gi.inits[new_name], gi.uses[new_name] = gi.graph.initializer[-1], 1
     gi.constant.add(new_name)
     return new_name
+
+
+# ------------------------------------------------------------------------------------------ output bias
+@dataclass
+class BiasRef:
+    """Where the per-output-channel bias of an operator lives: an initializer added to its output."""
+
+    name: str        # the initializer holding the bias
+    scale: float     # the operator's output moves by scale * (change of the initializer), Gemm's beta
+    channels: int    # number of output channels (the bias holds one value per channel)
+
+
+def output_bias(gi: GraphIndex, op: "EditableOp") -> "BiasRef | str":
+    """The bias of op's output channels (Gemm C, Conv B, or a constant Add right after a MatMul), or why none.
+
+    Only a float initializer read by this node alone, holding exactly one value per output channel, is
+    accepted: the readout stage then changes its values, never the graph.
+    """
+    node = gi.graph.node[op.node_index]
+    channels = int(op.weight_shape[0] if op.op_type == "Conv" else
+                   (op.weight_shape[0] if op.trans_b else op.weight_shape[-1]))
+    if op.op_type in ("Gemm", "Conv"):
+        name = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+        scale = float(node_attr(node, "beta", 1.0)) if op.op_type == "Gemm" else 1.0
+    else:
+        readers = [n for n in gi.graph.node if node.output[0] in n.input]
+        if len(readers) != 1 or readers[0].op_type != "Add" or gi.uses[node.output[0]] != 1:
+            return f"{op.node_name} (MatMul) is not followed by a single Add of a constant bias"
+        name, scale = next((i for i in readers[0].input if i != node.output[0]), ""), 1.0
+    if not name:
+        return f"{op.node_name} has no bias input (a bias cannot be added without changing the graph)"
+    t = gi.inits.get(name)
+    if t is None or t.data_type not in FLOAT_TYPES:
+        return f"the bias {name!r} of {op.node_name} is not a float initializer"
+    if gi.uses[name] != 1:
+        return f"the bias {name!r} of {op.node_name} is shared with other nodes"
+    dims = [int(d) for d in t.dims]
+    if int(np.prod(dims)) != channels or (dims and dims[-1] != channels and op.op_type != "Conv"):
+        return f"the bias {name!r} of {op.node_name} has shape {dims}, not one value per output channel ({channels})"
+    if scale == 0.0:
+        return f"{op.node_name} has beta = 0: its bias does not reach the output"
+    return BiasRef(name, scale, channels)
+
+
+def shift_bias(model: onnx.ModelProto, ref: BiasRef, delta: np.ndarray) -> None:
+    """Add delta / scale to the bias initializer, so the operator's output channels move by delta."""
+    b = read_initializer(model, ref.name)
+    flat = b.astype(np.float64).reshape(-1) + np.asarray(delta, dtype=np.float64) / ref.scale
+    write_initializer(model, ref.name, flat.reshape(b.shape))

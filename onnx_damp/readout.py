@@ -1,0 +1,58 @@
+"""The readout stage, pure math: how far to lower each forget class's output so that the held-out forget
+images read like images of a class the model never learnt.
+
+DAMP's representation edit removes forget directions from every operator's input space but keeps every
+retain prototype: where a forget class is read from a combination of features it shares with retain
+classes, no edit of that form can remove it (the zoo's LeNet-style and CIFAR-10 CNNs keep 26-35%). The
+readout stage changes the last operator's bias for the forget channels only.
+
+With log-scores s = log softmax(output) (or log of the output when it already is a probability vector),
+the forget margin of a sample for forget class c is m_c = s_c - max_{r in retain} s_r (> 0: read as c).
+On held-out calibration images (never those that built the edit), with m_f the margins of the forget
+images and m_r those of the retain images:
+
+    t_c = max(mean(m_f) - mean(m_r), max(m_f), 0)
+
+The first term moves the forget images' mean margin to where the retain images' margin for class c is,
+i.e. class c then scores on its own images as it scores on images of other classes; the second makes every
+held-out forget image lose class c. Lowering one output channel never changes the prediction of a sample
+that was not predicted as that channel, so retain accuracy cannot fall (it rises where a retain image was
+misread as the forget class). No free parameter.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+LOG_FLOOR = -80.0  # log-scores below this are clipped (float32 softmax underflows near exp(-87))
+
+
+def log_scores(outputs: np.ndarray) -> np.ndarray:
+    """log softmax of output rows, or log of rows that already are probability vectors (clipped)."""
+    out = np.asarray(outputs, dtype=np.float64)
+    if np.all(out >= 0) and np.allclose(out.sum(axis=-1), 1.0, atol=1e-4):
+        return np.maximum(np.log(np.maximum(out, 1e-300)), LOG_FLOOR)
+    z = out - out.max(axis=-1, keepdims=True)
+    return np.maximum(z - np.log(np.exp(z).sum(axis=-1, keepdims=True)), LOG_FLOOR)
+
+
+def forget_margins(scores: np.ndarray, forget: list[int], retain: list[int]) -> np.ndarray:
+    """[n, len(forget)] margins s_c - max_retain s_r of every sample for every forget class c."""
+    best_retain = scores[:, retain].max(axis=1, keepdims=True)
+    return scores[:, forget] - best_retain
+
+
+def readout_shift(m_forget: np.ndarray, m_retain: np.ndarray) -> np.ndarray:
+    """t_c = max(mean(m_f) - mean(m_r), max(m_f), 0) per forget class (columns), in margin units."""
+    if len(m_forget) == 0:
+        return np.zeros(m_forget.shape[1])
+    gap = m_forget.mean(axis=0) - (m_retain.mean(axis=0) if len(m_retain) else 0.0)
+    return np.maximum(np.maximum(gap, m_forget.max(axis=0)), 0.0)
+
+
+def margin_gain(before: np.ndarray, after: np.ndarray, probe: float) -> np.ndarray:
+    """How many margin units one unit of bias moves, per forget class: median of -(after - before) / probe.
+
+    Measured, not assumed: an operator after the last Gemm (a BatchNorm on the logits, a scaled softmax)
+    rescales the shift; a gain <= 0 means the bias does not lower the class's score.
+    """
+    return np.median(-(after - before) / probe, axis=0)
