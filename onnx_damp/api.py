@@ -357,7 +357,12 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     _record_metadata(edited, {
         "onnx_damp.version": __version__,
         "onnx_damp.forget_classes": json.dumps(f),
-        "onnx_damp.calibration_samples": str(outcome.first_stats.num_samples),
+        "onnx_damp.calibration_samples": str(len(calib) if calib is not None else outcome.first_stats.num_samples),
+        "onnx_damp.statistics_samples": str(outcome.first_stats.num_samples),
+        "onnx_damp.heldout_samples": str(len(outcome.heldout) if outcome.heldout is not None else 0),
+        "onnx_damp.readout": json.dumps({"node": outcome.readout.node, "bias": outcome.readout.bias,
+                                         "classes": outcome.readout.classes, "shift": outcome.readout.shift}
+                                        if outcome.readout is not None and outcome.readout.applied else None),
         "onnx_damp.feature_mode": feature_mode,
         "onnx_damp.passes": str(len(outcome.passes)),
         "onnx_damp.alpha": json.dumps({op.node_name: [round(ps.plans[i].alpha, 6) for ps in outcome.passes]
@@ -397,7 +402,8 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
                      output_name=output_name, progress=bar)
     result = ForgetResult(edited, f, retain, outcome.passes, changes, before, after,
                           "evaluation data" if eval_data is not None else "calibration data (no --eval-data given)",
-                          outcome.first_stats.num_samples, feature_mode, sha, not_editable=scan.skipped,
+                          len(calib) if calib is not None else outcome.first_stats.num_samples, feature_mode, sha,
+                          not_editable=scan.skipped,
                           verification=ver, reference_js=_reference_js(probs, evald.y, f),
                           token_layouts={n: lay.describe() for n, lay in outcome.first_stats.token_layouts.items()},
                           class_names=names,

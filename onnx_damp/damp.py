@@ -54,6 +54,8 @@ def plan_layer(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Se
     alpha is the separability of the Fisher probe restricted to span(Q): how well forget and retain
     rows can be told apart using only the directions the edit removes.
     """
+    if st.wide:
+        return _plan_wide(op, st, forget, retain)
     mu_f = np.stack([st.mean(c) for c in forget], axis=1)
     mu_r = np.stack([st.mean(c) for c in retain], axis=1)
     residuals = pj.retain_residuals(mu_f, mu_r)
@@ -74,6 +76,35 @@ def plan_layer(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Se
     sep = pj.probe_separability(delta)
     return LayerPlan(op, q, pj.alpha_from_separability(sep), delta, sep, extra, layer_separability=layer_sep,
                      residual_share=share)
+
+
+def _plan_wide(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Sequence[int]) -> LayerPlan:
+    """plan_layer for a layer too wide for d x d Grams (stats.WIDE_DIM): Q from the d-dimensional prototypes,
+    the probe from second moments within U = span(all prototypes), where Q lies; no extra directions.
+
+    With Q = U A (A = U^T Q), Q^T m = A^T (U^T m) and Q^T C Q = A^T (U^T C U) A, so alpha is exact; the
+    layer separability is the probe's within span(U), not the whole input space.
+    """
+    mu_f = np.stack([st.mean(c) for c in forget], axis=1)
+    mu_r = np.stack([st.mean(c) for c in retain], axis=1)
+    residuals = pj.retain_residuals(mu_f, mu_r)
+    q = pj.residual_basis(residuals, mu_f)
+    share = pj.residual_share(residuals, mu_f)
+    proj = st.projected
+    mf, sf, _ = proj.group_moments(forget)
+    mr, sr, _ = proj.group_moments(retain)
+    cf, cr = sf - np.outer(mf, mf), sr - np.outer(mr, mr)
+    layer_sep = pj.probe_separability(pj.mahalanobis_separation(mf, cf, mr, cr))
+    note = f"wide input ({st.feature_dim} features): second moments within the {st.basis.shape[1]}-dimensional " \
+           "span of the class prototypes, no extra directions"
+    if q.shape[1] == 0:
+        return LayerPlan(op, q, 0.0, 0.0, 0.0, layer_separability=layer_sep, residual_share=share,
+                         note="forget prototype lies in the retain span: nothing to remove; " + note)
+    a = st.basis.T @ q
+    delta = pj.mahalanobis_separation(a.T @ mf, a.T @ cf @ a, a.T @ mr, a.T @ cr @ a)
+    sep = pj.probe_separability(delta)
+    return LayerPlan(op, q, pj.alpha_from_separability(sep), delta, sep, 0, layer_separability=layer_sep,
+                     residual_share=share, note=note)
 
 
 def plan(ops: list[EditableOp], stats: Statistics, forget: Sequence[int], retain: Sequence[int],

@@ -27,7 +27,7 @@ class Tap:
 
     key: str
     sum_name: str
-    gram_name: str
+    gram_name: str | None   # None: a wide layer's first pass (sums only)
     shape_name: str
     feature_dim: int
     shift_name: str | None = None  # float32 reductions: the per-batch shift the sum and Gram are taken around
@@ -57,11 +57,14 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 def instrument(model: onnx.ModelProto, ops: list[EditableOp], mode: str = "position",
                layouts: dict[str, TokenLayout] | None = None,
-               precision: str = "float32") -> tuple[onnx.ModelProto, dict[str, Tap]]:
+               precision: str = "float32", wide: "dict[str, np.ndarray | None] | None" = None
+               ) -> tuple[onnx.ModelProto, dict[str, Tap]]:
     """Return an instrumented copy of model and the tap of every editable operator (by node name).
 
     layouts (mode "auto"): operators whose input is a token sequence contribute only the first token
     (the class token) of each sample; every other operator contributes every position/token row.
+    wide: operators whose input is too wide for a d x d Gram, by node name: None taps the feature sum
+    only; a basis U [d, k] taps the sum and Gram of the rows projected on it, x U (k-dimensional).
     """
     if mode not in FEATURE_MODES:
         raise ValueError(f"unknown feature mode {mode!r}")
@@ -76,8 +79,13 @@ def instrument(model: onnx.ModelProto, ops: list[EditableOp], mode: str = "posit
     for op in ops:
         layout = (layouts or {}).get(op.node_name) if mode in TOKEN_MODES else None
         key = tap_key(op, layout, mode)
+        basis = None
+        if wide is not None and op.node_name in wide:
+            basis = wide[op.node_name]
+            key += f"|wide:{op.node_name}" + ("|sum" if basis is None else "|proj")
         if key not in by_key:
-            by_key[key] = _add_tap(g, op, len(by_key), opset, mode, layout, precision)
+            by_key[key] = _add_tap(g, op, len(by_key), opset, mode, layout, precision,
+                                   wide=wide is not None and op.node_name in wide, basis=basis)
         taps[op.node_name] = by_key[key]
     return out, taps
 
@@ -188,8 +196,20 @@ def restore_shift(s: np.ndarray, gram: np.ndarray, n: int, shift: np.ndarray | N
     return s + n * m, gram + mc + mc.T + n * np.outer(m, m)
 
 
+def _reduce_sum64(g: onnx.GraphProto, p: str, opset: int) -> list:
+    """The float64 feature sum of rows alone (a wide layer's first pass: no Gram)."""
+    nodes = [helper.make_node("Cast", [p + "rows"], [p + "rows64"], to=TensorProto.DOUBLE)]
+    if opset >= 13:
+        g.initializer.append(numpy_helper.from_array(np.array([0], dtype=np.int64), p + "axes"))
+        nodes.append(helper.make_node("ReduceSum", [p + "rows64", p + "axes"], [p + "sum"], keepdims=0))
+    else:
+        nodes.append(helper.make_node("ReduceSum", [p + "rows64"], [p + "sum"], axes=[0], keepdims=0))
+    return nodes
+
+
 def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str,
-             layout: TokenLayout | None = None, precision: str = "float32") -> Tap:
+             layout: TokenLayout | None = None, precision: str = "float32", wide: bool = False,
+             basis: np.ndarray | None = None) -> Tap:
     p = f"__damp_tap{k}_"
     d = op.feature_dim
     nodes: list = []
@@ -209,20 +229,38 @@ def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str,
         nodes.append(helper.make_node("Transpose", [x], [p + "t"], perm=[1, 0]))
         x = p + "t"
     g.initializer.append(numpy_helper.from_array(np.array([-1, d], dtype=np.int64), p + "shape_const"))
+    if wide:
+        nodes.append(helper.make_node("Reshape", [x, p + "shape_const"], [p + "rows_full"]))
+        if basis is None:
+            nodes.append(helper.make_node("Identity", [p + "rows_full"], [p + "rows"]))
+            return _finish_tap(g, op, layout, mode, p, nodes, d, gram=False, shift=False,
+                               reduce=_reduce_sum64(g, p, opset))
+        # rows projected on the basis, in float64: x U [rows, k]
+        g.initializer.append(numpy_helper.from_array(np.asarray(basis, dtype=np.float64), p + "basis"))
+        nodes += [helper.make_node("Cast", [p + "rows_full"], [p + "rows_full64"], to=TensorProto.DOUBLE),
+                  helper.make_node("MatMul", [p + "rows_full64", p + "basis"], [p + "rows"])]
+        return _finish_tap(g, op, layout, mode, p, nodes, int(basis.shape[1]), gram=True, shift=False,
+                           reduce=_reduce_float64(g, p, opset))
     nodes.append(helper.make_node("Reshape", [x, p + "shape_const"], [p + "rows"]))
     # class token and pooled taps (one row per image): float64 costs nothing there; the rest: centred float32
     few_rows = layout is not None or (op.op_type == "Conv" and mode == "pooled")
     shift = precision == "float32" and opset >= 12 and not few_rows and not _double_weight(g, op)  # int64 Max: 12
-    nodes += _reduce_float32(g, p, opset) if shift else _reduce_float64(g, p, opset)
-    nodes.append(helper.make_node("Shape", [p + "rows"], [p + "count"]))
+    reduce = _reduce_float32(g, p, opset) if shift else _reduce_float64(g, p, opset)
+    return _finish_tap(g, op, layout, mode, p, nodes, d, gram=True, shift=shift, reduce=reduce)
+
+
+def _finish_tap(g: onnx.GraphProto, op: EditableOp, layout, mode: str, p: str, nodes: list, d: int, *, gram: bool,
+                shift: bool, reduce: list) -> Tap:
+    """Add the reduction nodes and the statistics outputs of one tap to the graph."""
+    nodes = nodes + reduce + [helper.make_node("Shape", [p + "rows"], [p + "count"])]
     for n in nodes:
         n.name = n.output[0] + "_node"
     g.node.extend(nodes)
-    g.output.extend([
-        helper.make_tensor_value_info(p + "sum", TensorProto.DOUBLE, [d]),
-        helper.make_tensor_value_info(p + "gram", TensorProto.DOUBLE, [d, d]),
-        helper.make_tensor_value_info(p + "count", TensorProto.INT64, [2]),
-    ])
+    g.output.append(helper.make_tensor_value_info(p + "sum", TensorProto.DOUBLE, [d]))
+    if gram:
+        g.output.append(helper.make_tensor_value_info(p + "gram", TensorProto.DOUBLE, [d, d]))
+    g.output.append(helper.make_tensor_value_info(p + "count", TensorProto.INT64, [2]))
     if shift:
         g.output.append(helper.make_tensor_value_info(p + "shift", TensorProto.DOUBLE, [d]))
-    return Tap(tap_key(op, layout, mode), p + "sum", p + "gram", p + "count", d, p + "shift" if shift else None)
+    return Tap(tap_key(op, layout, mode), p + "sum", p + "gram" if gram else None, p + "count", d,
+               p + "shift" if shift else None)

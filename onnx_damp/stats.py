@@ -32,13 +32,22 @@ class LayerStats:
     rows: dict[int, int] = field(default_factory=dict)
     grams: dict[int, np.ndarray] = field(default_factory=dict)
     total_gram: np.ndarray | None = None
+    basis: np.ndarray | None = None          # wide layer: orthonormal basis U [d, k] of the class prototypes
+    projected: "LayerStats | None" = None    # wide layer: statistics of the rows projected on it, x U
 
-    def add(self, c: int, s: np.ndarray, gram: np.ndarray, n: int, keep_gram: bool) -> None:
+    @property
+    def wide(self) -> bool:
+        """A layer too wide for d x d Grams: sums in d dimensions, second moments only within span(U)."""
+        return self.basis is not None
+
+    def add(self, c: int, s: np.ndarray, gram: np.ndarray | None, n: int, keep_gram: bool) -> None:
         d = self.feature_dim
         if c not in self.sums:
             self.sums[c], self.rows[c] = np.zeros(d), 0
         self.sums[c] += s
         self.rows[c] += n
+        if gram is None:
+            return
         if keep_gram:
             self.grams[c] = self.grams.get(c, np.zeros((d, d))) + gram
         self.total_gram = gram.copy() if self.total_gram is None else self.total_gram + gram
@@ -108,7 +117,7 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
             batch_size: int = 128, device: str = "cpu", feature_mode: str = "auto",
             input_name: str | None = None, progress: Callable[[int], None] | None = None,
             layouts: dict[str, TokenLayout] | None = None, precision: str = "float32",
-            outputs: bool = False, output: str | None = None) -> Statistics:
+            outputs: bool = False, output: str | None = None, wide_dim: int | None = None) -> Statistics:
     """Stream data through an instrumented copy of model in single-class batches and reduce per batch.
 
     gram_classes: classes whose second moments are kept (the forget classes); None keeps every class's
@@ -120,12 +129,55 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
     float64 rounding). float64 is always used for class-token and pooled taps (one row per image: it costs
     nothing), float64 weights, opsets below 12, and --device cuda (where float32 GEMMs may run in TF32);
     batches are always accumulated in float64.
+    wide_dim: input widths above this (default WIDE_DIM) get sums and, in a second pass over the data, second
+    moments within the span of the class prototypes instead of d x d Grams (see damp._plan_wide).
     """
     if feature_mode not in TOKEN_MODES:
         layouts = {}
     elif layouts is None:
         layouts = probe_token_layouts(model, ops, data.x, input_name, device)
-    inst, taps = instrument(model, ops, feature_mode, layouts, "float64" if device == "cuda" else precision)
+    wide = {op.node_name: None for op in ops if is_wide(op, feature_mode, WIDE_DIM if wide_dim is None else wide_dim)}
+    inst, taps = instrument(model, ops, feature_mode, layouts, "float64" if device == "cuda" else precision,
+                            wide=wide)
+    per_tap, samples, kept = _stream(inst, taps, data, gram_classes, batch_size, device, input_name, progress,
+                                     outputs, output)
+    if wide:  # second pass, wide layers only: second moments of the rows projected on the class prototypes' span
+        bases = {name: prototype_basis(per_tap[taps[name].key]) for name in wide}
+        inst, wtaps = instrument(model, [op for op in ops if op.node_name in wide], feature_mode, layouts,
+                                 "float64", wide=bases)
+        projected, _, _ = _stream(inst, wtaps, data, None, batch_size, device, input_name, None, False, None)
+        for name in wide:
+            st = per_tap[taps[name].key]
+            st.basis, st.projected = bases[name], projected[wtaps[name].key]
+    keep = None if gram_classes is None else set(int(c) for c in gram_classes)
+    return Statistics({name: per_tap[t.key] for name, t in taps.items()}, samples, feature_mode, layouts,
+                      None if keep is None else sorted(keep), outputs=kept)
+
+
+WIDE_DIM = 4096  # above this input width a layer gets no d x d Gram (128 MiB per class in float64)
+
+
+def is_wide(op: EditableOp, feature_mode: str = "auto", limit: int = WIDE_DIM) -> bool:
+    """Whether op's input space is too wide for d x d statistics (patch mode's unfolded width counts)."""
+    from .instrument import patch_dim, unfolds
+    d = patch_dim(op) if unfolds(op, feature_mode) else op.feature_dim
+    return d > limit
+
+
+def prototype_basis(st: LayerStats) -> np.ndarray:
+    """Orthonormal basis [d, k] of the span of every class prototype (k <= number of classes).
+
+    Every forget direction DAMP builds from prototypes (retain-span residuals) lies in this span, so
+    second moments within it are all the probe needs: k x k instead of d x d.
+    """
+    from .projection import orthonormal_basis
+    means = np.stack([st.mean(c) for c in sorted(st.sums)], axis=1)
+    return orthonormal_basis(means)
+
+
+def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size: int, device: str,
+            input_name: str | None, progress, outputs: bool, output: str | None):
+    """Run inst over data in single-class batches; per-tap statistics, per-class counts, kept outputs."""
     sess = make_session(inst, device)  # full optimisation: a node whose output is a graph output is never fused away
     spec = input_spec(sess, input_name)
     x = data.x.astype(spec.dtype, copy=False)
@@ -148,6 +200,9 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
             kept[idx[:real]] = rows[:real]
         for key, t in unique.items():
             n = int(got[t.shape_name][0])
+            if t.gram_name is None:
+                per_tap[key].add(c, got[t.sum_name], None, n, False)
+                continue
             s, gram = restore_shift(got[t.sum_name], got[t.gram_name], n, got.get(t.shift_name))
             per_tap[key].add(c, s, gram, n, keep is None or c in keep)
         samples[c] = samples.get(c, 0) + real
@@ -156,5 +211,4 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
     if keep is None:
         for st in per_tap.values():
             st.canonical_total()
-    return Statistics({name: per_tap[t.key] for name, t in taps.items()}, samples, feature_mode, layouts,
-                      None if keep is None else sorted(keep), outputs=kept)
+    return per_tap, samples, kept

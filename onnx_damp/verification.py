@@ -92,9 +92,18 @@ def forget_structure(forget_features: np.ndarray, retain_features: np.ndarray) -
     r = np.asarray(retain_features, dtype=np.float64)
     if len(f) < 2 or len(r) < 2:
         return None
-    d = f.shape[1]
+    d, ridge = f.shape[1], 1e-6
+    if d > len(f) + len(r):
+        # wide features: means and covariances live in the span of the rows; in a basis of that span the
+        # d x d problem becomes m x m (m <= rows), the same up to the eigenvalue floor (the ridge keeps its
+        # absolute size: 1e-6 * trace / d)
+        u, sv, vt = np.linalg.svd(np.vstack([f, r]), full_matrices=False)
+        basis = vt[sv > 1e-12 * max(sv[0], 1e-300)].T
+        f, r = f @ basis, r @ basis
+        ridge = ridge * basis.shape[1] / d
+        d = basis.shape[1]
     delta = mahalanobis_separation(f.mean(0), np.cov(f, rowvar=False, bias=True).reshape(d, d),
-                                   r.mean(0), np.cov(r, rowvar=False, bias=True).reshape(d, d))
+                                   r.mean(0), np.cov(r, rowvar=False, bias=True).reshape(d, d), ridge=ridge)
     return float(delta), probe_separability(delta)
 
 

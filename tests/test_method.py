@@ -1,0 +1,187 @@
+"""The generalising method: held-out selection, the readout stage, wide layers, graph facts from data flow."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from onnx_damp import api
+from onnx_damp import readout as ro
+from onnx_damp.damp import plan
+from onnx_damp.data import Dataset
+from onnx_damp.errors import DampError
+from onnx_damp.graph import scan_graph
+from onnx_damp.selection import HeldOutScore, pick, score, split_holdout
+from onnx_damp.stats import collect
+from onnx_damp.unlearn import damp_edit
+
+from tiny_models import make_model
+
+CLASSES, DIM = 5, 8
+
+
+def mlp(rng, means: np.ndarray, hidden_offset: float = 10.0) -> onnx.ModelProto:
+    """Gemm(I, +offset) -> Relu -> Gemm: a nearest-class-mean classifier whose hidden layer stays linear."""
+    d = means.shape[1]
+    w2 = means.astype(np.float32)
+    b2 = (-0.5 * (means ** 2).sum(1) - hidden_offset * means.sum(1)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="head", transB=1)]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", d])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", len(means)])],
+                      {"w1": np.eye(d, dtype=np.float32), "b1": np.full(d, hidden_offset, np.float32),
+                       "w2": w2, "b2": b2})
+
+
+def clusters(rng, means: np.ndarray, per_class: int, noise: float = 1.0) -> Dataset:
+    y = np.repeat(np.arange(len(means)), per_class)
+    x = means[y] + noise * rng.normal(size=(len(y), means.shape[1]))
+    return Dataset(x.astype(np.float32), y.astype(np.int64))
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": np.asarray(x, np.float32)})[0]
+
+
+@pytest.fixture
+def setup():
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(CLASSES, DIM)) * 1.2
+    return mlp(rng, means), means, clusters(rng, means, 100), clusters(rng, means, 200)
+
+
+# ------------------------------------------------------------------------------------------------ split
+def test_split_holdout_is_per_class_disjoint_and_deterministic():
+    y = np.repeat(np.arange(4), [50, 50, 7, 30])
+    fit, held = split_holdout(y, 0.2)
+    assert not set(fit) & set(held) and len(fit) + len(held) == len(y)
+    assert [int(np.sum(y[held] == c)) for c in range(4)] == [10, 10, 0, 6]  # 7 images: too few to split
+    again = split_holdout(y, 0.2)
+    assert np.array_equal(fit, again[0]) and np.array_equal(held, again[1])
+
+
+def test_pick_prefers_lowest_forget_accuracy_within_the_guards():
+    ok = HeldOutScore(0.05, 0.9, {1: 0.0, 2: 0.01})
+    stronger_but_costly = HeldOutScore(0.0, 0.8, {1: 0.0, 2: 0.2})  # forgets more, costs class 2 20 points
+    assert pick([stronger_but_costly, ok]) == 1
+    assert pick([ok, HeldOutScore(0.01, 0.9, {1: 0.0, 2: 0.0})]) == 1
+    assert pick([stronger_but_costly, HeldOutScore(0.5, 0.7, {1: 0.1, 2: 0.1})]) == 1  # none within: smallest drop
+
+
+def test_score_counts_per_class_drops_against_the_original():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    sc = score(np.array([1, 1, 1, 2, 2, 2]), y, [0], {0: 1.0, 1: 1.0, 2: 1.0})
+    assert sc.forget_accuracy == 0.0 and sc.class_drops == {1: 0.5, 2: 0.0} and sc.worst == (1, 0.5)
+    assert not sc.within_guards()
+
+
+# ---------------------------------------------------------------------------------------------- readout
+def test_readout_shift_formula():
+    m_f = np.array([[2.0], [4.0], [9.0]])
+    m_r = np.array([[-6.0], [-4.0]])
+    assert ro.readout_shift(m_f, m_r)[0] == pytest.approx(max(5.0 - (-5.0), 9.0))
+    assert ro.readout_shift(np.array([[-3.0]]), np.array([[-2.0]]))[0] == 0.0  # already below: no shift
+
+
+def test_log_scores_treat_logits_and_probabilities_alike():
+    logits = np.array([[2.0, 0.0, -1.0]])
+    probs = np.exp(logits) / np.exp(logits).sum()
+    assert np.allclose(ro.log_scores(logits), ro.log_scores(probs))
+
+
+def test_readout_keeps_retain_logits_on_retain_prototypes_and_removes_the_class(setup):
+    model, means, calib, test = setup
+    forget, retain = [0], list(range(1, CLASSES))
+    ops = scan_graph(model).editable
+    out = damp_edit(model, ops, calib, forget, retain)
+    assert out.readout is not None and out.readout.applied, out.readout
+    protos = np.stack([out.first_stats.layers["fc1"].mean(c) for c in retain])  # the prototypes the edit kept
+    before, after = run(model, protos), run(out.model, protos)
+    assert np.allclose(after[:, retain], before[:, retain], atol=1e-4)
+    assert not np.allclose(after[:, forget], before[:, forget], atol=1e-2)  # the forget logit did move
+    pred = run(out.model, test.x).argmax(1)
+    assert np.mean(pred[test.y == 0] == 0) == 0.0
+    # the representation edit alone (the paper's form) is a different, weaker model
+    rep = run(out.representation, test.x).argmax(1)
+    assert np.mean(rep[test.y == 0] == 0) >= np.mean(pred[test.y == 0] == 0)
+
+
+def test_readout_off_returns_the_representation_edit(setup):
+    model, _, calib, _ = setup
+    ops = scan_graph(model).editable
+    out = damp_edit(model, ops, calib, [0], list(range(1, CLASSES)), readout=False)
+    assert out.readout is None and out.model is out.representation
+
+
+def test_a_worse_later_pass_is_not_kept(setup):
+    """Pass 2's statistics are wrong (labels swapped): its edit removes a retain class; the held-out images
+    see it and the tool keeps pass 1."""
+    model, _, calib, _ = setup
+    ops = scan_graph(model).editable
+    calls = []
+
+    def collector(m, ops_, data, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second pass: forget class 0 and retain class 1 swapped
+            y = data.y.copy()
+            y[data.y == 0], y[data.y == 1] = 1, 0
+            data = Dataset(np.asarray(data.x[:]), y)
+        return collect(m, ops_, data, *args, **kwargs)
+
+    out = damp_edit(model, ops, calib, [0], list(range(1, CLASSES)), max_passes=2, collector=collector,
+                    target_forget_accuracy=-1.0, readout=False)
+    assert len(calls) == 2 and len(out.passes) == 1
+    assert any("pass 2 was not kept" in n for n in out.notes)
+    # what it kept is pass 1's model, and that model is better on the held-out images than pass 2's would be
+    assert out.heldout_score.worst[1] < 0.2
+
+
+# ------------------------------------------------------------------------------------------- wide layers
+def test_wide_layer_plan_equals_the_full_plan(setup):
+    """Second moments within the prototypes' span give exactly the full-Gram Q and alpha (no extra directions)."""
+    model, _, calib, _ = setup
+    ops = scan_graph(model).editable
+    full = plan(ops, collect(model, ops, calib, None), [0], list(range(1, CLASSES)), extra_directions=False)
+    wide_stats = collect(model, ops, calib, None, wide_dim=4)
+    assert all(st.wide and st.total_gram is None for st in wide_stats.layers.values())
+    wide = plan(ops, wide_stats, [0], list(range(1, CLASSES)), extra_directions=False)
+    for a, b in zip(full, wide):
+        assert a.rank == b.rank
+        assert np.allclose(np.abs(a.q.T @ b.q), np.eye(a.rank), atol=1e-8)
+        assert a.alpha == pytest.approx(b.alpha, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- graphs
+def test_depth_follows_the_data_flow_not_the_file_order(setup, tmp_path):
+    model, _, calib, _ = setup
+    shuffled = onnx.ModelProto()
+    shuffled.CopyFrom(model)
+    nodes = list(shuffled.graph.node)
+    del shuffled.graph.node[:]
+    shuffled.graph.node.extend(reversed(nodes))  # head first, as keras2onnx may write them
+    ops = scan_graph(shuffled).editable
+    assert [o.node_name for o in ops] == ["fc1", "head"] and ops[-1].depth == 1.0
+    src = tmp_path / "shuffled.onnx"
+    onnx.save(shuffled, str(src))
+    res = api.forget(str(src), (calib.x, calib.y), [0], output=tmp_path / "out.onnx", feature_samples=0)
+    assert res.after.forget_accuracy < res.before.forget_accuracy
+    assert any("already fails onnx.checker" in n for n in res.notes)
+
+
+def test_a_classical_ml_model_is_refused_for_what_it_is(tmp_path):
+    node = helper.make_node("LinearClassifier", ["x"], ["label", "scores"], domain="ai.onnx.ml",
+                            coefficients=[1.0, -1.0, 0.5, 0.5], intercepts=[0.0, 0.0], classlabels_ints=[0, 1])
+    graph = helper.make_graph([node], "skl", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+                              [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+                               helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 2])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    m.ir_version = 8
+    path = tmp_path / "skl.onnx"
+    onnx.save(m, str(path))
+    x = np.random.default_rng(0).normal(size=(20, 2)).astype(np.float32)
+    with pytest.raises(DampError, match="LinearClassifier from the ai.onnx.ml domain"):
+        api.forget(str(path), (x, np.arange(20) % 2), [0], output=tmp_path / "o.onnx")
