@@ -332,9 +332,9 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     if merged is not None:
         _check_stats_layers(merged, scan.editable)
     notes = []
-    if merged is not None and calib is None and max_passes > 1:
-        notes.append("statistics given without --data: one DAMP pass (later passes re-collect statistics "
-                     "on the edited model, which needs --data)")
+    if merged is not None and calib is None:
+        notes.append("statistics given without --data: one DAMP pass of the default plan; no held-out selection "
+                     "and no readout stage (both judge on calibration images, which statistics do not hold)")
     collector = collect_stats
     if ray or ray_address:
         from .distributed import import_ray, ray_collect

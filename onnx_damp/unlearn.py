@@ -114,7 +114,6 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
         outcome.passes.append(PassRecord(plans, None, None))
         outcome.model = outcome.representation = edited
         outcome.first_stats = first_stats
-        outcome.notes.append("no calibration images: the default plan, no held-out selection, no readout stage")
         return outcome
     run = dict(batch_size=batch_size, device=device, feature_mode=feature_mode, input_name=input_name,
                progress=progress, collector=collector, output_name=output_name)

@@ -89,8 +89,9 @@ def skeleton(model: onnx.ModelProto) -> bytes:
     return m.SerializeToString(deterministic=True)
 
 
-def check_only_weights_changed(original: onnx.ModelProto, edited: onnx.ModelProto, editable) -> set[str]:
-    """The edit's contract: same graph, opset and IR version; only editable weights' values differ."""
+def check_only_weights_changed(original: onnx.ModelProto, edited: onnx.ModelProto, editable, res=None) -> set[str]:
+    """The edit's contract: same graph, opset and IR version; only editable weights' values differ, and the
+    readout stage's bias (res.readout.bias) when it ran."""
     onnx.checker.check_model(edited)
     sig = lambda m: [(n.op_type, n.domain, n.name, list(n.input), list(n.output)) for n in m.graph.node]  # noqa: E731
     assert sig(edited) == sig(original)
@@ -103,7 +104,8 @@ def check_only_weights_changed(original: onnx.ModelProto, edited: onnx.ModelProt
     before, after = initializers(original), initializers(edited)
     changed = {k for k in before if not np.array_equal(before[k], after[k])}
     assert changed, "nothing was edited"
-    assert changed <= {op.weight_name for op in editable}
+    readout = {res.readout.bias} if res is not None and res.readout is not None and res.readout.applied else set()
+    assert changed <= {op.weight_name for op in editable} | readout
     return changed
 
 
@@ -174,7 +176,7 @@ def test_forget_keeps_the_exported_graph(file, tmp_path):
     assert report["forget_classes"] == FORGET and report["retain_classes"] == [0, 2, 3]
     assert set(report["relative_change"]) == {op.node_name for op in editable}
     edited = onnx.load(str(out))
-    changed = check_only_weights_changed(original, edited, editable)
+    changed = check_only_weights_changed(original, edited, editable, res)
     head = editable[-1].weight_name
     assert head in changed
     logits = run(out, x)
@@ -218,7 +220,7 @@ def test_models_without_value_info(file, outputs_too, tmp_path):
     out = tmp_path / "out.onnx"
     res = onnx_damp.forget(path, DATA, forget=FORGET, output=out)
     edited = onnx.load(str(out))
-    check_only_weights_changed(model, edited, ops)
+    check_only_weights_changed(model, edited, ops, res)
     assert len(edited.graph.value_info) == 0
     assert run(out, x).shape == (len(x), 4)
     # the same edit as with value_info: shape information plays no part in it
@@ -287,7 +289,7 @@ def test_model_failing_strict_shape_inference(tmp_path):
     out = tmp_path / "out.onnx"
     res = onnx_damp.forget(path, (x, y), forget=FORGET, output=out)
     edited = onnx.load(str(out))
-    check_only_weights_changed(model, edited, ops)
+    check_only_weights_changed(model, edited, ops, res)
     with pytest.raises(onnx.shape_inference.InferenceError):   # still the same (unchanged) value_info
         onnx.shape_inference.infer_shapes(edited, strict_mode=True)
     assert res.before.forget_accuracy == 1.0
@@ -313,6 +315,6 @@ def test_exported_transformer_failing_strict_shape_inference(tmp_path):
     onnx.save_model(model, str(path))
     assert editable_summary(onnx_damp.inspect(path).editable) == editable_summary(ops)
     out = tmp_path / "out.onnx"
-    onnx_damp.forget(path, DATA, forget=FORGET, output=out)
-    check_only_weights_changed(model, onnx.load(str(out)), ops)
+    res = onnx_damp.forget(path, DATA, forget=FORGET, output=out)
+    check_only_weights_changed(model, onnx.load(str(out)), ops, res)
     assert run(out, x).shape == (len(x), 4)

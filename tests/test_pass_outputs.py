@@ -1,11 +1,10 @@
-"""Outputs that come free with the DAMP passes: the original's predictions from its statistics pass, and a
-stopping rule that predicts only the forget-class samples."""
+"""Outputs that come free with the statistics pass (the original's predictions on the fit part), and the
+held-out scores the pipeline records being those of the models it returns."""
 import numpy as np
 import pytest
 
 import onnx_damp
 import onnx_damp.unlearn as unlearn
-from onnx_damp import damp as dm
 from onnx_damp.data import Dataset
 from onnx_damp.graph import scan_graph
 from onnx_damp.modelio import load_model
@@ -35,50 +34,45 @@ def test_predict_indices_picks_rows(shuffled):
     np.testing.assert_array_equal(predict(proto, shuffled, indices=idx), predict(proto, shuffled)[idx])
 
 
-def test_passes_reuse_outputs_and_record_every_accuracy(shuffled, monkeypatch):
+def test_outputs_and_heldout_scores_are_those_of_the_models(shuffled):
     proto = load_model(MODEL)
     ops = scan_graph(proto).editable
-    predicted = []
-    real_predict = unlearn.predict
-
-    def counting(model, data, *args, indices=None, **kwargs):
-        predicted.append(len(data) if indices is None else len(indices))
-        return real_predict(model, data, *args, indices=indices, **kwargs)
-
-    monkeypatch.setattr(unlearn, "predict", counting)
-    monkeypatch.setattr(unlearn, "forget_accuracy", lambda *a: 1.0)  # never reach the target: 2 passes
     retain = [c for c in range(10) if c != 3]
-    out = unlearn.damp_edit(proto, ops, shuffled, [3], retain, max_passes=2)
-    n, nf = len(shuffled), int(np.sum(shuffled.y == 3))
-    # pass 1: forget samples only (its retain accuracy comes with pass 2's statistics); pass 2: forget, then the rest
-    assert predicted == [nf, nf, n - nf]
+    out = unlearn.damp_edit(proto, ops, shuffled, [3], retain)
     np.testing.assert_allclose(out.original_outputs, predict(proto, shuffled), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out.calib_outputs, predict(out.model, shuffled), rtol=1e-5, atol=1e-5)
-    assert all(p.calib_retain_accuracy is not None for p in out.passes)
-    # pass 1's retain accuracy is that of the model after one pass
-    one = load_model(MODEL)
-    dm.apply(one, out.passes[0].plans)
-    pred, y = predict(one, shuffled).argmax(1), shuffled.y
-    expected = np.mean([np.mean(pred[y == c] == c) for c in retain])
-    assert out.passes[0].calib_retain_accuracy == pytest.approx(expected)
+    held = out.heldout
+    assert len(held) == 10 * 8 and len(set(held.tolist())) == len(held)  # 8 of each class's 40 images
+    pred, y = predict(out.model, shuffled, indices=held).argmax(1), shuffled.y[held]
+    assert out.heldout_score.forget_accuracy == pytest.approx(np.mean(pred[y == 3] == 3))
+    rep = predict(out.representation, shuffled, indices=held).argmax(1)
+    assert out.passes[0].calib_forget_accuracy == pytest.approx(np.mean(rep[y == 3] == 3))
+    assert out.passes[0].calib_retain_accuracy == pytest.approx(np.mean([np.mean(rep[y == c] == c) for c in retain]))
 
 
-def test_forget_on_calibration_data_predicts_each_model_once(monkeypatch):
+def test_forget_predicts_the_original_only_on_the_heldout_images(monkeypatch):
     import onnx_damp.api as api
     x, y = first_per_class(MODEL.parent / "calib.npz", 30)
+    original = load_model(MODEL)
     calls = []
     for mod in (api, unlearn):
         real = mod.predict
 
         def counting(model, data, *args, _real=real, indices=None, **kwargs):
-            calls.append(len(data) if indices is None else len(indices))
+            same = len(model.graph.initializer) == len(original.graph.initializer) and all(
+                a.SerializeToString() == b.SerializeToString()
+                for a, b in zip(model.graph.initializer, original.graph.initializer))
+            calls.append((same, len(data) if indices is None else len(indices)))
             return _real(model, data, *args, indices=indices, **kwargs)
 
         monkeypatch.setattr(mod, "predict", counting)
-    res = onnx_damp.forget(MODEL, (x, y), [3], feature_samples=0, max_passes=1)
-    # the edited model once (forget samples, then the rest); the original came with its statistics;
-    # besides, one single-sample run checks that the data fit the model
-    assert sum(c for c in calls if c > 1) == len(y) and calls.count(1) == 1
+    res = onnx_damp.forget(MODEL, (x, y), [3], feature_samples=0)
+    held = 10 * 6
+    # the original: its statistics pass gives its outputs on the fit part; predicted on the held-out part only
+    # (and one single-sample run that checks the data fit the model)
+    assert sorted(n for same, n in calls if same) == [1, held]
+    # the edits: held-out checks (a few) and the returned model once on the rest
+    assert sum(n for same, n in calls if not same) <= len(y) + 8 * held
     assert res.before.forget_accuracy > 0.9 and res.after.forget_accuracy < res.before.forget_accuracy
 
 
