@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from onnx_damp.data import load_npz, subset
+from onnx_damp.data import Dataset, as_dataset, load_npz, subset
+from onnx_damp.labels import metadata_names
 from onnx_damp.graph import scan_graph
 from onnx_damp.metrics import summarize
 from onnx_damp.modelio import load_model
@@ -52,13 +53,23 @@ def model_files(name: str, zoo_data: Path | None) -> tuple[Path, Path, Path, str
     folder = ROOT / "samples" / name
     if not (folder / "model.onnx").exists():
         return None
+    if (folder / "calib").is_dir():  # an image-folder sample (cifar10): JPEG files and a preprocess.json
+        return folder / "model.onnx", folder / "calib", folder / "test", SAMPLES[name]
     return folder / "model.onnx", folder / "calib.npz", folder / "test.npz", SAMPLES[name]
+
+
+def load_data(path: Path, proto) -> "Dataset":
+    """An .npz, or an image folder with the preprocess.json beside it (read in memory once: it is reused)."""
+    if path.suffix == ".npz":
+        return load_npz(path)
+    ds = as_dataset(path, path.parent / "preprocess.json", metadata_names(proto))
+    return Dataset(np.asarray(ds.x[:]), ds.y, ds.source)
 
 
 def run_model(name: str, files, args) -> list[dict]:
     model_path, calib_path, test_path, dataset = files
     proto = load_model(model_path)
-    calib, test = load_npz(calib_path), load_npz(test_path)
+    calib, test = load_data(calib_path, proto), load_data(test_path, proto)
     ops = scan_graph(proto).editable
     classes = [int(c) for c in np.unique(calib.y)]
     fsets = [(c,) for c in classes] + ([] if args.no_pairs else PAIRS[dataset])
@@ -90,6 +101,8 @@ def run_model(name: str, files, args) -> list[dict]:
                "passes": len(out.passes), "readout": bool(out.readout and out.readout.applied),
                "readout_reason": out.readout.reason if out.readout else "off",
                "seconds": t_edit + t_stats / len(fsets)}
+        row["command"] = f"python bench/zoo.py {' '.join(args.argv)}"
+        row["date"] = time.strftime("%Y-%m-%d")
         row["within"] = (row["forget_after"] <= BOUNDS["forget"] and row["mean_drop"] <= BOUNDS["mean_drop"]
                          and row["worst_drop"] <= BOUNDS["class_drop"])
         rows.append(row)
@@ -103,10 +116,11 @@ def run_model(name: str, files, args) -> list[dict]:
 
 def markdown(rows: list[dict], args) -> str:
     n, k = len(rows), sum(r["within"] for r in rows)
+    commands = sorted({r.get("command", "") for r in rows}) or [f"python bench/zoo.py {' '.join(args.argv)}"]
     out = [f"# Forgetting on the zoo and the shipped samples\n",
-           f"`python bench/zoo.py {' '.join(args.argv)}` ({platform.machine()}, {time.strftime('%Y-%m-%d')}): "
            f"**{k} of {n} forget sets within bounds** (forget accuracy <= 1%, mean retain drop <= 1 point, no retain "
-           f"class down more than 3 points; full test sets; CIFAR-10 numbers are on the CIFAR-10 (JPEG copy)).\n",
+           f"class down more than 3 points; full test sets of the zoo, the samples' test subsets; CIFAR-10 numbers "
+           f"are on the CIFAR-10 (JPEG copy)). Measured with " + "; ".join(f"`{c}`" for c in commands) + ".\n",
            "| model | forget | forget acc. before -> after (representation alone) | mean retain drop | worst retain class "
            "| kept plan | s | within |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -135,10 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--md", type=Path, default=None)
     ap.add_argument("-q", "--quiet", action="store_true")
+    ap.add_argument("--from-json", type=Path, nargs="*", default=None,
+                    help="render the table from the rows of earlier runs (each row keeps its command)")
     args = ap.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     rows = []
-    for name in args.models or (list(ZOO) + list(SAMPLES)):
+    if args.from_json:
+        for path in args.from_json:
+            rows += json.loads(path.read_text())
+        args.models = []
+    for name in (args.models if args.models is not None else (list(ZOO) + list(SAMPLES))):
         files = model_files(name, args.zoo_data)
         if files is None:
             print(f"{name}: skipped (no data; see zoo/prepare.py)", file=sys.stderr)
