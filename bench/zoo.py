@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -117,7 +116,7 @@ def run_model(name: str, files, args) -> list[dict]:
 def markdown(rows: list[dict], args) -> str:
     n, k = len(rows), sum(r["within"] for r in rows)
     commands = sorted({r.get("command", "") for r in rows}) or [f"python bench/zoo.py {' '.join(args.argv)}"]
-    out = [f"# Forgetting on the zoo and the shipped samples\n",
+    out = ["# Forgetting on the zoo and the shipped samples\n",
            f"**{k} of {n} forget sets within bounds** (forget accuracy <= 1%, mean retain drop <= 1 point, no retain "
            f"class down more than 3 points; full test sets of the zoo, the samples' test subsets; CIFAR-10 numbers "
            f"are on the CIFAR-10 (JPEG copy)). Measured with " + "; ".join(f"`{c}`" for c in commands) + ".\n",

@@ -133,12 +133,7 @@ def _double_weight(g: onnx.GraphProto, op: EditableOp) -> bool:
 
 def _reduce_float64(g: onnx.GraphProto, p: str, opset: int) -> list:
     """Sum and Gram of rows computed in float64 (exact to float64 rounding; about 2x slower on a CNN)."""
-    nodes = [helper.make_node("Cast", [p + "rows"], [p + "rows64"], to=TensorProto.DOUBLE)]
-    if opset >= 13:
-        g.initializer.append(numpy_helper.from_array(np.array([0], dtype=np.int64), p + "axes"))
-        nodes.append(helper.make_node("ReduceSum", [p + "rows64", p + "axes"], [p + "sum"], keepdims=0))
-    else:
-        nodes.append(helper.make_node("ReduceSum", [p + "rows64"], [p + "sum"], axes=[0], keepdims=0))
+    nodes = _reduce_sum64(g, p, opset)
     nodes.append(helper.make_node("Transpose", [p + "rows64"], [p + "rowsT"], perm=[1, 0]))
     nodes.append(helper.make_node("MatMul", [p + "rowsT", p + "rows64"], [p + "gram"]))
     return nodes
