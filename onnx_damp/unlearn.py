@@ -35,7 +35,7 @@ from .weights import BiasRef, index_graph, output_bias, shift_bias
 # keeps the retain guards on the held-out images
 CANDIDATES = (("damp", True, 1.0), ("damp, residual directions only", False, 1.0))
 FALLBACK_CANDIDATES = (("damp, half strength", True, 0.5), ("damp, residual directions only, half strength", False, 0.5),
-                       ("damp, quarter strength", True, 0.25))
+                       ("damp, quarter strength", True, 0.25), ("damp, eighth strength", True, 0.125))
 PROBE_SHIFT = 1.0  # bias units of the probe that measures how the output's scores follow the bias
 
 
