@@ -1,6 +1,8 @@
 """The generalising method: held-out selection, the readout stage, wide layers, graph facts from data flow."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -185,3 +187,38 @@ def test_a_classical_ml_model_is_refused_for_what_it_is(tmp_path):
     x = np.random.default_rng(0).normal(size=(20, 2)).astype(np.float32)
     with pytest.raises(DampError, match="LinearClassifier from the ai.onnx.ml domain"):
         api.forget(str(path), (x, np.arange(20) % 2), [0], output=tmp_path / "o.onnx")
+
+
+def test_heldout_warnings_name_the_bound_and_by_how_much():
+    from types import SimpleNamespace
+
+    outcome = SimpleNamespace(heldout_score=HeldOutScore(0.05, 0.9, {1: 0.05, 2: 0.0}))
+    lines = api.heldout_warnings(outcome, 0.01)
+    assert len(lines) == 3
+    assert "forget accuracy 5.0% is above the 1.0% target by 4.0 points" in lines[0]
+    assert "mean retain accuracy fell 2.5 points" in lines[1] and "retain class 1 fell 5.0 points" in lines[2]
+    assert api.heldout_warnings(SimpleNamespace(heldout_score=HeldOutScore(0.0, 0.9, {1: 0.0})), 0.01) == []
+
+
+def test_cli_prints_the_stages_and_a_warning_line_per_missed_bound(setup, tmp_path):
+    from click.testing import CliRunner
+
+    from onnx_damp.cli import main
+
+    model, _, calib, test = setup
+    src, data = tmp_path / "m.onnx", tmp_path / "calib.npz"
+    onnx.save(model, str(src))
+    np.savez(data, x=calib.x, y=calib.y)
+    r = CliRunner().invoke(main, ["forget", str(src), "--data", str(data), "--forget", "0", "-o",
+                                  str(tmp_path / "o.onnx"), "--feature-samples", "0", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "Stages" in r.output and "+ readout stage" in r.output and "readout: bias b2 of head lowered" in r.output
+    rep = tmp_path / "r.json"
+    r = CliRunner().invoke(main, ["forget", str(src), "--data", str(data), "--forget", "0", "-o",
+                                  str(tmp_path / "o2.onnx"), "--feature-samples", "0", "-q", "--no-readout",
+                                  "--target-forget-acc", "0", "--report", str(rep)])
+    assert r.exit_code == 0 and "Stages" not in r.output
+    report = json.loads(rep.read_text())
+    warned = [line[len("warning: "):] for line in r.output.splitlines() if line.startswith("warning: ")]
+    assert warned == report["warnings"]
+    assert (report["heldout"]["score"]["forget_accuracy"] > 0) == any("forget accuracy" in w for w in warned)
