@@ -66,7 +66,7 @@ def test_forget_predicts_the_original_only_on_the_heldout_images(monkeypatch):
             return _real(model, data, *args, indices=indices, **kwargs)
 
         monkeypatch.setattr(mod, "predict", counting)
-    res = onnx_damp.forget(MODEL, (x, y), [3], feature_samples=0)
+    res = onnx_damp.forget(MODEL, (x, y), [3], feature_samples=0, max_passes=1)
     held = 10 * 6
     # the original: its statistics pass gives its outputs on the fit part; predicted on the held-out part only
     # (and one single-sample run that checks the data fit the model)
