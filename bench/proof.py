@@ -27,7 +27,15 @@ sys.path.insert(0, str(ROOT))
 import onnx_damp  # noqa: E402
 from onnx_damp.graph import scan_graph  # noqa: E402
 
-SAMPLES = {"mnist": [3], "fashion_mnist": [0], "vit_mnist": [7], "vit_fashion": [6], "resnet18_fashion": [0]}
+SAMPLES = {"mnist": [3], "fashion_mnist": [0], "vit_mnist": [7], "vit_fashion": [6], "resnet18_fashion": [0],
+           "cifar10": [3]}
+
+
+def data(folder: Path, split: str) -> tuple[Path, Path | None]:
+    """The sample's .npz, or its image folder (cifar10) with the preprocess.json beside it."""
+    if (folder / split).is_dir():
+        return folder / split, folder / "preprocess.json"
+    return folder / f"{split}.npz", None
 
 
 def head_suppression(model: onnx.ModelProto, forget: list[int], shift: float = 100.0) -> onnx.ModelProto:
@@ -70,13 +78,14 @@ def run_sample(name: str, forget: list[int], tmp: Path, feature_samples: int, ex
     supp = tmp / f"{name}_suppressed.onnx"
     onnx.save(head_suppression(orig, forget), str(supp))
     damp = tmp / f"{name}_damp.onnx"
-    onnx_damp.forget(folder / "model.onnx", folder / "calib.npz", forget, output=damp, feature_samples=0,
+    (calib, pre), (test, _) = data(folder, "calib"), data(folder, "test")
+    onnx_damp.forget(folder / "model.onnx", calib, forget, output=damp, feature_samples=0, preprocess=pre,
                      extra_bar=extra_bar)
     rows = []
     for method, path in [("original", folder / "model.onnx"), ("head suppression", supp), ("DAMP", damp),
                          ("retrained", ref)]:
-        ev = onnx_damp.evaluate(path, folder / "test.npz", forget, original=folder / "model.onnx", reference=ref,
-                                train_data=folder / "calib.npz", feature_samples=feature_samples)
+        ev = onnx_damp.evaluate(path, test, forget, original=folder / "model.onnx", reference=ref,
+                                train_data=calib, feature_samples=feature_samples, preprocess=pre)
         rows.append(row(name, method, ev))
     return rows
 
@@ -93,7 +102,8 @@ def _worst(r: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--samples", nargs="*", default=list(SAMPLES))
+    ap.add_argument("--samples", nargs="*", default=[s for s in SAMPLES if s != "cifar10"],
+                    help="default: the five Fashion-MNIST/MNIST samples; cifar10 (CIFAR-10 (JPEG copy)) on request")
     ap.add_argument("--feature-samples", type=int, default=500)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--extra-bar", choices=["energy", "variance"], default="energy",
