@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-readout", action="store_true")
     ap.add_argument("--no-candidates", action="store_true", help="the default plan only (no held-out choice)")
     ap.add_argument("--holdout", type=float, default=0.2)
-    ap.add_argument("--max-passes", type=int, default=3)
+    ap.add_argument("--max-passes", type=int, default=1)
     ap.add_argument("--no-pairs", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--md", type=Path, default=None)

@@ -258,7 +258,7 @@ def _record_metadata(proto: onnx.ModelProto, entries: dict[str, str]) -> None:
 def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathLike | None = None,
            eval_data=None, batch_size: int = 128, device: str = "cpu", feature_mode: str = "auto",
            extra_directions: bool = True, input_name: str | None = None, output_name: str | None = None,
-           max_passes: int = 3, target_forget_accuracy: float = 0.01, quiet: bool = True,
+           max_passes: int = 1, target_forget_accuracy: float = 0.01, quiet: bool = True,
            reference: ModelLike | None = None, feature_samples: int = 500,
            gates: "Gates | dict | None" = None, labels: str | os.PathLike | None = None,
            preprocess=None, stats: "Sequence[str | os.PathLike | Statistics] | None" = None, ray: bool = False,

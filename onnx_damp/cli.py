@@ -256,7 +256,7 @@ def collect_cmd(model, data, output, forget_classes, labels, batch_size, feature
                    "patch: Conv inputs as unfolded kernel-sized patches (in * k * k features), tokens as auto.")
 @click.option("--no-extra-directions", is_flag=True,
               help="Use only the prototype residuals (rank = number of forget classes).")
-@click.option("--max-passes", default=3, show_default=True, type=int,
+@click.option("--max-passes", default=1, show_default=True, type=int,
               help="Most DAMP passes (statistics re-collected on the edited model before each further pass; a "
                    "pass is kept only when the held-out calibration images say it is better).")
 @click.option("--target-forget-acc", default=0.01, show_default=True, type=float,

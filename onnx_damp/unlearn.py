@@ -93,7 +93,7 @@ class EditOutcome:
 def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | None, forget: Sequence[int],
               retain: Sequence[int], *, batch_size: int = 128, device: str = "cpu", feature_mode: str = "auto",
               extra_directions: bool = True, input_name: str | None = None, output_name: str | None = None,
-              max_passes: int = 3, target_forget_accuracy: float = 0.01, first_stats: Statistics | None = None,
+              max_passes: int = 1, target_forget_accuracy: float = 0.01, first_stats: Statistics | None = None,
               progress: Callable[[int], None] | None = None, collector: Callable[..., Statistics] = collect,
               extra_bar: str = "energy", readout: bool = True, holdout: float = HOLDOUT_FRACTION,
               candidates: bool = True, outputs: bool = True) -> EditOutcome:
