@@ -351,13 +351,14 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
                             candidates=candidates)
         bar.done = bar.total
     notes += outcome.notes
+    calib_samples = len(calib) if calib is not None else outcome.first_stats.num_samples
     edited = outcome.model
     changes = total_relative_change(proto, edited, scan.editable)
     sha = sha256_file(src) if src else None
     _record_metadata(edited, {
         "onnx_damp.version": __version__,
         "onnx_damp.forget_classes": json.dumps(f),
-        "onnx_damp.calibration_samples": str(len(calib) if calib is not None else outcome.first_stats.num_samples),
+        "onnx_damp.calibration_samples": str(calib_samples),
         "onnx_damp.statistics_samples": str(outcome.first_stats.num_samples),
         "onnx_damp.heldout_samples": str(len(outcome.heldout) if outcome.heldout is not None else 0),
         "onnx_damp.readout": json.dumps({"node": outcome.readout.node, "bias": outcome.readout.bias,
@@ -402,8 +403,7 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
                      output_name=output_name, progress=bar)
     result = ForgetResult(edited, f, retain, outcome.passes, changes, before, after,
                           "evaluation data" if eval_data is not None else "calibration data (no --eval-data given)",
-                          len(calib) if calib is not None else outcome.first_stats.num_samples, feature_mode, sha,
-                          not_editable=scan.skipped,
+                          calib_samples, feature_mode, sha, not_editable=scan.skipped,
                           verification=ver, reference_js=_reference_js(probs, evald.y, f),
                           token_layouts={n: lay.describe() for n, lay in outcome.first_stats.token_layouts.items()},
                           class_names=names,

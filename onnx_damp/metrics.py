@@ -9,10 +9,15 @@ import numpy as np
 EPS = 1e-12
 
 
+def is_probability(out: np.ndarray) -> bool:
+    """Whether output rows already are probability vectors (non-negative, summing to 1)."""
+    return bool(np.all(out >= 0) and np.allclose(out.sum(axis=-1), 1.0, atol=1e-4))
+
+
 def to_probabilities(out: np.ndarray) -> np.ndarray:
     """Softmax over the last axis, unless the rows already are probability vectors."""
     out = np.asarray(out, dtype=np.float64)
-    if np.all(out >= 0) and np.allclose(out.sum(axis=-1), 1.0, atol=1e-4):
+    if is_probability(out):
         return out
     z = out - out.max(axis=-1, keepdims=True)  # one new [N, K] array, then in place (N x K can be large)
     np.exp(z, out=z)

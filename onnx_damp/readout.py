@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from .metrics import is_probability
+
 LOG_FLOOR = -80.0  # log-scores below this are clipped (float32 softmax underflows near exp(-87))
 
 
 def log_scores(outputs: np.ndarray) -> np.ndarray:
     """log softmax of output rows, or log of rows that already are probability vectors (clipped)."""
     out = np.asarray(outputs, dtype=np.float64)
-    if np.all(out >= 0) and np.allclose(out.sum(axis=-1), 1.0, atol=1e-4):
+    if is_probability(out):
         return np.maximum(np.log(np.maximum(out, 1e-300)), LOG_FLOOR)
     z = out - out.max(axis=-1, keepdims=True)
     return np.maximum(z - np.log(np.exp(z).sum(axis=-1, keepdims=True)), LOG_FLOOR)

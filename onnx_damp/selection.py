@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .metrics import per_class_accuracy
+
 HOLDOUT_FRACTION = 0.2   # share of each class's calibration images held out from the statistics
 MIN_HOLDOUT = 5          # a class with fewer than 2 * this many images is not split (all go to the fit part)
 MAX_MEAN_DROP = 0.01     # the retain guards: mean retain accuracy down at most 1 point ...
@@ -71,13 +73,9 @@ class HeldOutScore:
                 "mean_retain_drop": self.mean_drop, "worst_retain_class": c, "worst_retain_drop": d}
 
 
-def class_accuracies(pred: np.ndarray, y: np.ndarray) -> dict[int, float]:
-    return {int(c): float(np.mean(pred[y == c] == c)) for c in np.unique(y)}
-
-
 def score(pred: np.ndarray, y: np.ndarray, forget: list[int], original: dict[int, float]) -> HeldOutScore:
     """Score predictions on the held-out images; original: the unedited model's per-class accuracy there."""
-    acc = class_accuracies(pred, y)
+    acc = per_class_accuracy(pred, y)
     fmask = np.isin(y, forget)
     f_acc = float(np.mean(pred[fmask] == y[fmask])) if fmask.any() else float("nan")
     retain = [c for c in acc if c not in forget]

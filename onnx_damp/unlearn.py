@@ -24,10 +24,9 @@ from . import damp as dm
 from . import readout as ro
 from .data import Dataset, subset
 from .graph import EditableOp
-from .metrics import pooled_accuracy
 from .predict import predict
-from .runtime import make_session
-from .selection import HOLDOUT_FRACTION, HeldOutScore, class_accuracies, pick, score, split_holdout
+from .metrics import per_class_accuracy
+from .selection import HOLDOUT_FRACTION, HeldOutScore, pick, score, split_holdout
 from .stats import Statistics, collect
 from .weights import BiasRef, index_graph, output_bias, shift_bias
 
@@ -68,6 +67,8 @@ class ReadoutRecord:
     gain: list[float] = field(default_factory=list)         # log-score units per unit of bias
     before: HeldOutScore | None = None                     # held-out, after the representation edit alone
     after: HeldOutScore | None = None                      # held-out, after the readout stage
+    model: "onnx.ModelProto | None" = field(default=None, repr=False)     # the edited model (not serialised)
+    outputs: "np.ndarray | None" = field(default=None, repr=False)       # its output rows on the held-out images
 
     def to_dict(self) -> dict:
         return {"applied": self.applied, "reason": self.reason, "node": self.node, "bias": self.bias,
@@ -129,16 +130,16 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
     stats = first_stats if first_stats is not None else _collect(proto, ops, fit, forget, None, **run)
     outcome.first_stats = stats
     orig_held = predict(proto, held, 256, device, input_name, output_name)
-    base = class_accuracies(orig_held.argmax(1), held.y)
-    rep_model, best, rec = _best_candidate(proto, ops, stats, held, forget, retain, base, extra_directions, extra_bar,
-                                           candidates, run)
+    base = per_class_accuracy(orig_held.argmax(1), held.y)
+    rep_model, best, rec, rep_out = _best_candidate(proto, ops, stats, held, forget, retain, base, extra_directions,
+                                                    extra_bar, candidates, run)
     outcome.passes.append(rec)
     for _ in range(max_passes - 1):
         if best.forget_accuracy <= target_forget_accuracy:
             break
         st = _collect(rep_model, ops, fit, forget, stats.token_layouts, **run)
-        model, sc, r = _best_candidate(rep_model, ops, st, held, forget, retain, base, extra_directions, extra_bar,
-                                       candidates, run)
+        model, sc, r, out = _best_candidate(rep_model, ops, st, held, forget, retain, base, extra_directions,
+                                            extra_bar, candidates, run)
         # kept when the held-out images prefer it, or rate it as good (a tie within the guards: a further pass
         # removes more of the class from the features, which the held-out accuracy alone cannot see)
         better = pick([best, sc]) == 1 or (sc.within_guards() and sc.forget_accuracy <= best.forget_accuracy)
@@ -149,20 +150,20 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
                                  f"(kept {100 * best.worst[1]:.1f})")
             break
         outcome.passes.append(r)
-        rep_model, best = model, sc
+        rep_model, best, rep_out = model, sc, out
     outcome.representation, outcome.model = rep_model, rep_model
     outcome.heldout_score = best
     if readout:
-        outcome.readout = _readout(rep_model, ops[-1], held, forget, retain, base, best, target_forget_accuracy,
-                                   device, input_name, output_name)
+        outcome.readout = _readout(rep_model, rep_out, ops[-1], held, forget, retain, base, best,
+                                   target_forget_accuracy, device, input_name, output_name)
         if outcome.readout.applied:
-            outcome.model = outcome.readout.model  # type: ignore[attr-defined]
+            outcome.model, rep_out = outcome.readout.model, outcome.readout.outputs
             outcome.heldout_score = outcome.readout.after
     if not outputs:
         return outcome
     outcome.original_outputs = _all_outputs(proto, calib, fit_idx, held_idx, stats.outputs if first_stats is None
                                             else None, orig_held, device, input_name, output_name)
-    outcome.calib_outputs = _all_outputs(outcome.model, calib, fit_idx, held_idx, None, None, device, input_name,
+    outcome.calib_outputs = _all_outputs(outcome.model, calib, fit_idx, held_idx, None, rep_out, device, input_name,
                                          output_name)
     return outcome
 
@@ -181,10 +182,11 @@ def _applied(model: onnx.ModelProto, plans: list[dm.LayerPlan]) -> onnx.ModelPro
 
 
 def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directions, extra_bar, use_candidates,
-                    run) -> tuple[onnx.ModelProto, HeldOutScore, PassRecord]:
-    """Plan every candidate from the same statistics, score each on the held-out images, keep one."""
+                    run) -> tuple[onnx.ModelProto, HeldOutScore, PassRecord, np.ndarray]:
+    """Plan every candidate from the same statistics, score each on the held-out images, keep one (and its
+    output rows there)."""
     cands = CANDIDATES if use_candidates else (("damp", extra_directions, 1.0),)
-    tried: list[tuple[str, list, onnx.ModelProto, HeldOutScore]] = []
+    tried: list[tuple[str, list, onnx.ModelProto, HeldOutScore, np.ndarray]] = []
     plans_by_extra: dict[bool, list[dm.LayerPlan]] = {}
 
     def attempt(name, extra, scale):
@@ -192,8 +194,8 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
             plans_by_extra[extra] = dm.plan(ops, stats, forget, retain, extra, extra_bar)
         plans = [dataclasses.replace(p, alpha=p.alpha * scale) for p in plans_by_extra[extra]]
         edited = _applied(model, plans)
-        pred = predict(edited, held, 256, run["device"], run["input_name"], run["output_name"]).argmax(1)
-        tried.append((name, plans, edited, score(pred, held.y, forget, base)))
+        out = predict(edited, held, 256, run["device"], run["input_name"], run["output_name"])
+        tried.append((name, plans, edited, score(out.argmax(1), held.y, forget, base), out))
 
     for c in cands:
         attempt(*c)
@@ -203,22 +205,21 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
             if tried[-1][3].within_guards():
                 break
     k = pick([t[3] for t in tried])
-    name, plans, edited, sc = tried[k]
+    name, plans, edited, sc, out = tried[k]
     rec = PassRecord(plans, sc.forget_accuracy, sc.retain_accuracy, name,
                      [{"candidate": t[0], **t[3].to_dict()} for t in tried])
-    return edited, sc, rec
+    return edited, sc, rec, out
 
 
-def _readout(model: onnx.ModelProto, head: EditableOp, held: Dataset, forget: list[int], retain: list[int],
-             base: dict[int, float], before: HeldOutScore, target: float, device, input_name, output_name
-             ) -> ReadoutRecord:
-    """Lower the forget channels of the last operator's bias by the shift readout.readout_shift measures."""
+def _readout(model: onnx.ModelProto, out: np.ndarray, head: EditableOp, held: Dataset, forget: list[int],
+             retain: list[int], base: dict[int, float], before: HeldOutScore, target: float, device, input_name,
+             output_name) -> ReadoutRecord:
+    """Lower the forget channels of the last operator's bias by the shift readout.readout_shift measures.
+
+    out: model's output rows on the held-out images (from its candidate's score)."""
     ref = output_bias(index_graph(model.graph), head)
     if isinstance(ref, str):
         return ReadoutRecord(False, ref, head.node_name, before=before)
-    sess = make_session(model, device)
-    out = predict(model, held, 256, device, input_name, output_name, session=sess)
-    del sess
     if out.shape[1] != ref.channels:
         return ReadoutRecord(False, f"the last operator {head.node_name} has {ref.channels} output channels but the "
                                     f"model output has {out.shape[1]} columns", head.node_name, ref.name, before=before)
@@ -241,8 +242,8 @@ def _readout(model: onnx.ModelProto, head: EditableOp, held: Dataset, forget: li
     shift = t / gain
     for _ in range(8):  # scores clipped by a saturated softmax can hide part of the margin: widen until it holds
         edited = _shifted(model, ref, forget, shift)
-        pred = predict(edited, held, 256, device, input_name, output_name).argmax(1)
-        after = score(pred, held.y, forget, base)
+        edited_out = predict(edited, held, 256, device, input_name, output_name)
+        after = score(edited_out.argmax(1), held.y, forget, base)
         if after.forget_accuracy <= target:
             break
         shift = 2 * np.maximum(shift, 1e-3)
@@ -250,8 +251,7 @@ def _readout(model: onnx.ModelProto, head: EditableOp, held: Dataset, forget: li
         rec.reason = (f"lowering the forget channels of {head.node_name} lowered retain accuracy on the held-out "
                       "images: the output is not a per-channel increasing function of that operator")
         return rec
-    rec.applied, rec.shift, rec.after = True, (-shift).tolist(), after
-    rec.model = edited  # type: ignore[attr-defined]  (not serialised)
+    rec.applied, rec.shift, rec.after, rec.model, rec.outputs = True, (-shift).tolist(), after, edited, edited_out
     return rec
 
 
@@ -288,7 +288,3 @@ def _output_kwargs(collector: Callable[..., Statistics], output_name: str | None
     takes = "outputs" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     return {"outputs": True, "output": output_name} if takes else {}
 
-
-def forget_accuracy(forget_outputs: np.ndarray, forget_labels: np.ndarray) -> float:
-    """Fraction of forget-class samples still classified as their class."""
-    return pooled_accuracy(forget_outputs.argmax(1), forget_labels) if len(forget_labels) else float("nan")
