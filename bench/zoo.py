@@ -10,6 +10,10 @@ point, no retain class down more than 3 points.
   python bench/zoo.py --zoo-data /tmp/zoo                     # every model: docs/zoo.md, docs/zoo.json
   python bench/zoo.py --zoo-data /tmp/zoo --no-readout        # DAMP's representation edit alone (ablation)
   python bench/zoo.py --models mnist cifar10_winml --json out.json --md out.md
+  python bench/zoo.py --models --extra mine=model.onnx,calib.npz,test.npz   # any other model, same table
+
+Pairs for --extra models are the three pairs of the data set named by a fourth field (mnist, fashion,
+cifar10), or none.
 
 Statistics of the fit part are collected once per model (second moments of every class) and reused for each
 forget set; the held-out split is per class, so it is the same for every forget set.
@@ -57,6 +61,15 @@ def model_files(name: str, zoo_data: Path | None) -> tuple[Path, Path, Path, str
     return folder / "model.onnx", folder / "calib.npz", folder / "test.npz", SAMPLES[name]
 
 
+def extra_files(spec: str) -> tuple[str, tuple[Path, Path, Path, str | None]]:
+    """NAME=MODEL,CALIB,TEST[,DATASET] -> (name, files) for a model outside the zoo and the samples."""
+    name, sep, rest = spec.partition("=")
+    parts = rest.split(",")
+    if not sep or len(parts) not in (3, 4):
+        raise SystemExit(f"--extra {spec!r}: expected NAME=MODEL,CALIB,TEST[,DATASET]")
+    return name, (Path(parts[0]), Path(parts[1]), Path(parts[2]), parts[3] if len(parts) == 4 else None)
+
+
 def load_data(path: Path, proto) -> "Dataset":
     """An .npz, or an image folder with the preprocess.json beside it (read in memory once: it is reused)."""
     if path.suffix == ".npz":
@@ -71,7 +84,7 @@ def run_model(name: str, files, args) -> list[dict]:
     calib, test = load_data(calib_path, proto), load_data(test_path, proto)
     ops = scan_graph(proto).editable
     classes = [int(c) for c in np.unique(calib.y)]
-    fsets = [(c,) for c in classes] + ([] if args.no_pairs else PAIRS[dataset])
+    fsets = [(c,) for c in classes] + ([] if args.no_pairs or dataset not in PAIRS else PAIRS[dataset])
     t0 = time.perf_counter()
     fit_idx, _ = split_holdout(calib.y, args.holdout)
     stats = collect(proto, ops, subset(calib, fit_idx), None)
@@ -140,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--zoo-data", type=Path, help="folder written by zoo/prepare.py (zoo models are skipped without)")
     ap.add_argument("--models", nargs="*", default=None, help=f"default: {list(ZOO) + list(SAMPLES)}")
+    ap.add_argument("--extra", nargs="*", default=[], metavar="NAME=MODEL,CALIB,TEST[,DATASET]",
+                    help="models outside the zoo and the samples (third-party models), measured the same way")
     ap.add_argument("--no-readout", action="store_true")
     ap.add_argument("--no-candidates", action="store_true", help="the default plan only (no held-out choice)")
     ap.add_argument("--holdout", type=float, default=0.2)
@@ -162,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         if files is None:
             print(f"{name}: skipped (no data; see zoo/prepare.py)", file=sys.stderr)
             continue
+        rows += run_model(name, files, args)
+    for spec in args.extra:
+        name, files = extra_files(spec)
         rows += run_model(name, files, args)
     print(markdown(rows, args))
     if args.json:

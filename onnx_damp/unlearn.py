@@ -4,8 +4,9 @@ apply candidate DAMP edits, keep the best on the held-out images, then the reado
 1. Split: every fifth calibration image of each class is held out (selection.split_holdout); statistics
    come from the rest, every choice below from the held-out images, which built nothing.
 2. Representation edit (DAMP): one statistics pass; candidate plans from the same statistics (with and
-   without extra directions; at half strength only when neither keeps the retain guards); each is applied
-   to a copy and scored on the held-out images; selection.pick keeps one. Further passes (max_passes > 1)
+   without extra directions; weaker ones only when neither keeps the retain guards, stronger ones, up to a
+   full projection, only when the best within the guards leaves held-out forget accuracy above the target);
+   each is applied to a copy and scored on the held-out images; selection.pick keeps one. Further passes (max_passes > 1)
    re-collect statistics on the kept model and are kept only when the held-out images say they are better.
 3. Readout stage (readout.py): the last operator's bias is lowered for the forget channels by a shift
    measured on the held-out images; it never lowers a retain prediction.
@@ -30,9 +31,12 @@ from .selection import HOLDOUT_FRACTION, HeldOutScore, pick, score, split_holdou
 from .stats import Statistics, collect
 from .weights import BiasRef, index_graph, output_bias, shift_bias
 
-# (name, extra directions, alpha scale): tried in this order; the half-strength ones only when no full one
-# keeps the retain guards on the held-out images
+# (name, extra directions, alpha scale; see _scaled): tried in this order; the weaker ones only when no
+# full one keeps the retain guards on the held-out images, the stronger ones only when the best one within
+# the guards still leaves held-out forget accuracy above the target (each stops at the first that breaks
+# the guards or reaches the target)
 CANDIDATES = (("damp", True, 1.0), ("damp, residual directions only", False, 1.0))
+STRONGER_CANDIDATES = (("damp, stronger", True, 2.0), ("damp, full strength", True, float("inf")))
 FALLBACK_CANDIDATES = (("damp, half strength", True, 0.5), ("damp, residual directions only, half strength", False, 0.5),
                        ("damp, quarter strength", True, 0.25), ("damp, eighth strength", True, 0.125))
 PROBE_SHIFT = 1.0  # bias units of the probe that measures how the output's scores follow the bias
@@ -132,14 +136,14 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
     orig_held = predict(proto, held, 256, device, input_name, output_name)
     base = per_class_accuracy(orig_held.argmax(1), held.y)
     rep_model, best, rec, rep_out = _best_candidate(proto, ops, stats, held, forget, retain, base, extra_directions,
-                                                    extra_bar, candidates, run)
+                                                    extra_bar, candidates, run, target_forget_accuracy)
     outcome.passes.append(rec)
     for _ in range(max_passes - 1):
         if best.forget_accuracy <= target_forget_accuracy:
             break
         st = _collect(rep_model, ops, fit, forget, stats.token_layouts, **run)
         model, sc, r, out = _best_candidate(rep_model, ops, st, held, forget, retain, base, extra_directions,
-                                            extra_bar, candidates, run)
+                                            extra_bar, candidates, run, target_forget_accuracy)
         # kept when the held-out images prefer it, or rate it as good (a tie within the guards: a further pass
         # removes more of the class from the features, which the held-out accuracy alone cannot see)
         better = pick([best, sc]) == 1 or (sc.within_guards() and sc.forget_accuracy <= best.forget_accuracy)
@@ -182,7 +186,7 @@ def _applied(model: onnx.ModelProto, plans: list[dm.LayerPlan]) -> onnx.ModelPro
 
 
 def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directions, extra_bar, use_candidates,
-                    run) -> tuple[onnx.ModelProto, HeldOutScore, PassRecord, np.ndarray]:
+                    run, target) -> tuple[onnx.ModelProto, HeldOutScore, PassRecord, np.ndarray]:
     """Plan every candidate from the same statistics, score each on the held-out images, keep one (and its
     output rows there)."""
     cands = CANDIDATES if use_candidates else (("damp", extra_directions, 1.0),)
@@ -192,7 +196,7 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
     def attempt(name, extra, scale):
         if extra not in plans_by_extra:
             plans_by_extra[extra] = dm.plan(ops, stats, forget, retain, extra, extra_bar)
-        plans = [dataclasses.replace(p, alpha=p.alpha * scale) for p in plans_by_extra[extra]]
+        plans = [dataclasses.replace(p, alpha=_scaled(p.alpha, scale)) for p in plans_by_extra[extra]]
         edited = _applied(model, plans)
         out = predict(edited, held, 256, run["device"], run["input_name"], run["output_name"])
         tried.append((name, plans, edited, score(out.argmax(1), held.y, forget, base), out))
@@ -204,11 +208,21 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
             attempt(*c)
             if tried[-1][3].within_guards():
                 break
+    elif use_candidates and tried[pick([t[3] for t in tried])][3].forget_accuracy > target:
+        for c in STRONGER_CANDIDATES:  # the held-out images still read the class: a stronger edit, if they allow it
+            attempt(*c)
+            if not tried[-1][3].within_guards() or tried[-1][3].forget_accuracy <= target:
+                break
     k = pick([t[3] for t in tried])
     name, plans, edited, sc, out = tried[k]
     rec = PassRecord(plans, sc.forget_accuracy, sc.retain_accuracy, name,
                      [{"candidate": t[0], **t[3].to_dict()} for t in tried])
     return edited, sc, rec, out
+
+
+def _scaled(alpha: float, scale: float) -> float:
+    """alpha * scale for scale <= 1; for scale > 1, the gap to a full projection shrunk: 1 - (1 - alpha) / scale."""
+    return alpha * scale if scale <= 1 else 1.0 - (1.0 - alpha) / scale
 
 
 def _readout(model: onnx.ModelProto, out: np.ndarray, head: EditableOp, held: Dataset, forget: list[int],
