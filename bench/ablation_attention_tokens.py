@@ -21,8 +21,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import quality  # noqa: E402
-from onnx_damp.stats import collect  # noqa: E402
-from onnx_damp.unlearn import damp_edit  # noqa: E402
+from onnx_damp.stats.collector import collect  # noqa: E402
+from onnx_damp.method.pipeline import damp_edit  # noqa: E402
 
 
 def mixed_collector(pattern: re.Pattern):

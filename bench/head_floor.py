@@ -29,11 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import onnx_damp  # noqa: E402
-from onnx_damp import damp, stats  # noqa: E402
-from onnx_damp.data import load_npz  # noqa: E402
-from onnx_damp.graph import scan_graph  # noqa: E402
-from onnx_damp.metrics import summarize  # noqa: E402
-from onnx_damp.predict import predict  # noqa: E402
+from onnx_damp.method import plan as damp  # noqa: E402
+from onnx_damp.stats import collector as stats
+from onnx_damp.data.dataset import load_npz  # noqa: E402
+from onnx_damp.ops.graph import scan_graph  # noqa: E402
+from onnx_damp.verify.metrics import summarize  # noqa: E402
+from onnx_damp.runtime.predict import predict  # noqa: E402
 
 SAMPLES = ["mnist", "fashion_mnist", "vit_mnist", "vit_fashion", "resnet18_fashion"]
 

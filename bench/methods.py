@@ -45,17 +45,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnx_damp import damp as dm
-from onnx_damp.data import load_npz
-from onnx_damp.features import extract, pick_samples
-from onnx_damp.graph import EditableOp, scan_graph
-from onnx_damp.metrics import js_divergence, summarize, to_probabilities
-from onnx_damp.modelio import load_model
-from onnx_damp.predict import predict
-from onnx_damp.stats import Statistics, collect
-from onnx_damp.unlearn import damp_edit
-from onnx_damp.verification import deepest_layers, linear_cka, match_layers, mia_confidence, mia_entropy
-from onnx_damp.weights import (effective_weight, give_own_copy, index_graph, matrix_to_weight, read_initializer,
+from onnx_damp.method import plan as dm
+from onnx_damp.data.dataset import load_npz
+from onnx_damp.verify.feature_runs import extract, pick_samples
+from onnx_damp.ops.graph import EditableOp, scan_graph
+from onnx_damp.verify.metrics import js_divergence, summarize, to_probabilities
+from onnx_damp.runtime.modelio import load_model
+from onnx_damp.runtime.predict import predict
+from onnx_damp.stats.collector import Statistics, collect
+from onnx_damp.method.pipeline import damp_edit
+from onnx_damp.verify.measures import deepest_layers, linear_cka, match_layers, mia_confidence, mia_entropy
+from onnx_damp.ops.weights import (effective_weight, give_own_copy, index_graph, matrix_to_weight, read_initializer,
                                store_weight, weight_matrix, weight_ref, write_initializer)
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import onnx_damp  # noqa: E402
-from onnx_damp.graph import scan_graph  # noqa: E402
+from onnx_damp.ops.graph import scan_graph  # noqa: E402
 
 SAMPLES = {"mnist": [3], "fashion_mnist": [0], "vit_mnist": [7], "vit_fashion": [6], "resnet18_fashion": [0],
            "cifar10": [3]}

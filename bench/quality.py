@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from onnx_damp.data import load_npz
-from onnx_damp.graph import scan_graph
-from onnx_damp.metrics import js_divergence, summarize, to_probabilities
-from onnx_damp.modelio import load_model
-from onnx_damp.predict import predict
-from onnx_damp.stats import collect
-from onnx_damp.unlearn import damp_edit
+from onnx_damp.data.dataset import load_npz
+from onnx_damp.ops.graph import scan_graph
+from onnx_damp.verify.metrics import js_divergence, summarize, to_probabilities
+from onnx_damp.runtime.modelio import load_model
+from onnx_damp.runtime.predict import predict
+from onnx_damp.stats.collector import collect
+from onnx_damp.method.pipeline import damp_edit
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ["mnist", "fashion_mnist", "vit_mnist", "vit_fashion", "resnet18_fashion"]

@@ -39,9 +39,9 @@ sample, factor, mode, forget = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(s
 d = np.load(f"{sys.argv[5]}/{sample}/calib.npz")
 x, y = np.tile(d["x"], (factor,) + (1,) * (d["x"].ndim - 1)), np.tile(d["y"], factor)
 import onnx_damp
-from onnx_damp.data import Dataset
-from onnx_damp.modelio import load_model
-from onnx_damp.predict import predict
+from onnx_damp.data.dataset import Dataset
+from onnx_damp.runtime.modelio import load_model
+from onnx_damp.runtime.predict import predict
 t0 = time.perf_counter()
 if mode == "forget":
     onnx_damp.forget(f"{sys.argv[5]}/{sample}/model.onnx", (x, y), forget=[forget], feature_samples=0)
@@ -66,13 +66,13 @@ def part_a(sample: str, samples_dir: Path, repeats: int) -> dict:
     import onnx
 
     import onnx_damp
-    from onnx_damp import damp as dm
-    from onnx_damp.data import load_npz
-    from onnx_damp.graph import scan_graph
-    from onnx_damp.modelio import load_model
-    from onnx_damp.predict import predict
-    from onnx_damp.runtime import make_session
-    from onnx_damp.stats import collect
+    from onnx_damp.method import plan as dm
+    from onnx_damp.data.dataset import load_npz
+    from onnx_damp.ops.graph import scan_graph
+    from onnx_damp.runtime.modelio import load_model
+    from onnx_damp.runtime.predict import predict
+    from onnx_damp.runtime.session import make_session
+    from onnx_damp.stats.collector import collect
 
     folder = samples_dir / sample
     proto = load_model(folder / "model.onnx")
@@ -167,12 +167,12 @@ def part_d(sample: str, samples_dir: Path, factors: list[int]) -> list[dict]:
 
 
 def part_c(samples_dir: Path, sizes: list[int]) -> list[dict]:
-    from onnx_damp.data import Dataset, load_npz
-    from onnx_damp.graph import scan_graph
-    from onnx_damp.metrics import js_divergence, summarize, to_probabilities
-    from onnx_damp.modelio import load_model
-    from onnx_damp.predict import predict
-    from onnx_damp.unlearn import damp_edit
+    from onnx_damp.data.dataset import Dataset, load_npz
+    from onnx_damp.ops.graph import scan_graph
+    from onnx_damp.verify.metrics import js_divergence, summarize, to_probabilities
+    from onnx_damp.runtime.modelio import load_model
+    from onnx_damp.runtime.predict import predict
+    from onnx_damp.method.pipeline import damp_edit
 
     rows = []
     for sample in ("mnist", "fashion_mnist"):

@@ -28,15 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from onnx_damp.data import Dataset, as_dataset, load_npz, subset
-from onnx_damp.labels import metadata_names
-from onnx_damp.graph import scan_graph
-from onnx_damp.metrics import summarize
-from onnx_damp.modelio import load_model
-from onnx_damp.predict import predict
-from onnx_damp.selection import split_holdout
-from onnx_damp.stats import collect
-from onnx_damp.unlearn import damp_edit
+from onnx_damp.data.dataset import Dataset, as_dataset, load_npz, subset
+from onnx_damp.data.labels import metadata_names
+from onnx_damp.ops.graph import scan_graph
+from onnx_damp.verify.metrics import summarize
+from onnx_damp.runtime.modelio import load_model
+from onnx_damp.runtime.predict import predict
+from onnx_damp.method.selection import split_holdout
+from onnx_damp.stats.collector import collect
+from onnx_damp.method.pipeline import damp_edit
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = json.loads((ROOT / "zoo" / "zoo.json").read_text())["models"]

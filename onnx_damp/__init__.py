@@ -2,20 +2,20 @@
 
 __version__ = "0.1.0"
 
-from .errors import DampError  # noqa: E402
+from onnx_damp.errors import DampError  # noqa: E402
 
 
 def __getattr__(name):
     """Load the API lazily so `onnx-damp --help` does not import onnxruntime."""
     if name in ("forget", "evaluate", "inspect", "collect", "ForgetResult", "EvaluateResult", "InspectResult",
                 "Gates"):
-        from . import api
+        from onnx_damp import api
         return getattr(api, name)
     if name in ("write_html", "render_html"):
-        from . import html_report
+        from onnx_damp.report import html as html_report
         return getattr(html_report, name)
     if name in ("Statistics", "merge"):
-        from . import shards
+        from onnx_damp.stats import shards
         return getattr(shards, name)
     raise AttributeError(name)
 

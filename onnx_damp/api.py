@@ -12,25 +12,25 @@ from typing import Sequence
 import numpy as np
 import onnx
 
-from . import __version__
-from .data import Dataset, LazyArray, as_dataset, check_fits_model
-from .formats import as_preprocess
-from .errors import DampError
-from .labels import metadata_names, read_labels, resolve_classes
-from .graph import EditableOp, SkippedOp, no_editable_message, scan_graph
-from .metrics import (AccuracySummary, forget_confusion, js_divergence, kl_divergence, summarize, to_probabilities,
+from onnx_damp import __version__
+from onnx_damp.data.dataset import Dataset, LazyArray, as_dataset, check_fits_model
+from onnx_damp.data.formats import as_preprocess
+from onnx_damp.errors import DampError
+from onnx_damp.data.labels import metadata_names, read_labels, resolve_classes
+from onnx_damp.ops.graph import EditableOp, SkippedOp, no_editable_message, scan_graph
+from onnx_damp.verify.metrics import (AccuracySummary, forget_confusion, js_divergence, kl_divergence, summarize, to_probabilities,
                       worst_retain_drop)
-from .modelio import check_output_path, fits_in_proto, has_external_data, load_model, save_model_atomic, sha256_file
-from .predict import predict
-from .progress import Progress
-from .projection import EXTRA_BARS
-from .shards import Provenance, merge, proto_sha256
-from .stats import Statistics, collect as collect_stats
-from .selection import HOLDOUT_FRACTION, MAX_CLASS_DROP, MAX_MEAN_DROP
-from .unlearn import PassRecord, ReadoutRecord, damp_edit
-from .validation import Verification, feature_runs, gate_values, verify
-from .verification import GateResult, Gates, check_gates, gates_dict
-from .weights import index_graph, read_weight
+from onnx_damp.runtime.modelio import check_output_path, fits_in_proto, has_external_data, load_model, save_model_atomic, sha256_file
+from onnx_damp.runtime.predict import predict
+from onnx_damp.progress import Progress
+from onnx_damp.method.projection import EXTRA_BARS
+from onnx_damp.stats.shards import Provenance, merge, proto_sha256
+from onnx_damp.stats.collector import Statistics, collect as collect_stats
+from onnx_damp.method.selection import HOLDOUT_FRACTION, MAX_CLASS_DROP, MAX_MEAN_DROP
+from onnx_damp.method.pipeline import PassRecord, ReadoutRecord, damp_edit
+from onnx_damp.verify.runs import Verification, feature_runs, gate_values, verify
+from onnx_damp.verify.measures import GateResult, Gates, check_gates, gates_dict
+from onnx_damp.ops.weights import index_graph, read_weight
 
 ModelLike = "str | os.PathLike | onnx.ModelProto"
 
@@ -337,7 +337,7 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
                      "and no readout stage (both judge on calibration images, which statistics do not hold)")
     collector = collect_stats
     if ray or ray_address:
-        from .distributed import import_ray, ray_collect
+        from onnx_damp.stats.ray import import_ray, ray_collect
         import_ray()
         collector = functools.partial(ray_collect, address=ray_address)
     work = int(len(calib) * (1 - holdout)) if calib is not None and merged is None else 0
@@ -530,7 +530,7 @@ def collect(model: ModelLike, data, output: str | os.PathLike | None = None, *, 
             raise DampError(f"cannot write statistics: folder {folder} does not exist")
     collector = collect_stats
     if ray or ray_address:
-        from .distributed import ray_collect
+        from onnx_damp.stats.ray import ray_collect
         collector = functools.partial(ray_collect, address=ray_address)
     with Progress(len(ds), "collecting", quiet) as bar:
         st = collector(proto, scan.editable, ds, gram_classes, batch_size, device, feature_mode, input_name, bar)

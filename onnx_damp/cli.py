@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .errors import GATE_FAILED, DampError
+from onnx_damp import __version__
+from onnx_damp.errors import GATE_FAILED, DampError
 
 
 def _user_errors(fn):
@@ -55,8 +55,8 @@ def _html_option(fn):
     @functools.wraps(fn)
     def wrapper(*args, html=None, **kwargs):
         if html is not None:
-            from .html_report import check_html_path
-            from .plots import require_matplotlib
+            from onnx_damp.report.html import check_html_path
+            from onnx_damp.report.plots import require_matplotlib
 
             require_matplotlib()
             check_html_path(html, *(kwargs.get(k) for k in _PATH_ARGS))
@@ -71,7 +71,7 @@ def _write_html(result) -> None:
     """Write the --html report of this command, if one was asked for (result: a result or its to_dict())."""
     html, quiet = click.get_current_context().meta.get("onnx_damp.html", (None, True))
     if html is not None:
-        from .html_report import write_html
+        from onnx_damp.report.html import write_html
 
         write_html(result, html)
         if not quiet:
@@ -94,8 +94,8 @@ def main() -> None:
 @_user_errors
 def inspect_cmd(model: str, as_json: bool) -> None:
     """List the operators DAMP can edit (and those it cannot, with why)."""
-    from .api import inspect
-    from .tables import inspect_table
+    from onnx_damp.api import inspect
+    from onnx_damp.report.tables import inspect_table
 
     res = inspect(model)
     click.echo(json.dumps(res.to_dict(), indent=2) if as_json else inspect_table(res))
@@ -160,20 +160,20 @@ def _preprocess_options(fn):
 
 
 def _make_preprocess(path, **overrides):
-    from .preprocess import Preprocess
+    from onnx_damp.data.preprocess import Preprocess
 
     return (Preprocess.load(path) if path else Preprocess()).updated(**overrides)
 
 
 def _gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia):
-    from .verification import Gates
+    from onnx_damp.verify.measures import Gates
 
     return Gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia)
 
 
 def _finish_gates(res) -> None:
     """Exit with GATE_FAILED and a one-line summary on stderr when a gate does not hold."""
-    from .verification import gates_summary
+    from onnx_damp.verify.measures import gates_summary
 
     if not res.passed:
         click.echo(gates_summary(res.gates), err=True)
@@ -181,7 +181,7 @@ def _finish_gates(res) -> None:
 
 
 def _echo_verification(res) -> None:
-    from .tables import verification_layers_table, verification_table
+    from onnx_damp.report.tables import verification_layers_table, verification_table
 
     for text in (verification_table(res.verification), verification_layers_table(res.verification)):
         if text:
@@ -223,7 +223,7 @@ def _ray_options(fn):
 def collect_cmd(model, data, output, forget_classes, labels, batch_size, features, preprocessing, ray, ray_address,
                 device, input_name, quiet, preprocess=None) -> None:
     """Collect DAMP statistics of MODEL on one data shard; `forget --stats` merges any number of them."""
-    from .api import collect
+    from onnx_damp.api import collect
 
     st = collect(model, data, output, forget=list(forget_classes) or None, labels=labels, batch_size=batch_size,
                  device=device, feature_mode=features, input_name=input_name, preprocessing=preprocessing,
@@ -284,8 +284,8 @@ def forget_cmd(model, data, stats_files, more_stats, ray, ray_address, forget_cl
                max_forget_acc, max_retain_drop, min_cka_gain, max_mia, device, input_name, output_name, as_json,
                quiet, preprocess=None) -> None:
     """Edit MODEL so it forgets --forget classes; write the result to -o."""
-    from .api import forget
-    from .tables import before_after_table, layers_table, reference_js_rows, stages_table, table
+    from onnx_damp.api import forget
+    from onnx_damp.report.tables import before_after_table, layers_table, reference_js_rows, stages_table, table
 
     _check_report_path(report)
     if more_stats and not stats_files:
@@ -351,8 +351,8 @@ def evaluate_cmd(model, data, forget_classes, labels, original, reference, train
                  as_json, quiet, preprocess=None) -> None:
     """Per-class, forget and retain accuracy of MODEL; agreement with --original; JS and CKA to --reference;
     membership inference with --train-data; gates for pipelines."""
-    from .api import evaluate
-    from .tables import pct, per_class_table, reference_js_rows, table
+    from onnx_damp.api import evaluate
+    from onnx_damp.report.tables import pct, per_class_table, reference_js_rows, table
 
     res = evaluate(model, data, list(forget_classes), original, reference, batch_size, device, input_name,
                    output_name, quiet, train_data=train_data, feature_samples=feature_samples,

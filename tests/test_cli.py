@@ -184,3 +184,15 @@ def test_unwritable_output_folder(bad, small_calib):
 
 def test_evaluate_rejects_unknown_class():
     assert_user_error(invoke("evaluate", MODEL, "--data", TEST, "--forget", 10, "-q"), "out of range")
+
+
+def test_help_imports_nothing_heavy():
+    """`onnx-damp forget --help` must stay fast: no onnxruntime, onnx, numpy or scipy import, no pipeline module."""
+    import subprocess
+    import sys
+    code = ("import sys\nfrom onnx_damp.cli import main\ntry:\n    main(['forget', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('onnxruntime', 'onnx', 'numpy', 'scipy', 'onnx_damp'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = out.strip().splitlines()[-1].split(",")
+    assert set(loaded) <= {"onnx_damp", "onnx_damp.cli", "onnx_damp.errors"}, loaded

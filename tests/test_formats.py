@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from onnx_damp.cli import main
-from onnx_damp.data import as_dataset
+from onnx_damp.data.dataset import as_dataset
 from onnx_damp.errors import DampError
-from onnx_damp.formats import load_batch, read_idx
-from onnx_damp.preprocess import Preprocess
+from onnx_damp.data.formats import load_batch, read_idx
+from onnx_damp.data.preprocess import Preprocess
 
 MNIST = Path(__file__).resolve().parents[1] / "samples" / "mnist"
 
@@ -171,7 +171,7 @@ def test_python2_pickles_like_the_published_cifar_files(tmp_path):
 
 def test_non_finite_rows_are_counted_across_chunks():
     """The finiteness check runs in chunks (no full-size mask) and still counts every bad sample once."""
-    from onnx_damp.data import _non_finite_rows
+    from onnx_damp.data.dataset import _non_finite_rows
 
     x = np.zeros((50, 3, 4), dtype=np.float32)
     x[0, 0, 0] = np.nan

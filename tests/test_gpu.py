@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import onnx_damp
 from onnx_damp import DampError
 from onnx_damp.cli import main
-from onnx_damp.runtime import make_session
+from onnx_damp.runtime.session import make_session
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "mnist"
 MODEL, CALIB = SAMPLE / "model.onnx", SAMPLE / "calib.npz"

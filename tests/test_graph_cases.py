@@ -10,11 +10,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_damp
-from onnx_damp import damp as dm
-from onnx_damp.data import Dataset
-from onnx_damp.graph import node_scope, scan_graph
-from onnx_damp.stats import collect
-from onnx_damp.tables import inspect_table
+from onnx_damp.method import plan as dm
+from onnx_damp.data.dataset import Dataset
+from onnx_damp.ops.graph import node_scope, scan_graph
+from onnx_damp.stats.collector import collect
+from onnx_damp.report.tables import inspect_table
 from tiny_models import IR_VERSION, OPSET, conv_model, gemm_model, make_model
 
 F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16

@@ -5,10 +5,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from onnx_damp import damp as dm
-from onnx_damp.data import Dataset
-from onnx_damp.graph import scan_graph
-from onnx_damp.stats import collect
+from onnx_damp.method import plan as dm
+from onnx_damp.data.dataset import Dataset
+from onnx_damp.ops.graph import scan_graph
+from onnx_damp.stats.collector import collect
 from tiny_models import IR_VERSION, OPSET, conv_model, gemm_model, matmul_model
 
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from onnx_damp.metrics import forget_confusion
+from onnx_damp.verify.metrics import forget_confusion
 
 from mnist_sample import MODEL, REF, invoke, small_files
 

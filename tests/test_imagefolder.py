@@ -13,11 +13,11 @@ from click.testing import CliRunner  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import onnx_damp  # noqa: E402
-from onnx_damp import imagefolder  # noqa: E402
+from onnx_damp.data import imagefolder  # noqa: E402
 from onnx_damp.cli import main  # noqa: E402
-from onnx_damp.data import as_dataset, prefetch  # noqa: E402
+from onnx_damp.data.dataset import as_dataset, prefetch  # noqa: E402
 from onnx_damp.errors import DampError  # noqa: E402
-from onnx_damp.preprocess import Preprocess  # noqa: E402
+from onnx_damp.data.preprocess import Preprocess  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT / "samples" / "mnist"

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 import onnx_damp
 from onnx_damp.cli import main
 from onnx_damp.errors import DampError
-from onnx_damp.labels import read_labels, resolve_classes
+from onnx_damp.data.labels import read_labels, resolve_classes
 
 FM = Path(__file__).resolve().parent.parent / "samples" / "fashion_mnist"
 NAMES = ["cat", "dog", "Ship"]

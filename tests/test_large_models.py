@@ -9,10 +9,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_damp
-from onnx_damp import damp as dm
-from onnx_damp import runtime
-from onnx_damp.graph import scan_graph
-from onnx_damp import modelio
+from onnx_damp.method import plan as dm
+from onnx_damp.runtime import session as runtime
+from onnx_damp.ops.graph import scan_graph
+from onnx_damp.runtime import modelio
 from tiny_models import IR_VERSION, OPSET, gemm_model, matmul_model
 
 

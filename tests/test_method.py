@@ -10,14 +10,14 @@ import pytest
 from onnx import TensorProto, helper
 
 from onnx_damp import api
-from onnx_damp import readout as ro
-from onnx_damp.damp import plan
-from onnx_damp.data import Dataset
+from onnx_damp.method import readout as ro
+from onnx_damp.method.plan import plan
+from onnx_damp.data.dataset import Dataset
 from onnx_damp.errors import DampError
-from onnx_damp.graph import scan_graph
-from onnx_damp.selection import HeldOutScore, pick, score, split_holdout
-from onnx_damp.stats import collect
-from onnx_damp.unlearn import damp_edit
+from onnx_damp.ops.graph import scan_graph
+from onnx_damp.method.selection import HeldOutScore, pick, score, split_holdout
+from onnx_damp.stats.collector import collect
+from onnx_damp.method.pipeline import damp_edit
 
 from tiny_models import make_model
 

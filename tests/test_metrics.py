@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from onnx_damp.metrics import js_divergence, kl_divergence, summarize, to_probabilities, worst_retain_drop
+from onnx_damp.verify.metrics import js_divergence, kl_divergence, summarize, to_probabilities, worst_retain_drop
 
 
 def test_js_is_zero_for_equal_and_ln2_for_disjoint_distributions():

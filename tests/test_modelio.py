@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnx_damp
 from onnx_damp.errors import DampError
-from onnx_damp.modelio import load_model
+from onnx_damp.runtime.modelio import load_model
 from tiny_models import IR_VERSION, OPSET, conv_model
 
 
@@ -131,7 +131,7 @@ def test_several_required_inputs_are_one_line_errors():
 
 
 def test_fits_in_proto_agrees_with_the_exact_size(monkeypatch):
-    import onnx_damp.modelio as mio
+    import onnx_damp.runtime.modelio as mio
 
     w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")  # 16 KiB of weights
     const = helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.ones((32, 32), np.float32)))
@@ -148,7 +148,7 @@ def test_fits_in_proto_agrees_with_the_exact_size(monkeypatch):
 @pytest.mark.parametrize("case", ["negative_int32", "value_floats", "tensor_attribute", "sparse_initializer"])
 def test_fits_in_proto_never_says_yes_to_a_model_over_the_limit(monkeypatch, case):
     """Payloads the fast path must count (or size exactly): varints, list attributes, non-Constant tensors."""
-    import onnx_damp.modelio as mio
+    import onnx_damp.runtime.modelio as mio
 
     n = 4000
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 import onnx_damp
-import onnx_damp.unlearn as unlearn
-from onnx_damp.data import Dataset
-from onnx_damp.graph import scan_graph
-from onnx_damp.modelio import load_model
-from onnx_damp.predict import predict
-from onnx_damp.stats import collect
+import onnx_damp.method.pipeline as unlearn
+from onnx_damp.data.dataset import Dataset
+from onnx_damp.ops.graph import scan_graph
+from onnx_damp.runtime.modelio import load_model
+from onnx_damp.runtime.predict import predict
+from onnx_damp.stats.collector import collect
 
 from mnist_sample import MODEL, first_per_class
 

@@ -4,11 +4,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from onnx_damp import damp as dm
-from onnx_damp.data import Dataset
-from onnx_damp.graph import scan_graph
-from onnx_damp.instrument import instrument, restore_shift
-from onnx_damp.stats import collect
+from onnx_damp.method import plan as dm
+from onnx_damp.data.dataset import Dataset
+from onnx_damp.ops.graph import scan_graph
+from onnx_damp.runtime.instrument import instrument, restore_shift
+from onnx_damp.stats.collector import collect
 from tiny_models import conv_model, make_model
 
 

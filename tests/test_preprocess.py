@@ -8,7 +8,7 @@ PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
 
 from onnx_damp.errors import DampError  # noqa: E402
-from onnx_damp.preprocess import Preprocess, check_fits, require_pil, resized_hw  # noqa: E402
+from onnx_damp.data.preprocess import Preprocess, check_fits, require_pil, resized_hw  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from onnx_damp import projection as pj
+from onnx_damp.method import projection as pj
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_residual_share_is_zero_inside_and_one_orthogonal_to_the_retain_span(rng
 def test_generalized_eigh_matches_scipy(rng):
     from scipy.linalg import eigh
 
-    from onnx_damp.projection import generalized_eigh
+    from onnx_damp.method.projection import generalized_eigh
 
     m = rng.normal(size=(6, 6))
     a = m + m.T
@@ -118,7 +118,7 @@ def test_generalized_eigh_matches_scipy(rng):
 
 
 def test_generalized_eigh_survives_a_slightly_indefinite_second_moment(rng):
-    from onnx_damp.projection import generalized_eigh
+    from onnx_damp.method.projection import generalized_eigh
 
     b = rng.normal(size=(5, 3))
     c = b @ b.T

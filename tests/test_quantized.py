@@ -9,13 +9,13 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_damp
-from onnx_damp import damp as dm
+from onnx_damp.method import plan as dm
 from onnx_damp.cli import main
-from onnx_damp.data import Dataset
+from onnx_damp.data.dataset import Dataset
 from onnx_damp.errors import DampError
-from onnx_damp.graph import scan_graph
-from onnx_damp.stats import collect
-from onnx_damp.tables import layers_table
+from onnx_damp.ops.graph import scan_graph
+from onnx_damp.stats.collector import collect
+from onnx_damp.report.tables import layers_table
 from tiny_models import make_model
 
 F32, U8, I8 = TensorProto.FLOAT, TensorProto.UINT8, TensorProto.INT8

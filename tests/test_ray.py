@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import onnx_damp
-from onnx_damp.distributed import class_aligned_shards
+from onnx_damp.stats.ray import class_aligned_shards
 
 ray = pytest.importorskip("ray")
 

@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 import onnx_damp
-from onnx_damp.metrics import worst_retain_drop
+from onnx_damp.verify.metrics import worst_retain_drop
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 CASES = [("mnist", [3]), ("fashion_mnist", [0]), ("mnist", [3, 5]), ("fashion_mnist", [2, 7]), ("vit_mnist", [2])]

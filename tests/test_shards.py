@@ -16,7 +16,7 @@ import pytest
 
 import onnx_damp
 from onnx_damp import DampError
-from onnx_damp.shards import load_statistics, merge
+from onnx_damp.stats.shards import load_statistics, merge
 
 from mnist_sample import CALIB, MODEL, REF as OTHER_MODEL, TEST, first_per_class, invoke
 
@@ -220,11 +220,11 @@ def test_cli_collect_then_forget_with_stats_forgets(tmp_path, shard_files):
 
 def test_forget_with_stats_and_data_recollects_later_passes_on_data(tmp_path, shard_files):
     """Pass 1 uses the statistics; pass 2 re-collects on the fit part of --data (on the edited model)."""
-    from onnx_damp.data import load_npz
-    from onnx_damp.graph import scan_graph
-    from onnx_damp.modelio import load_model
-    from onnx_damp.stats import collect
-    from onnx_damp.unlearn import damp_edit
+    from onnx_damp.data.dataset import load_npz
+    from onnx_damp.ops.graph import scan_graph
+    from onnx_damp.runtime.modelio import load_model
+    from onnx_damp.stats.collector import collect
+    from onnx_damp.method.pipeline import damp_edit
 
     data = load_npz(shard_files[0])
     proto = load_model(MODEL)
@@ -288,7 +288,7 @@ def test_collect_refuses_every_class_gram_above_the_limit(monkeypatch, calib):
 
 def test_statistics_do_not_depend_on_the_number_of_threads(monkeypatch, calib):
     """Ray tasks run onnxruntime with the CPUs they were given: the thread count must not change a bit."""
-    from onnx_damp import runtime
+    from onnx_damp.runtime import session as runtime
 
     _, y = calib
     part = _part(calib, y < 3)

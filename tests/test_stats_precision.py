@@ -4,13 +4,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_damp import damp as dm
-from onnx_damp.data import Dataset
-from onnx_damp.graph import scan_graph
-from onnx_damp.instrument import instrument
-from onnx_damp.predict import predict
-from onnx_damp.stats import collect
-from onnx_damp.unlearn import damp_edit
+from onnx_damp.method import plan as dm
+from onnx_damp.data.dataset import Dataset
+from onnx_damp.ops.graph import scan_graph
+from onnx_damp.runtime.instrument import instrument
+from onnx_damp.runtime.predict import predict
+from onnx_damp.stats.collector import collect
+from onnx_damp.method.pipeline import damp_edit
 
 OPSET, IR_VERSION = 17, 8
 

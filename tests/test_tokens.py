@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from onnx_damp.data import Dataset
-from onnx_damp.graph import scan_graph
-from onnx_damp.stats import collect
-from onnx_damp.tokens import probe_token_layouts
+from onnx_damp.data.dataset import Dataset
+from onnx_damp.ops.graph import scan_graph
+from onnx_damp.stats.collector import collect
+from onnx_damp.runtime.tokens import probe_token_layouts
 
 from tiny_models import make_model
 
@@ -86,8 +86,8 @@ def test_plain_rows_and_fixed_batch_get_no_token_layout():
 @pytest.mark.parametrize("layout", ["batch_first", "tokens_first", "token_major", "batch_major"])
 def test_verification_features_read_the_class_token(layout):
     """features.py: a token-sequence input gives its token 0 per sample (a plain input its row mean)."""
-    from onnx_damp.features import feature_model
-    from onnx_damp.runtime import make_session
+    from onnx_damp.verify.feature_runs import feature_model
+    from onnx_damp.runtime.session import make_session
 
     rng = np.random.default_rng(3)
     model = token_model(layout, rng)

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from onnx_damp.metrics import summarize
-from onnx_damp.verification import (Gates, affine_bias, bias_shift, check_gates, cka_gain, deepest_layers, entropy,
+from onnx_damp.verify.metrics import summarize
+from onnx_damp.verify.measures import (Gates, affine_bias, bias_shift, check_gates, cka_gain, deepest_layers, entropy,
                                     fit_logistic_1d, forget_structure, gates_dict, gates_summary, linear_cka,
                                     match_layers, membership_attack, mia_confidence, mia_entropy, ratio, selectivity,
                                     true_class_probability)
@@ -212,7 +212,7 @@ def test_gates_pass_fail_and_missing_metric():
 
 
 def test_a_reference_that_still_knows_the_forget_class_is_flagged():
-    from onnx_damp.validation import reference_recognises_forget
+    from onnx_damp.verify.runs import reference_recognises_forget
 
     y = np.array([0, 0, 1, 1, 2, 2])
     knows = np.eye(3)[y]                      # predicts every class, the forget class 1 included

@@ -5,10 +5,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_damp
-from onnx_damp.data import Dataset
+from onnx_damp.data.dataset import Dataset
 from onnx_damp.errors import DampError
-from onnx_damp.features import extract, pick_samples
-from onnx_damp.graph import scan_graph
+from onnx_damp.verify.feature_runs import extract, pick_samples
+from onnx_damp.ops.graph import scan_graph
 from tiny_models import conv_model, make_model, matmul_model
 
 CLASSES = 3

@@ -11,14 +11,14 @@ from typing import Callable, Sequence
 import numpy as np
 import onnx
 
-from .data import Dataset
-from .features import PooledFeatures, extract, pick_samples
-from .graph import EditableOp, scan_graph
-from .metrics import AccuracySummary, pooled_accuracy, to_probabilities
-from .predict import predict
-from .verification import (BiasShift, MiaResult, bias_shift, cka_gain, deepest_layers, forget_structure,
+from onnx_damp.data.dataset import Dataset
+from onnx_damp.verify.feature_runs import PooledFeatures, extract, pick_samples
+from onnx_damp.ops.graph import EditableOp, scan_graph
+from onnx_damp.verify.metrics import AccuracySummary, pooled_accuracy, to_probabilities
+from onnx_damp.runtime.predict import predict
+from onnx_damp.verify.measures import (BiasShift, MiaResult, bias_shift, cka_gain, deepest_layers, forget_structure,
                            linear_cka, match_layers, mia_confidence, mia_entropy, ratio, selectivity)
-from .weights import index_graph, node_attr, read_weight, weight_matrix
+from onnx_damp.ops.weights import index_graph, node_attr, read_weight, weight_matrix
 
 MODEL_NAMES = ("model", "original", "reference")
 

@@ -16,12 +16,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .data import Dataset, check_against_input
-from .errors import DampError
-from .graph import EditableOp
-from .instrument import default_opset, tap_key
-from .runtime import input_spec, make_session, output_name, run_checked
-from .tokens import probe_token_layouts
+from onnx_damp.data.dataset import Dataset, check_against_input
+from onnx_damp.errors import DampError
+from onnx_damp.ops.graph import EditableOp
+from onnx_damp.runtime.instrument import default_opset, tap_key
+from onnx_damp.runtime.session import input_spec, make_session, output_name, run_checked
+from onnx_damp.runtime.tokens import probe_token_layouts
 
 
 def feature_model(model: onnx.ModelProto, ops: Sequence[EditableOp],

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .graph import EditableOp
+from onnx_damp.ops.graph import EditableOp
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def probe_token_layouts(model: onnx.ModelProto, ops: list[EditableOp], x: np.nda
 
     x: the data (the first three samples are used). A model with a fixed batch size gets no layouts.
     """
-    from .runtime import input_spec, make_session
+    from onnx_damp.runtime.session import input_spec, make_session
 
     cands = [op for op in ops if op.op_type in ("MatMul", "Gemm") and not op.trans_a]
     names = list(dict.fromkeys(op.input_name for op in cands))

@@ -6,9 +6,9 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from .data import Dataset, check_against_input, plain_batches, prefetch
-from .errors import DampError
-from .runtime import input_spec, make_session, output_name, run_checked
+from onnx_damp.data.dataset import Dataset, check_against_input, plain_batches, prefetch
+from onnx_damp.errors import DampError
+from onnx_damp.runtime.session import input_spec, make_session, output_name, run_checked
 
 
 def predict(model: onnx.ModelProto, data: Dataset, batch_size: int = 256, device: str = "cpu",

@@ -20,7 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 if TYPE_CHECKING:
-    from .graph import EditableOp
+    from onnx_damp.ops.graph import EditableOp
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 CHAIN_OPS = ("Identity", "Transpose", "Reshape", "Cast")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from .weights import (DEFAULT_DOMAINS, RUNTIME_WEIGHT, GraphIndex, index_graph, node_attr, node_label, resolve_weight,
+from onnx_damp.ops.weights import (DEFAULT_DOMAINS, RUNTIME_WEIGHT, GraphIndex, index_graph, node_attr, node_label, resolve_weight,
                       subgraphs, topological_order)
 
 LINEAR_OPS = ("Conv", "Gemm", "MatMul")

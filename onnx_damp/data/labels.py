@@ -7,7 +7,7 @@ from typing import Sequence
 
 import onnx
 
-from .errors import DampError
+from onnx_damp.errors import DampError
 
 METADATA_KEYS = ("class_names", "classes", "labels")
 

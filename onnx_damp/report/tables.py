@@ -84,7 +84,7 @@ def layers_table(result) -> str:
 
 
 def before_after_table(before, after, validated_on: str) -> str:
-    from .metrics import worst_retain_drop
+    from onnx_damp.verify.metrics import worst_retain_drop
 
     c, drop = worst_retain_drop(before, after)
     rows = [["forget accuracy", pct(before.forget_accuracy), pct(after.forget_accuracy)],

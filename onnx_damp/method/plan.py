@@ -7,10 +7,10 @@ from typing import Sequence
 import numpy as np
 import onnx
 
-from . import projection as pj
-from .graph import EditableOp
-from .stats import LayerStats, Statistics
-from .weights import (QuantStore, effective_weight, give_own_copy, index_graph, matrix_to_weight, store_weight,
+from onnx_damp.method import projection as pj
+from onnx_damp.ops.graph import EditableOp
+from onnx_damp.stats.collector import LayerStats, Statistics
+from onnx_damp.ops.weights import (QuantStore, effective_weight, give_own_copy, index_graph, matrix_to_weight, store_weight,
                       weight_matrix, weight_ref)
 
 

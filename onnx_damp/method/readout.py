@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .metrics import is_probability
+from onnx_damp.verify.metrics import is_probability
 
 LOG_FLOOR = -80.0  # log-scores below this are clipped (float32 softmax underflows near exp(-87))
 

@@ -21,15 +21,15 @@ from typing import Callable, Sequence
 import numpy as np
 import onnx
 
-from . import damp as dm
-from . import readout as ro
-from .data import Dataset, subset
-from .graph import EditableOp
-from .predict import predict
-from .metrics import per_class_accuracy
-from .selection import HOLDOUT_FRACTION, HeldOutScore, pick, score, split_holdout
-from .stats import Statistics, collect
-from .weights import BiasRef, index_graph, output_bias, shift_bias
+from onnx_damp.method import plan as dm
+from onnx_damp.method import readout as ro
+from onnx_damp.data.dataset import Dataset, subset
+from onnx_damp.ops.graph import EditableOp
+from onnx_damp.runtime.predict import predict
+from onnx_damp.verify.metrics import per_class_accuracy
+from onnx_damp.method.selection import HOLDOUT_FRACTION, HeldOutScore, pick, score, split_holdout
+from onnx_damp.stats.collector import Statistics, collect
+from onnx_damp.ops.weights import BiasRef, index_graph, output_bias, shift_bias
 
 # (name, extra directions, alpha scale; see _scaled): tried in this order; the weaker ones only when no
 # full one keeps the retain guards on the held-out images, the stronger ones only when the best one within

@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from .errors import DampError
+from onnx_damp.errors import DampError
 
 
 @dataclass
@@ -128,7 +128,7 @@ def as_dataset(data: "Dataset | str | os.PathLike | tuple", preprocess=None,
         return validate(Dataset(np.asarray(data[0]), np.asarray(data[1])))
     p = Path(data)
     if p.is_dir() or (p.is_file() and p.suffix.lower() != ".npz"):
-        from .formats import open_path
+        from onnx_damp.data.formats import open_path
 
         ds = open_path(p, preprocess, class_names)
         if ds is not None:

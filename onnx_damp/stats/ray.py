@@ -13,12 +13,12 @@ from typing import Callable, Iterable
 import numpy as np
 import onnx
 
-from .data import Dataset
-from .errors import DampError
-from .modelio import proto_size
-from .graph import EditableOp
-from .stats import Statistics, collect
-from .tokens import TokenLayout, probe_token_layouts
+from onnx_damp.data.dataset import Dataset
+from onnx_damp.errors import DampError
+from onnx_damp.runtime.modelio import proto_size
+from onnx_damp.ops.graph import EditableOp
+from onnx_damp.stats.collector import Statistics, collect
+from onnx_damp.runtime.tokens import TokenLayout, probe_token_layouts
 
 
 def import_ray():
@@ -63,7 +63,7 @@ def _collect_shard(model_bytes: bytes, ops, x, y, gram_classes, batch_size, devi
     """One Ray task: a session of its own on one shard, with as many threads as CPUs Ray gave the task."""
     import ray
 
-    from . import runtime
+    from onnx_damp.runtime import session as runtime
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
     runtime.INTRA_OP_THREADS = max(1, int(cpus))
@@ -81,7 +81,7 @@ def ray_collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gr
     outputs/output are accepted for the same signature but no outputs come back from the tasks
     (Statistics.outputs stays None: the caller predicts instead).
     """
-    from .shards import merge
+    from onnx_damp.stats.shards import merge
 
     ray = init_ray(address)
     if proto_size(model) >= 2_000_000_000:

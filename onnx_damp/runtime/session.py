@@ -7,8 +7,8 @@ from typing import Sequence
 import numpy as np
 import onnx
 
-from .errors import DampError
-from .modelio import fits_in_proto, is_repeated_field, tensor_nbytes
+from onnx_damp.errors import DampError
+from onnx_damp.runtime.modelio import fits_in_proto, is_repeated_field, tensor_nbytes
 
 DEVICES = ("cpu", "cuda")
 INTRA_OP_THREADS: int | None = None  # set by a Ray task to the CPUs it was given (None: onnxruntime's default)

@@ -19,9 +19,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .data import Dataset, LazyArray
-from .errors import DampError
-from .preprocess import Preprocess, check_fits, require_pil
+from onnx_damp.data.dataset import Dataset, LazyArray
+from onnx_damp.errors import DampError
+from onnx_damp.data.preprocess import Preprocess, check_fits, require_pil
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")

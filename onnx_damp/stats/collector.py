@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 import numpy as np
 import onnx
 
-from .data import Dataset, class_batches, prefetch
-from .graph import EditableOp
-from .instrument import TOKEN_MODES, instrument, restore_shift
-from .tokens import TokenLayout, probe_token_layouts
-from .predict import output_rows
-from .runtime import input_spec, make_session, output_name, run_checked
+from onnx_damp.data.dataset import Dataset, class_batches, prefetch
+from onnx_damp.ops.graph import EditableOp
+from onnx_damp.runtime.instrument import TOKEN_MODES, instrument, restore_shift
+from onnx_damp.runtime.tokens import TokenLayout, probe_token_layouts
+from onnx_damp.runtime.predict import output_rows
+from onnx_damp.runtime.session import input_spec, make_session, output_name, run_checked
 
 if TYPE_CHECKING:
-    from .shards import Provenance
+    from onnx_damp.stats.shards import Provenance
 
 
 @dataclass
@@ -103,13 +103,13 @@ class Statistics:
 
     def save(self, path) -> str:
         """Write these statistics to an .npz (float64 arrays; metadata as JSON); see shards.py."""
-        from .shards import save_statistics
+        from onnx_damp.stats.shards import save_statistics
         return save_statistics(self, path)
 
     @classmethod
     def load(cls, path) -> "Statistics":
         """Read statistics written by save (never unpickles)."""
-        from .shards import load_statistics
+        from onnx_damp.stats.shards import load_statistics
         return load_statistics(path)
 
 
@@ -159,7 +159,7 @@ WIDE_DIM = 4096  # above this input width a layer gets no d x d Gram (128 MiB pe
 
 def is_wide(op: EditableOp, feature_mode: str = "auto", limit: int = WIDE_DIM) -> bool:
     """Whether op's input space is too wide for d x d statistics (patch mode's unfolded width counts)."""
-    from .instrument import patch_dim, unfolds
+    from onnx_damp.runtime.instrument import patch_dim, unfolds
     d = patch_dim(op) if unfolds(op, feature_mode) else op.feature_dim
     return d > limit
 
@@ -170,7 +170,7 @@ def prototype_basis(st: LayerStats) -> np.ndarray:
     Every forget direction DAMP builds from prototypes (retain-span residuals) lies in this span, so
     second moments within it are all the probe needs: k x k instead of d x d.
     """
-    from .projection import orthonormal_basis
+    from onnx_damp.method.projection import orthonormal_basis
     means = np.stack([st.mean(c) for c in sorted(st.sums)], axis=1)
     return orthonormal_basis(means)
 

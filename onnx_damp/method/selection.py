@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .metrics import per_class_accuracy
+from onnx_damp.verify.metrics import per_class_accuracy
 
 HOLDOUT_FRACTION = 0.2   # share of each class's calibration images held out from the statistics
 MIN_HOLDOUT = 5          # a class with fewer than 2 * this many images is not split (all go to the fit part)

@@ -22,9 +22,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .data import Dataset, LazyArray
-from .errors import DampError
-from .preprocess import Preprocess, check_fits
+from onnx_damp.data.dataset import Dataset, LazyArray
+from onnx_damp.errors import DampError
+from onnx_damp.data.preprocess import Preprocess, check_fits
 
 IDX_TRAIN, IDX_TEST = "train-images-idx3-ubyte", "t10k-images-idx3-ubyte"
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -75,7 +75,7 @@ def open_path(p: Path, preprocess=None, class_names: Sequence[str] | None = None
         x, y = read_cifar(files)
         names = ", ".join(f.name for f in files)
         return _array_dataset(x, y, pre, f"{where} (CIFAR batches {names})")
-    from .imagefolder import load_image_folder, looks_like_image_folder
+    from onnx_damp.data.imagefolder import load_image_folder, looks_like_image_folder
 
     if looks_like_image_folder(p):
         return load_image_folder(p, pre, class_names)

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import DampError
+from onnx_damp.errors import DampError
 
 MODES = ("RGB", "L")
 LAYOUTS = ("NCHW", "NHWC")

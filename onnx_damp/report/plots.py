@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 from typing import Sequence
 
-from .errors import DampError
+from onnx_damp.errors import DampError
 
 INSTALL_HINT = "pip install 'onnx-damp[report]'"
 

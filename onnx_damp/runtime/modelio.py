@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper
 
-from .errors import DampError
+from onnx_damp.errors import DampError
 
 
 def proto_size(model: onnx.ModelProto) -> int:

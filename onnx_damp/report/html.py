@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from . import plots
+from onnx_damp.report import plots
 
 MAX_BARS = 40          # per-class accuracy bars at most (forget classes + the retain classes that moved most)
 MAX_DESTINATIONS = 20  # predicted classes at most in the forget-sample confusion plot
@@ -202,7 +202,7 @@ def _gates_table(v: _View) -> str:
     if not checks:
         return ('<p class="note">No gates asked for (<code>--max-forget-acc</code>, <code>--max-retain-drop</code>, '
                 '<code>--min-cka-gain</code>, <code>--max-mia</code>).</p>')
-    from .verification import GATE_SPECS
+    from onnx_damp.verify.measures import GATE_SPECS
 
     rows = []
     for c in checks:
@@ -463,7 +463,7 @@ def render_html(report: dict, title: str | None = None) -> str:
 
 def check_html_path(path: str | os.PathLike, *others) -> None:
     """Refuse an --html path that is one of the command's inputs or outputs, or whose folder is not writable."""
-    from .errors import DampError
+    from onnx_damp.errors import DampError
 
     target = Path(path)
     if target.is_dir():

@@ -12,8 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .metrics import AccuracySummary
-from .projection import mahalanobis_separation, probe_separability
+from onnx_damp.verify.metrics import AccuracySummary
+from onnx_damp.method.projection import mahalanobis_separation, probe_separability
 
 
 # ------------------------------------------------------------------------------------------ accuracy

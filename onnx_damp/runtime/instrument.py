@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .graph import EditableOp
-from .tokens import TokenLayout
+from onnx_damp.ops.graph import EditableOp
+from onnx_damp.runtime.tokens import TokenLayout
 
 FEATURE_MODES = ("auto", "position", "pooled", "patch")
 TOKEN_MODES = ("auto", "patch")  # modes that read the class token of token-sequence inputs

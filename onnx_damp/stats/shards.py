@@ -26,11 +26,11 @@ from typing import Sequence
 import numpy as np
 import onnx
 
-from .data import read_npz
-from .errors import DampError
-from .modelio import is_repeated_field
-from .stats import LayerStats, Statistics
-from .tokens import TokenLayout
+from onnx_damp.data.dataset import read_npz
+from onnx_damp.errors import DampError
+from onnx_damp.runtime.modelio import is_repeated_field
+from onnx_damp.stats.collector import LayerStats, Statistics
+from onnx_damp.runtime.tokens import TokenLayout
 
 FORMAT = "onnx-damp-statistics"
 FORMAT_VERSION = 1

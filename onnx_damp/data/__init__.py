@@ -1,0 +1,1 @@
+"""Data: datasets, file formats, image folders, preprocessing, class names."""

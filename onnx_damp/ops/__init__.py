@@ -1,0 +1,1 @@
+"""Operators and graph plumbing: which nodes are editable, their weights as matrices and back."""

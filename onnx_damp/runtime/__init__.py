@@ -1,0 +1,1 @@
+"""Running models: onnxruntime sessions, predictions, model files, graph augmenters."""

@@ -1,0 +1,1 @@
+"""Verification: metrics, forgetting measures and gates, the model runs that feed them."""
