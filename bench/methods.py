@@ -55,8 +55,9 @@ from onnx_damp.runtime.predict import predict
 from onnx_damp.stats.collector import Statistics, collect
 from onnx_damp.method.pipeline import damp_edit
 from onnx_damp.verify.measures import deepest_layers, linear_cka, match_layers, mia_confidence, mia_entropy
-from onnx_damp.ops.weights import (effective_weight, give_own_copy, index_graph, matrix_to_weight, read_initializer,
-                               store_weight, weight_matrix, weight_ref, write_initializer)
+from onnx_damp.ops.registry import matrix_to_weight, weight_matrix
+from onnx_damp.ops.weights import (effective_weight, give_own_copy, index_graph, read_initializer, store_weight,
+                                   weight_ref, write_initializer)
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ["mnist", "fashion_mnist", "vit_mnist", "vit_fashion", "resnet18_fashion"]

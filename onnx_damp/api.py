@@ -17,7 +17,8 @@ from onnx_damp.data.dataset import Dataset, LazyArray, as_dataset, check_fits_mo
 from onnx_damp.data.formats import as_preprocess
 from onnx_damp.errors import DampError
 from onnx_damp.data.labels import metadata_names, read_labels, resolve_classes
-from onnx_damp.ops.graph import EditableOp, SkippedOp, no_editable_message, scan_graph
+from onnx_damp.ops.base import EditableOp
+from onnx_damp.ops.graph import SkippedOp, no_editable_message, scan_graph
 from onnx_damp.verify.metrics import (AccuracySummary, forget_confusion, js_divergence, kl_divergence, summarize, to_probabilities,
                       worst_retain_drop)
 from onnx_damp.runtime.modelio import check_output_path, fits_in_proto, has_external_data, load_model, save_model_atomic, sha256_file

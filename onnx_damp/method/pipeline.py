@@ -24,7 +24,7 @@ import onnx
 from onnx_damp.method import plan as dm
 from onnx_damp.method import readout as ro
 from onnx_damp.data.dataset import Dataset, subset
-from onnx_damp.ops.graph import EditableOp
+from onnx_damp.ops.base import EditableOp
 from onnx_damp.runtime.predict import predict
 from onnx_damp.verify.metrics import per_class_accuracy
 from onnx_damp.method.selection import HOLDOUT_FRACTION, HeldOutScore, pick, score, split_holdout

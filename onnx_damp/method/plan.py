@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 
 from onnx_damp.method import projection as pj
-from onnx_damp.ops.graph import EditableOp
+from onnx_damp.ops.base import EditableOp
 from onnx_damp.stats.collector import LayerStats, Statistics
-from onnx_damp.ops.weights import (QuantStore, effective_weight, give_own_copy, index_graph, matrix_to_weight, store_weight,
-                      weight_matrix, weight_ref)
+from onnx_damp.ops.registry import adapter, weight_matrix
+from onnx_damp.ops.weights import QuantStore, effective_weight, give_own_copy, index_graph, store_weight, weight_ref
 
 
 @dataclass
@@ -155,7 +155,7 @@ CHUNK_BYTES = 256 << 20  # weights above this size are edited in row blocks (flo
 
 def _chunkable(op: EditableOp, w: np.ndarray, q: np.ndarray) -> bool:
     """Large float Gemm/MatMul weights are edited block by block so a float64 copy never exists whole."""
-    return (w.nbytes > CHUNK_BYTES and op.op_type in ("Gemm", "MatMul") and np.issubdtype(w.dtype, np.floating)
+    return (w.nbytes > CHUNK_BYTES and adapter(op).chunkable and np.issubdtype(w.dtype, np.floating)
             and q.shape[0] == op.feature_dim)
 
 
@@ -181,21 +181,7 @@ def edit_weight_chunked(op: EditableOp, w: np.ndarray, q: np.ndarray, alpha: flo
 def edit_weight(op: EditableOp, w: np.ndarray, q: np.ndarray, alpha: float) -> np.ndarray:
     """W (I - alpha Q Q^T) on op's input features, in the weight's own layout (float64).
 
-    A grouped Conv (group G, weight [out, in/G, k...]) can only hold a block-diagonal map of the input
-    channels: output block g sees channel block g alone. Its edit uses, for each group, the diagonal block
-    P_gg = I - alpha Q_g Q_g^T of P = I - alpha Q Q^T (Q_g: the rows of Q for group g's channels), which
-    is exactly P restricted to what the layer can express; P_gg alone is not a projector in general and
-    the cross-group blocks of P are dropped. Depthwise (in/G = 1) scales channel c by 1 - alpha ||Q_c||^2.
-    A Q of the unfolded patch space (rows in * prod(k), feature mode "patch") edits W reshaped [out, in * k...].
+    The operator's adapter lays the weight out as input-feature matrices (per group for a grouped Conv, in
+    the unfolded patch space for a patch-mode Q; see OpAdapter.map_inputs) and puts the result back.
     """
-    if op.op_type == "Conv" and op.groups == 1 and q.shape[0] != op.feature_dim:
-        flat = w.reshape(w.shape[0], -1)  # patch space (--features patch): rows of W are [in * k...]
-        return pj.edit_matrix(flat, q, alpha).reshape(w.shape)
-    if op.op_type != "Conv" or op.groups == 1:
-        return matrix_to_weight(op, pj.edit_matrix(weight_matrix(op, w), q, alpha), w)
-    out_g, in_g = w.shape[0] // op.groups, w.shape[1]
-    blocks = []
-    for g in range(op.groups):
-        wg, qg = w[g * out_g:(g + 1) * out_g], q[g * in_g:(g + 1) * in_g]
-        blocks.append(matrix_to_weight(op, pj.edit_matrix(weight_matrix(op, wg), qg, alpha), wg))
-    return np.concatenate(blocks, axis=0)
+    return adapter(op).map_inputs(op, w, q, lambda mat, qq: pj.edit_matrix(mat, qq, alpha))

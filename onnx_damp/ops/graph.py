@@ -5,6 +5,7 @@ Conv (weight [out, in/group, k...], feature axis 1 of the input; grouped and dep
 Gemm (constant B, honouring transA/transB) and MatMul with a constant 2-D second input [in, out]
 (feature axis last). How the weight reaches the operator (initializer or Constant node, chains of
 Identity/Transpose/Reshape/Cast, a DequantizeLinear on an integer weight) is resolved in weights.py.
+Each operator type's layout and weight views live in its adapter (ops/conv.py, gemm.py, matmul.py).
 ConvTranspose, QOperator nodes (QLinearConv, ...), com.microsoft operators carrying a weight, and
 operators inside control-flow subgraphs (If/Loop/Scan) and model-local functions are reported, not edited.
 """
@@ -16,10 +17,11 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from onnx_damp.ops.weights import (DEFAULT_DOMAINS, RUNTIME_WEIGHT, GraphIndex, index_graph, node_attr, node_label, resolve_weight,
+from onnx_damp.ops.base import EditableOp
+from onnx_damp.ops.registry import LINEAR_OPS, adapter
+from onnx_damp.ops.weights import (DEFAULT_DOMAINS, RUNTIME_WEIGHT, GraphIndex, index_graph, node_label, resolve_weight,
                       subgraphs, topological_order)
 
-LINEAR_OPS = ("Conv", "Gemm", "MatMul")
 MS_DOMAIN = "com.microsoft"
 QOPERATOR_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")
 QUANT_ADVICE = "export a float model or a QDQ model (DequantizeLinear on the weights) instead"
@@ -33,37 +35,6 @@ ML_DOMAIN = "ai.onnx.ml"
 ML_MODEL_OPS = ("LinearClassifier", "LinearRegressor", "SVMClassifier", "SVMRegressor", "TreeEnsembleClassifier",
                 "TreeEnsembleRegressor", "TreeEnsemble")
 ML_REASON = "an ai.onnx.ml model operator: its coefficients are attributes, not a Conv/Gemm/MatMul weight"
-
-
-@dataclass
-class EditableOp:
-    """One operator whose weight DAMP edits, with how its input features are laid out."""
-
-    node_name: str
-    node_index: int
-    op_type: str
-    input_name: str          # the activation the operator consumes
-    weight_name: str         # source constant of the weight: an initializer or a Constant node's output
-    weight_shape: tuple      # shape of the weight as the operator sees it (after any Transpose/Reshape chain)
-    feature_dim: int         # size of the input-feature space the edit acts in (all input channels for Conv)
-    feature_axis: int        # axis of the activation holding the features (-1 = last)
-    rank: int | None         # activation rank when known from the operator (Conv), else None
-    trans_a: bool = False
-    trans_b: bool = False
-    groups: int = 1
-    shared: bool = False     # the source or a node between it and the operator also feeds something else
-    depth_index: int = 0
-    depth: float = 0.0
-    weight_path: str = ""    # how the weight reaches the operator, e.g. "Transpose(perm=[1,0]) <- W"
-    scope: str = ""          # module path recorded by the exporter (torch dynamo), e.g. "stage2.conv1"
-
-    def to_dict(self) -> dict:
-        """The operator as it appears in `inspect --json`."""
-        return {"node": self.node_name, "op_type": self.op_type, "scope": self.scope, "weight": self.weight_name,
-                "weight_path": self.weight_path or self.weight_name,
-                "weight_shape": list(self.weight_shape), "feature_dim": self.feature_dim, "groups": self.groups,
-                "depth_index": self.depth_index, "depth": round(self.depth, 4), "shared": self.shared,
-                "input": self.input_name}
 
 
 @dataclass
@@ -218,8 +189,9 @@ def _editable(node: onnx.NodeProto, index: int, label: str, gi: GraphIndex) -> "
     if len(node.input) < 2 or not node.input[1]:
         return "missing weight input"
     x_name, w_name = node.input[0], node.input[1]
-    if node.op_type == "Gemm" and x_name in gi.constant and w_name not in gi.constant:
-        return "constant is the first (A) input; only a constant B weight is edited"
+    pre = adapter(node.op_type).precheck(node, gi.constant)
+    if pre:
+        return pre
     if w_name not in gi.constant:
         return RUNTIME_WEIGHT
     if x_name in gi.constant:
@@ -236,23 +208,5 @@ def _editable(node: onnx.NodeProto, index: int, label: str, gi: GraphIndex) -> "
 
 def _layout(node: onnx.NodeProto, index: int, label: str, x_name: str, w_name: str,
             shape: tuple) -> "EditableOp | str":
-    """The input-feature layout of a Conv/Gemm/MatMul whose weight (as it sees it) has the given shape."""
-    if node.op_type == "Conv":
-        groups = int(node_attr(node, "group", 1))
-        if len(shape) < 3:
-            return f"Conv weight of rank {len(shape)}"
-        if groups < 1 or shape[0] % groups:
-            return f"Conv with group={groups} does not divide its {shape[0]} output channels"
-        return EditableOp(label, index, "Conv", x_name, w_name, shape, feature_dim=shape[1] * groups,
-                          feature_axis=1, rank=len(shape), groups=groups)
-    if node.op_type == "Gemm":
-        ta, tb = bool(node_attr(node, "transA", 0)), bool(node_attr(node, "transB", 0))
-        if len(shape) != 2:
-            return f"Gemm weight of rank {len(shape)}"
-        k = shape[1] if tb else shape[0]
-        return EditableOp(label, index, "Gemm", x_name, w_name, shape, feature_dim=k,
-                          feature_axis=0 if ta else 1, rank=2, trans_a=ta, trans_b=tb)
-    if len(shape) != 2:
-        return f"MatMul constant of rank {len(shape)} (only 2-D [in, out] weights are edited)"
-    return EditableOp(label, index, "MatMul", x_name, w_name, shape, feature_dim=shape[0], feature_axis=-1,
-                      rank=None)
+    """The input-feature layout of an editable node whose weight (as it sees it) has the given shape."""
+    return adapter(node.op_type).layout(node, index, label, x_name, w_name, shape)

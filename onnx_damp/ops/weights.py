@@ -19,8 +19,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnx_damp.ops.base import node_attr
+from onnx_damp.ops.registry import adapter
+
 if TYPE_CHECKING:
-    from onnx_damp.ops.graph import EditableOp
+    from onnx_damp.ops.base import EditableOp
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 CHAIN_OPS = ("Identity", "Transpose", "Reshape", "Cast")
@@ -28,13 +31,6 @@ FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto
 QUANT_TYPES = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16)
 RUNTIME_WEIGHT = "weight is computed at run time (activation x activation), not a constant initializer"
 
-
-def node_attr(node: onnx.NodeProto, name: str, default):
-    """The value of a node attribute, or default when the node does not set it."""
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
 
 
 def node_label(node: onnx.NodeProto, index: int) -> str:
@@ -440,29 +436,6 @@ def store_weight(gi: GraphIndex, ref: WeightRef, value: np.ndarray) -> QuantStor
 
 
 # ------------------------------------------------------------------------------------------ weight access
-def weight_matrix(op: EditableOp, w: np.ndarray) -> np.ndarray:
-    """View a weight as [out-ish rows, in-features] so the edit is W <- W P (P acts on input features).
-
-    Conv weights become [out * k..., in/group] after moving the input-channel axis last (for a grouped
-    Conv pass one group's block of output channels to get that group's matrix).
-    """
-    if op.op_type == "Conv":
-        return np.moveaxis(w, 1, -1).reshape(-1, w.shape[1])
-    if op.op_type == "Gemm":
-        return w if op.trans_b else w.T
-    return w.T  # MatMul [in, out]
-
-
-def matrix_to_weight(op: EditableOp, mat: np.ndarray, like: np.ndarray) -> np.ndarray:
-    """Inverse of weight_matrix: put an edited [rows, in] matrix back in the weight's layout."""
-    if op.op_type == "Conv":
-        moved = np.moveaxis(like, 1, -1).shape
-        return np.moveaxis(mat.reshape(moved), -1, 1)
-    if op.op_type == "Gemm":
-        return mat if op.trans_b else mat.T
-    return mat.T
-
-
 def weight_ref(gi: GraphIndex, op: EditableOp) -> WeightRef:
     """Resolve op's weight in the graph as it is now (an earlier edit may have given it its own copy)."""
     ref = resolve_weight(gi, gi.graph.node[op.node_index].input[1])
@@ -530,11 +503,11 @@ def output_bias(gi: GraphIndex, op: "EditableOp") -> "BiasRef | str":
     accepted: the readout stage then changes its values, never the graph.
     """
     node = gi.graph.node[op.node_index]
-    channels = int(op.weight_shape[0] if op.op_type == "Conv" else
-                   (op.weight_shape[0] if op.trans_b else op.weight_shape[-1]))
-    if op.op_type in ("Gemm", "Conv"):
-        name = node.input[2] if len(node.input) > 2 and node.input[2] else ""
-        scale = float(node_attr(node, "beta", 1.0)) if op.op_type == "Gemm" else 1.0
+    ad = adapter(op)
+    channels = ad.output_channels(op)
+    own = ad.bias_input(node)
+    if own is not None:
+        name, scale = own
     else:
         readers = [n for n in gi.graph.node if node.output[0] in n.input]
         if len(readers) != 1 or readers[0].op_type != "Add" or gi.uses[node.output[0]] != 1:
@@ -548,7 +521,7 @@ def output_bias(gi: GraphIndex, op: "EditableOp") -> "BiasRef | str":
     if gi.uses[name] != 1:
         return f"the bias {name!r} of {op.node_name} is shared with other nodes"
     dims = [int(d) for d in t.dims]
-    if int(np.prod(dims)) != channels or (dims and dims[-1] != channels and op.op_type != "Conv"):
+    if int(np.prod(dims)) != channels or (dims and dims[-1] != channels and not ad.spatial):
         return f"the bias {name!r} of {op.node_name} has shape {dims}, not one value per output channel ({channels})"
     if scale == 0.0:
         return f"{op.node_name} has beta = 0: its bias does not reach the output"

@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_damp.ops.graph import EditableOp
+from onnx_damp.ops.base import EditableOp
+from onnx_damp.ops.registry import adapter
 from onnx_damp.runtime.tokens import TokenLayout
 
 FEATURE_MODES = ("auto", "position", "pooled", "patch")
@@ -40,7 +41,7 @@ def tap_key(op: EditableOp, layout: TokenLayout | None = None, mode: str = "posi
 
 def unfolds(op: EditableOp, mode: str) -> bool:
     """Patch mode reads a Conv's input as unfolded patches [in * k...] (groups of 1 only)."""
-    return mode == "patch" and op.op_type == "Conv" and op.groups == 1
+    return mode == "patch" and adapter(op).spatial and op.groups == 1
 
 
 def patch_dim(op: EditableOp) -> int:
@@ -211,18 +212,13 @@ def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str,
     x = op.input_name
     if layout is not None:
         nodes, x = _class_token(g, x, p, d, layout)
-    elif op.op_type == "Conv" and mode == "pooled":
+    elif adapter(op).spatial and mode == "pooled":
         nodes.append(helper.make_node("GlobalAveragePool", [x], [p + "gap"]))
         x = p + "gap"
     elif unfolds(op, mode):
         nodes, x, d = _unfold(g, op, x, p)
-    elif op.op_type == "Conv":
-        perm = [0] + list(range(2, op.rank)) + [1]
-        nodes.append(helper.make_node("Transpose", [x], [p + "t"], perm=perm))
-        x = p + "t"
-    elif op.op_type == "Gemm" and op.trans_a:
-        nodes.append(helper.make_node("Transpose", [x], [p + "t"], perm=[1, 0]))
-        x = p + "t"
+    else:
+        nodes, x = adapter(op).features_last(op, x, p)
     g.initializer.append(numpy_helper.from_array(np.array([-1, d], dtype=np.int64), p + "shape_const"))
     if wide:
         nodes.append(helper.make_node("Reshape", [x, p + "shape_const"], [p + "rows_full"]))
@@ -238,7 +234,7 @@ def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str,
                            reduce=_reduce_float64(g, p, opset))
     nodes.append(helper.make_node("Reshape", [x, p + "shape_const"], [p + "rows"]))
     # class token and pooled taps (one row per image): float64 costs nothing there; the rest: centred float32
-    few_rows = layout is not None or (op.op_type == "Conv" and mode == "pooled")
+    few_rows = layout is not None or (adapter(op).spatial and mode == "pooled")
     shift = precision == "float32" and opset >= 12 and not few_rows and not _double_weight(g, op)  # int64 Max: 12
     reduce = _reduce_float32(g, p, opset) if shift else _reduce_float64(g, p, opset)
     return _finish_tap(g, op, layout, mode, p, nodes, d, gram=True, shift=shift, reduce=reduce)

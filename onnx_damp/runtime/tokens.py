@@ -14,7 +14,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnx_damp.ops.graph import EditableOp
+from onnx_damp.ops.base import EditableOp
+from onnx_damp.ops.registry import adapter
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def probe_token_layouts(model: onnx.ModelProto, ops: list[EditableOp], x: np.nda
     """
     from onnx_damp.runtime.session import input_spec, make_session
 
-    cands = [op for op in ops if op.op_type in ("MatMul", "Gemm") and not op.trans_a]
+    cands = [op for op in ops if adapter(op).token_candidate(op)]
     names = list(dict.fromkeys(op.input_name for op in cands))
     if not names or len(x) < 3:
         return {}

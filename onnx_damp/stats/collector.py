@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from onnx_damp.data.dataset import Dataset, class_batches, prefetch
-from onnx_damp.ops.graph import EditableOp
+from onnx_damp.ops.base import EditableOp
 from onnx_damp.runtime.instrument import TOKEN_MODES, instrument, restore_shift
 from onnx_damp.runtime.tokens import TokenLayout, probe_token_layouts
 from onnx_damp.runtime.predict import output_rows

@@ -18,7 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_damp.data.dataset import Dataset, check_against_input
 from onnx_damp.errors import DampError
-from onnx_damp.ops.graph import EditableOp
+from onnx_damp.ops.base import EditableOp
+from onnx_damp.ops.registry import adapter
 from onnx_damp.runtime.instrument import default_opset, tap_key
 from onnx_damp.runtime.session import input_spec, make_session, output_name, run_checked
 from onnx_damp.runtime.tokens import probe_token_layouts
@@ -49,13 +50,7 @@ def feature_model(model: onnx.ModelProto, ops: Sequence[EditableOp],
 def _add_pool(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, class_token: bool = False) -> str:
     p = f"__damp_feat{k}_"
     x = op.input_name
-    nodes = []
-    if op.op_type == "Conv":
-        nodes.append(helper.make_node("Transpose", [x], [p + "t"], perm=[0] + list(range(2, op.rank)) + [1]))
-        x = p + "t"
-    elif op.op_type == "Gemm" and op.trans_a:
-        nodes.append(helper.make_node("Transpose", [x], [p + "t"], perm=[1, 0]))
-        x = p + "t"
+    nodes, x = adapter(op).features_last(op, x, p)
     g.initializer.append(numpy_helper.from_array(np.array([-1, op.feature_dim], dtype=np.int64), p + "shape"))
     nodes.append(helper.make_node("Reshape", [x, p + "shape"], [p + "rows"]))
     nodes.append(helper.make_node("Cast", [p + "rows"], [p + "rows32"], to=TensorProto.FLOAT))

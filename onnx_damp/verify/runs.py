@@ -13,12 +13,14 @@ import onnx
 
 from onnx_damp.data.dataset import Dataset
 from onnx_damp.verify.feature_runs import PooledFeatures, extract, pick_samples
-from onnx_damp.ops.graph import EditableOp, scan_graph
+from onnx_damp.ops.base import EditableOp
+from onnx_damp.ops.graph import scan_graph
 from onnx_damp.verify.metrics import AccuracySummary, pooled_accuracy, to_probabilities
 from onnx_damp.runtime.predict import predict
 from onnx_damp.verify.measures import (BiasShift, MiaResult, bias_shift, cka_gain, deepest_layers, forget_structure,
                            linear_cka, match_layers, mia_confidence, mia_entropy, ratio, selectivity)
-from onnx_damp.ops.weights import index_graph, node_attr, read_weight, weight_matrix
+from onnx_damp.ops.registry import adapter
+from onnx_damp.ops.weights import index_graph, read_weight
 
 MODEL_NAMES = ("model", "original", "reference")
 
@@ -196,13 +198,8 @@ def _mia(protos, test: Dataset, train: Dataset, f: list[int], test_probs, batch_
 # --------------------------------------------------------------------------------------- feature metrics
 def _last_linear(proto: onnx.ModelProto, op: EditableOp) -> "np.ndarray | str":
     """[classes, d] matrix the last editable operator applies (Gemm alpha included), or why there is none."""
-    if op.op_type not in ("Gemm", "MatMul"):
-        return f"the last editable operator {op.node_name} is a {op.op_type}, not a Gemm/MatMul"
-    gi = index_graph(proto.graph)
-    w = weight_matrix(op, read_weight(gi, op).astype(np.float64))
-    if op.op_type == "Gemm":
-        w = w * float(node_attr(proto.graph.node[op.node_index], "alpha", 1.0))
-    return w
+    w = read_weight(index_graph(proto.graph), op).astype(np.float64)
+    return adapter(op).linear_map(op, w, proto.graph.node[op.node_index])
 
 
 def _feature_metrics(v: Verification, protos, test: Dataset, f: list[int], retain: list[int], limit: int,
