@@ -52,12 +52,14 @@ from onnx_damp.ops.graph import EditableOp, scan_graph
 from onnx_damp.verify.metrics import js_divergence, summarize, to_probabilities
 from onnx_damp.runtime.modelio import load_model
 from onnx_damp.runtime.predict import predict
-from onnx_damp.stats.collector import Statistics, collect
+from onnx_damp.stats.collector import collect
+from onnx_damp.stats.statistics import Statistics
 from onnx_damp.method.pipeline import damp_edit
 from onnx_damp.verify.measures import deepest_layers, linear_cka, match_layers, mia_confidence, mia_entropy
 from onnx_damp.ops.registry import matrix_to_weight, weight_matrix
 from onnx_damp.ops.weights import (effective_weight, give_own_copy, index_graph, read_initializer, store_weight,
                                    weight_ref, write_initializer)
+from onnx_damp.options import MethodOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ["mnist", "fashion_mnist", "vit_mnist", "vit_fashion", "resnet18_fashion"]
@@ -156,10 +158,10 @@ def damp_variant(proto, ops, calib, forget, retain, stats, which: str) -> tuple[
         out = damp_edit(proto, ops, calib, forget, retain, first_stats=stats)
         return out.model, {"passes": len(out.passes), "alphas": [round(p.alpha, 3) for p in out.passes[0].plans]}
     if which == "damp_1pass":
-        out = damp_edit(proto, ops, calib, forget, retain, max_passes=1, first_stats=stats)
+        out = damp_edit(proto, ops, calib, forget, retain, MethodOptions(max_passes=1), first_stats=stats)
         return out.model, {"passes": 1}
     if which == "damp_patch":
-        out = damp_edit(proto, ops, calib, forget, retain, feature_mode="patch")
+        out = damp_edit(proto, ops, calib, forget, retain, MethodOptions(feature_mode="patch"))
         return out.model, {"passes": len(out.passes), "alphas": [round(p.alpha, 3) for p in out.passes[0].plans]}
     if which == "damp_sequential":
         return damp_sequential(proto, ops, calib, forget, retain, stats)

@@ -32,6 +32,7 @@ from onnx_damp.runtime.modelio import load_model
 from onnx_damp.runtime.predict import predict
 from onnx_damp.stats.collector import collect
 from onnx_damp.method.pipeline import damp_edit
+from onnx_damp.options import MethodOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ["mnist", "fashion_mnist", "vit_mnist", "vit_fashion", "resnet18_fashion"]
@@ -64,9 +65,9 @@ def run_sample(name: str, features: str, extra: bool, extra_bar: str, target: fl
     for fset in fsets:
         retain = [c for c in classes if c not in fset]
         t0 = time.perf_counter()
-        outcome = damp_edit(proto, ops, calib, list(fset), retain, feature_mode=features, extra_directions=extra,
-                            extra_bar=extra_bar, target_forget_accuracy=target,
-                            max_passes=max_passes, first_stats=stats)
+        opts = MethodOptions(feature_mode=features, extra_directions=extra, extra_bar=extra_bar,
+                             target_forget_accuracy=target, max_passes=max_passes)
+        outcome = damp_edit(proto, ops, calib, list(fset), retain, opts, first_stats=stats)
         edited, plans = outcome.model, outcome.passes[0].plans
         t_edit = time.perf_counter() - t0
         out = predict(edited, test)

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from onnx_damp.data.dataset import Dataset, as_dataset, load_npz, subset
+from onnx_damp.data.dataset import Dataset, load_npz, subset
+from onnx_damp.data.sources import as_dataset
 from onnx_damp.data.labels import metadata_names
 from onnx_damp.ops.graph import scan_graph
 from onnx_damp.verify.metrics import summarize
@@ -37,6 +38,7 @@ from onnx_damp.runtime.predict import predict
 from onnx_damp.method.selection import split_holdout
 from onnx_damp.stats.collector import collect
 from onnx_damp.method.pipeline import damp_edit
+from onnx_damp.options import MethodOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = json.loads((ROOT / "zoo" / "zoo.json").read_text())["models"]
@@ -94,9 +96,9 @@ def run_model(name: str, files, args) -> list[dict]:
     for fset in fsets:
         f, retain = list(fset), [c for c in classes if c not in fset]
         t0 = time.perf_counter()
-        out = damp_edit(proto, ops, calib, f, retain, first_stats=stats, readout=not args.no_readout,
-                        holdout=args.holdout, candidates=not args.no_candidates, max_passes=args.max_passes,
-                        outputs=False)
+        opts = MethodOptions(readout=not args.no_readout, holdout=args.holdout, candidates=not args.no_candidates,
+                             max_passes=args.max_passes)
+        out = damp_edit(proto, ops, calib, f, retain, opts, first_stats=stats, outputs=False)
         t_edit = time.perf_counter() - t0
         pred = predict(out.model, test).argmax(1)
         before, after = summarize(base, test.y, f), summarize(pred, test.y, f)

@@ -14,9 +14,12 @@ def __getattr__(name):
     if name in ("write_html", "render_html"):
         from onnx_damp.report import html as html_report
         return getattr(html_report, name)
-    if name in ("Statistics", "merge"):
-        from onnx_damp.stats import shards
-        return getattr(shards, name)
+    if name == "Statistics":
+        from onnx_damp.stats.statistics import Statistics
+        return Statistics
+    if name == "merge":
+        from onnx_damp.stats.shards import merge
+        return merge
     raise AttributeError(name)
 
 

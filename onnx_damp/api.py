@@ -13,20 +13,22 @@ import numpy as np
 import onnx
 
 from onnx_damp import __version__
-from onnx_damp.data.dataset import Dataset, LazyArray, as_dataset, check_fits_model
-from onnx_damp.data.formats import as_preprocess
+from onnx_damp.data.dataset import Dataset, LazyArray, check_fits_model
+from onnx_damp.data.sources import as_dataset
+from onnx_damp.data.preprocess import as_preprocess
 from onnx_damp.errors import DampError
 from onnx_damp.data.labels import metadata_names, read_labels, resolve_classes
 from onnx_damp.ops.base import EditableOp
-from onnx_damp.ops.graph import SkippedOp, no_editable_message, scan_graph
+from onnx_damp.ops.graph import GraphScan, SkippedOp, no_editable_message, scan_graph
 from onnx_damp.verify.metrics import (AccuracySummary, forget_confusion, js_divergence, kl_divergence, summarize, to_probabilities,
                       worst_retain_drop)
 from onnx_damp.runtime.modelio import check_output_path, fits_in_proto, has_external_data, load_model, save_model_atomic, sha256_file
 from onnx_damp.runtime.predict import predict
 from onnx_damp.progress import Progress
-from onnx_damp.method.projection import EXTRA_BARS
-from onnx_damp.stats.shards import Provenance, merge, proto_sha256
-from onnx_damp.stats.collector import Statistics, collect as collect_stats
+from onnx_damp.options import MethodOptions, RunOptions
+from onnx_damp.stats.collector import collect as collect_stats
+from onnx_damp.stats.shards import merge
+from onnx_damp.stats.statistics import Provenance, Statistics, proto_sha256
 from onnx_damp.method.selection import HOLDOUT_FRACTION, MAX_CLASS_DROP, MAX_MEAN_DROP
 from onnx_damp.method.pipeline import PassRecord, ReadoutRecord, damp_edit
 from onnx_damp.verify.runs import Verification, feature_runs, gate_values, verify
@@ -267,31 +269,57 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
            holdout: float = HOLDOUT_FRACTION, candidates: bool = True) -> ForgetResult:
     """Make model forget the given classes with DAMP; validate; optionally write the edited model.
 
-    stats: statistics files from onnx_damp.collect / `onnx-damp collect` (or loaded Statistics), merged
-    and used for pass 1; data (then optional) serves the later passes; without data exactly one pass
-    runs and eval_data is needed to validate. ray / ray_address: collect on Ray (see distributed.py).
+    The method's keywords are the fields of options.MethodOptions, the run's those of options.RunOptions
+    (the CLI takes its defaults from both). stats: statistics files from onnx_damp.collect / `onnx-damp
+    collect` (or loaded Statistics), merged and used for pass 1; data (then optional) serves the later
+    passes; without data exactly one pass runs and eval_data is needed to validate. ray / ray_address:
+    collect on Ray (see stats/ray.py).
 
     Validation (on eval_data, else on the calibration data) gives accuracies and the verification metrics
     of docs/metrics.md (membership inference only with eval_data; CKA only with a reference). gates
     (Gates or a dict of its fields) are checked on them: see ForgetResult.passed and .gates.
     data and eval_data: a Dataset, (x, y), an .npz, an image folder or a torchvision-format folder/file
-    (see data.as_dataset); preprocess (Preprocess, dict or .json/.toml path) applies to the images.
-    extra_bar: "energy" (the default) or "variance", the bar extra directions must reach (a benchmark
-    ablation, see projection.extend_subspace and the README; not a CLI option).
-    readout: run the readout stage (readout.py) after the representation edit; holdout: the share of each
-    class's calibration images held out from the statistics to judge every choice on (0: none, the old
-    behaviour); candidates: choose among candidate plans on those images (False: the one default plan).
+    (see data.dataset.as_dataset); preprocess (Preprocess, dict or .json/.toml path) applies to the images.
     """
-    if batch_size < 1:
-        raise DampError("--batch-size must be at least 1")
-    if extra_bar not in EXTRA_BARS:
-        raise DampError(f"extra_bar must be one of {list(EXTRA_BARS)}, not {extra_bar!r}")
-    if max_passes < 1:
-        raise DampError("--max-passes must be at least 1")
-    if not 0.0 <= target_forget_accuracy <= 1.0:
-        raise DampError("--target-forget-acc must lie in [0, 1]")
-    if not 0.0 <= holdout < 1.0:
-        raise DampError("--holdout must lie in [0, 1)")
+    method = MethodOptions(feature_mode, extra_directions, max_passes, target_forget_accuracy, readout, holdout,
+                           candidates, extra_bar).check()
+    run = RunOptions(batch_size, device, input_name, output_name, quiet, ray, ray_address).check()
+    job = _prepare_forget(model, data, forget, output, eval_data, reference, feature_samples, gates, labels,
+                          preprocess, stats, method, run)
+    outcome = _edit(job, method, run)
+    notes = job.notes + outcome.notes + _stamp(job, outcome, method)
+    result = _validate_edit(job, outcome, method, run, feature_samples, notes)
+    if job.out_path is not None:
+        _save(job, result)
+    return result
+
+
+@dataclass
+class _ForgetJob:
+    """Everything forget checked and loaded before editing: the models, the data, the classes."""
+
+    proto: onnx.ModelProto
+    src: str | None
+    out_path: Path | None
+    scan: GraphScan
+    names: list[str] | None
+    calib: Dataset | None
+    evald: Dataset
+    has_eval: bool
+    num_classes: int
+    merged: Statistics | None
+    forget: list[int]
+    retain: list[int]
+    gates: Gates | None
+    ref_proto: onnx.ModelProto | None
+    notes: list[str] = field(default_factory=list)
+    sha: str | None = None      # sha256 of the input file (set by _stamp)
+    in_memory: bool = True      # small enough to check in memory (set by _stamp)
+
+
+def _prepare_forget(model, data, forget, output, eval_data, reference, feature_samples, gates, labels, preprocess,
+                    stats, method: MethodOptions, run: RunOptions) -> _ForgetJob:
+    """Stage 1: load and check the model, the data, the classes, the statistics and the gates."""
     proto, src = _load(model)
     out_path = check_output_path(src or "<memory>", output) if output is not None else None
     if data is None and stats is None:
@@ -304,23 +332,16 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     names = _class_names(proto, labels)
     calib = as_dataset(data, preprocess, names) if data is not None else None
     evald = as_dataset(eval_data, preprocess, names) if eval_data is not None else calib
-    k = _num_outputs(proto, calib if calib is not None else evald, input_name, output_name, device)  # data fit?
-    merged = _merged_stats(stats, proto, src, input_name, feature_mode, k) if stats is not None else None
+    io = (run.input_name, run.output_name, run.device)
+    k = _num_outputs(proto, calib if calib is not None else evald, *io)  # the data fit the model?
+    merged = _merged_stats(stats, proto, src, run.input_name, method.feature_mode, k) if stats is not None else None
     present = set(merged.samples) if merged is not None else set(calib.classes.tolist())
     f, retain = _check_present_classes(_class_indices(names, forget, calib), present, k,
                                        "the statistics" if merged is not None else "the calibration data")
-    if merged is not None and calib is not None:
-        _check_classes(f, calib, k, "the calibration data")
-        data_classes = set(calib.classes.tolist())
-        if data_classes != present:
-            raise DampError(f"the statistics hold classes {sorted(present)} but --data holds "
-                            f"{sorted(data_classes)}; later passes need the same classes")
-    if merged is not None and merged.gram_classes is not None and not set(f) <= set(merged.gram_classes):
-        raise DampError(f"the statistics keep second moments only for classes {merged.gram_classes}, not for "
-                        f"{sorted(set(f) - set(merged.gram_classes))}; collect them again with --forget "
-                        f"for these classes (or without --forget)")
+    if merged is not None:
+        _check_merged_against(merged, calib, f, k)
     if eval_data is not None:
-        _num_outputs(proto, evald, input_name, output_name, device)
+        _num_outputs(proto, evald, *io)
         _check_classes(f, evald, k, "the evaluation data")
     gates = _as_gates(gates)
     _check_gates_inputs(gates, True, reference is not None, eval_data is not None and calib is not None,
@@ -329,61 +350,94 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
                         else "--data (the calibration images are the attack's members; statistics hold none)")
     ref_proto = _load(reference)[0] if reference is not None else None
     if ref_proto is not None:
-        _num_outputs(ref_proto, evald, input_name, output_name, device)
+        _num_outputs(ref_proto, evald, *io)
+    notes = []
     if merged is not None:
         _check_stats_layers(merged, scan.editable)
-    notes = []
-    if merged is not None and calib is None:
-        notes.append("statistics given without --data: one DAMP pass of the default plan; no held-out selection "
-                     "and no readout stage (both judge on calibration images, which statistics do not hold)")
-    collector = collect_stats
-    if ray or ray_address:
-        from onnx_damp.stats.ray import import_ray, ray_collect
-        import_ray()
-        collector = functools.partial(ray_collect, address=ray_address)
-    work = int(len(calib) * (1 - holdout)) if calib is not None and merged is None else 0
-    with Progress(work, "statistics", quiet) as bar:
-        outcome = damp_edit(proto, scan.editable, calib, f, retain, batch_size=batch_size, device=device,
-                            feature_mode=feature_mode, extra_directions=extra_directions, extra_bar=extra_bar,
-                            input_name=input_name,
-                            output_name=output_name, max_passes=max_passes,
-                            target_forget_accuracy=target_forget_accuracy, progress=bar,
-                            first_stats=merged, collector=collector, readout=readout, holdout=holdout,
-                            candidates=candidates)
+        if calib is None:
+            notes.append("statistics given without --data: one DAMP pass of the default plan; no held-out "
+                         "selection and no readout stage (both judge on calibration images, which statistics do "
+                         "not hold)")
+    return _ForgetJob(proto, src, out_path, scan, names, calib, evald, eval_data is not None, k, merged, f, retain,
+                      gates, ref_proto, notes)
+
+
+def _check_merged_against(merged: Statistics, calib: Dataset | None, f: list[int], k: int) -> None:
+    """Statistics and --data must hold the same classes, and second moments of every forget class."""
+    if calib is not None:
+        _check_classes(f, calib, k, "the calibration data")
+        data_classes = set(calib.classes.tolist())
+        if data_classes != set(merged.samples):
+            raise DampError(f"the statistics hold classes {sorted(merged.samples)} but --data holds "
+                            f"{sorted(data_classes)}; later passes need the same classes")
+    if merged.gram_classes is not None and not set(f) <= set(merged.gram_classes):
+        raise DampError(f"the statistics keep second moments only for classes {merged.gram_classes}, not for "
+                        f"{sorted(set(f) - set(merged.gram_classes))}; collect them again with --forget "
+                        f"for these classes (or without --forget)")
+
+
+def _collector(run: RunOptions):
+    """stats.collector.collect, or the Ray backend when asked for."""
+    if not (run.ray or run.ray_address):
+        return collect_stats
+    from onnx_damp.stats.ray import import_ray, ray_collect
+    import_ray()
+    return functools.partial(ray_collect, address=run.ray_address)
+
+
+def _edit(job: _ForgetJob, method: MethodOptions, run: RunOptions):
+    """Stage 2: the method (method.pipeline.damp_edit), with a progress bar over the statistics pass."""
+    calib = job.calib
+    work = int(len(calib) * (1 - method.holdout)) if calib is not None and job.merged is None else 0
+    with Progress(work, "statistics", run.quiet) as bar:
+        outcome = damp_edit(job.proto, job.scan.editable, calib, job.forget, job.retain, method, run,
+                            first_stats=job.merged, progress=bar, collector=_collector(run))
         bar.done = bar.total
-    notes += outcome.notes
-    calib_samples = len(calib) if calib is not None else outcome.first_stats.num_samples
-    edited = outcome.model
-    changes = total_relative_change(proto, edited, scan.editable)
-    sha = sha256_file(src) if src else None
+    return outcome
+
+
+def _stamp(job: _ForgetJob, outcome, method: MethodOptions) -> list[str]:
+    """Stage 3: record the request in the edited model's metadata and check the model; returns notes."""
+    edited, ro = outcome.model, outcome.readout
+    job.sha = sha256_file(job.src) if job.src else None
     _record_metadata(edited, {
         "onnx_damp.version": __version__,
-        "onnx_damp.forget_classes": json.dumps(f),
-        "onnx_damp.calibration_samples": str(calib_samples),
+        "onnx_damp.forget_classes": json.dumps(job.forget),
+        "onnx_damp.calibration_samples": str(_calib_samples(job, outcome)),
         "onnx_damp.statistics_samples": str(outcome.first_stats.num_samples),
         "onnx_damp.heldout_samples": str(len(outcome.heldout) if outcome.heldout is not None else 0),
-        "onnx_damp.readout": json.dumps({"node": outcome.readout.node, "bias": outcome.readout.bias,
-                                         "classes": outcome.readout.classes, "shift": outcome.readout.shift}
-                                        if outcome.readout is not None and outcome.readout.applied else None),
-        "onnx_damp.feature_mode": feature_mode,
+        "onnx_damp.readout": json.dumps({"node": ro.node, "bias": ro.bias, "classes": ro.classes, "shift": ro.shift}
+                                        if ro is not None and ro.applied else None),
+        "onnx_damp.feature_mode": method.feature_mode,
         "onnx_damp.passes": str(len(outcome.passes)),
         "onnx_damp.alpha": json.dumps({op.node_name: [round(ps.plans[i].alpha, 6) for ps in outcome.passes]
-                                       for i, op in enumerate(scan.editable)}),
-        "onnx_damp.source_sha256": sha or "",
+                                       for i, op in enumerate(job.scan.editable)}),
+        "onnx_damp.source_sha256": job.sha or "",
     })
-    in_memory = fits_in_proto(edited)  # too big to check in memory: the written file is checked
-    if in_memory:
-        note = _run_checker(edited, proto)
-        notes += [note] if note else []
+    job.in_memory = fits_in_proto(edited)  # too big to check in memory: the written file is checked
+    note = _run_checker(edited, job.proto) if job.in_memory else None
+    return [note] if note else []
 
-    protos = {"model": edited, "original": proto, **({"reference": ref_proto} if ref_proto is not None else {})}
+
+def _calib_samples(job: _ForgetJob, outcome) -> int:
+    return len(job.calib) if job.calib is not None else outcome.first_stats.num_samples
+
+
+def _validate_edit(job: _ForgetJob, outcome, method: MethodOptions, run: RunOptions, feature_samples: int,
+                   notes: list[str]) -> ForgetResult:
+    """Stage 4: accuracies before/after, per stage, and the verification metrics; the typed result."""
+    calib, evald, f, k = job.calib, job.evald, job.forget, job.num_classes
+    device, input_name, output_name = run.device, run.input_name, run.output_name
+    edited = outcome.model
+    protos = {"model": edited, "original": job.proto,
+              **({"reference": job.ref_proto} if job.ref_proto is not None else {})}
     _, eval_retain = _check_classes(f, evald, k, "the evaluation data")
-    member = calib if eval_data is not None else None  # membership attack: calibration data are members
+    member = calib if job.has_eval else None  # membership attack: calibration data are members
     known = {"model": outcome.calib_outputs, "original": outcome.original_outputs}  # on calib, from the passes
     known = {n: o for n, o in known.items() if o is not None}
     work = (len(protos) * len(evald) + (len(protos) * len(member) if member is not None else 0)
-            + feature_runs(evald, f, eval_retain, feature_samples, True, ref_proto is not None))
-    with Progress(work, "validating", quiet) as bar:
+            + feature_runs(evald, f, eval_retain, feature_samples, True, job.ref_proto is not None))
+    with Progress(work, "validating", run.quiet) as bar:
         probs = {}
         for name, p in protos.items():
             if evald is calib and name in known:
@@ -402,24 +456,28 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
                                    "attack's members, held-out data its non-members"),
                      feature_samples=feature_samples, batch_size=256, device=device, input_name=input_name,
                      output_name=output_name, progress=bar)
-    result = ForgetResult(edited, f, retain, outcome.passes, changes, before, after,
-                          "evaluation data" if eval_data is not None else "calibration data (no --eval-data given)",
-                          calib_samples, feature_mode, sha, not_editable=scan.skipped,
+    result = ForgetResult(edited, f, job.retain, outcome.passes,
+                          total_relative_change(job.proto, edited, job.scan.editable), before, after,
+                          "evaluation data" if job.has_eval else "calibration data (no --eval-data given)",
+                          _calib_samples(job, outcome), method.feature_mode, job.sha, not_editable=job.scan.skipped,
                           verification=ver, reference_js=_reference_js(probs, evald.y, f),
                           token_layouts={n: lay.describe() for n, lay in outcome.first_stats.token_layouts.items()},
-                          class_names=names,
+                          class_names=job.names,
                           forget_confusion=forget_confusion({n: p.argmax(1) for n, p in probs.items()}, evald.y, f, k),
-                          notes=notes, statistics=_stats_summary(merged) if merged is not None else None,
+                          notes=notes, statistics=_stats_summary(job.merged) if job.merged is not None else None,
                           readout=outcome.readout, stages=stages, heldout=_heldout_summary(outcome),
-                          warnings=heldout_warnings(outcome, target_forget_accuracy))
-    result.gates = result.check_gates(gates)
-    if out_path is not None:
-        external = bool(src) and has_external_data(src)
-        result.written = [str(p) for p in save_model_atomic(edited, out_path, external_data=external)]
-        if not in_memory:
-            note = _run_checker(str(out_path), src)
-            result.notes += [note] if note else []
+                          warnings=heldout_warnings(outcome, method.target_forget_accuracy))
+    result.gates = result.check_gates(job.gates)
     return result
+
+
+def _save(job: _ForgetJob, result: ForgetResult) -> None:
+    """Stage 5: write the edited model atomically (with external data when the input had it) and check it."""
+    external = bool(job.src) and has_external_data(job.src)
+    result.written = [str(p) for p in save_model_atomic(result.model, job.out_path, external_data=external)]
+    if not job.in_memory:
+        note = _run_checker(str(job.out_path), job.src)
+        result.notes += [note] if note else []
 
 
 def _stage_accuracies(outcome, evald: Dataset, f: list[int], after: AccuracySummary, device, input_name,
@@ -500,8 +558,8 @@ def collect(model: ModelLike, data, output: str | os.PathLike | None = None, *, 
     image preprocessing (as in forget); when given and preprocessing is left at "npz", its settings are the
     fingerprint.
     """
-    if batch_size < 1:
-        raise DampError("--batch-size must be at least 1")
+    run = RunOptions(batch_size, device, input_name, None, quiet, ray, ray_address).check()
+    MethodOptions(feature_mode=feature_mode).check()
     proto, src = _load(model)
     names = _class_names(proto, labels)
     ds = as_dataset(data, preprocess, names)
@@ -529,10 +587,7 @@ def collect(model: ModelLike, data, output: str | os.PathLike | None = None, *, 
         folder = out_path.parent if str(out_path.parent) else Path(".")
         if not folder.is_dir():
             raise DampError(f"cannot write statistics: folder {folder} does not exist")
-    collector = collect_stats
-    if ray or ray_address:
-        from onnx_damp.stats.ray import ray_collect
-        collector = functools.partial(ray_collect, address=ray_address)
+    collector = _collector(run)
     with Progress(len(ds), "collecting", quiet) as bar:
         st = collector(proto, scan.editable, ds, gram_classes, batch_size, device, feature_mode, input_name, bar)
     st.provenance = _provenance(proto, src, input_name, preprocessing, k, device, batch_size, [ds.source])

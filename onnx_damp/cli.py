@@ -5,12 +5,12 @@ import functools
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
 
 from onnx_damp import __version__
+from onnx_damp.options import FEATURE_MODES, MethodOptions, RunOptions
 from onnx_damp.errors import GATE_FAILED, DampError
 
 
@@ -27,15 +27,8 @@ def _user_errors(fn):
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=".onnx-damp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from onnx_damp.fileio import atomic_write
+    atomic_write(path, lambda f: json.dump(payload, f, indent=2))
 
 
 def _check_report_path(path: str | None) -> None:
@@ -209,8 +202,8 @@ def _ray_options(fn):
                    "for many classes. Default: every class, so the statistics serve any forget set.")
 @click.option("--labels", type=click.Path(dir_okay=False),
               help="Class names, one per line (line i = class i), for --forget by name.")
-@click.option("--batch-size", default=128, show_default=True, type=int)
-@click.option("--features", type=click.Choice(["auto", "position", "pooled", "patch"]), default="auto",
+@click.option("--batch-size", default=RunOptions.batch_size, show_default=True, type=int)
+@click.option("--features", type=click.Choice(list(FEATURE_MODES)), default=MethodOptions.feature_mode,
               show_default=True, help="Feature mode (as in forget); every shard and the forget run must use the same.")
 @click.option("--preprocessing", default="npz", show_default=True,
               help="A fingerprint of how the data were made; shards with different ones are not merged.")
@@ -249,21 +242,21 @@ def collect_cmd(model, data, output, forget_classes, labels, batch_size, feature
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Edited model path.")
 @click.option("--eval-data", type=click.Path(), help="Held-out data to validate on (same formats as --data).")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the full report as JSON here.")
-@click.option("--batch-size", default=128, show_default=True, type=int)
-@click.option("--features", type=click.Choice(["auto", "position", "pooled", "patch"]), default="auto", show_default=True,
+@click.option("--batch-size", default=RunOptions.batch_size, show_default=True, type=int)
+@click.option("--features", type=click.Choice(list(FEATURE_MODES)), default=MethodOptions.feature_mode, show_default=True,
               help="auto: Conv inputs per spatial position, token sequences by their class token (token 0); "
                    "position: every position/token row; pooled: Conv inputs per image after spatial pooling; "
                    "patch: Conv inputs as unfolded kernel-sized patches (in * k * k features), tokens as auto.")
 @click.option("--no-extra-directions", is_flag=True,
               help="Use only the prototype residuals (rank = number of forget classes).")
-@click.option("--max-passes", default=1, show_default=True, type=int,
+@click.option("--max-passes", default=MethodOptions.max_passes, show_default=True, type=int,
               help="Most DAMP passes (statistics re-collected on the edited model before each further pass; a "
                    "pass is kept only when the held-out calibration images say it is better).")
-@click.option("--target-forget-acc", default=0.01, show_default=True, type=float,
+@click.option("--target-forget-acc", default=MethodOptions.target_forget_accuracy, show_default=True, type=float,
               help="Forget accuracy the held-out calibration images should reach (passes, readout, warnings).")
 @click.option("--no-readout", is_flag=True,
               help="Skip the readout stage: return DAMP's representation edit alone (the paper's form).")
-@click.option("--holdout", default=0.2, show_default=True, type=float,
+@click.option("--holdout", default=MethodOptions.holdout, show_default=True, type=float,
               help="Share of each class's calibration images held out from the statistics; every choice "
                    "(candidate plan, passes, readout shift) is judged on them. 0: none.")
 @click.option("--reference", type=click.Path(dir_okay=False),
@@ -290,9 +283,11 @@ def forget_cmd(model, data, stats_files, more_stats, ray, ray_address, forget_cl
     _check_report_path(report)
     if more_stats and not stats_files:
         raise DampError(f"unexpected argument(s) {' '.join(more_stats)}: only --stats takes several files")
-    res = forget(model, data, list(forget_classes), output, eval_data, batch_size, device, features,
-                 not no_extra_directions, input_name, output_name, max_passes, target_forget_acc, quiet,
-                 reference=reference, feature_samples=feature_samples,
+    res = forget(model, data, list(forget_classes), output, eval_data=eval_data, batch_size=batch_size,
+                 device=device, feature_mode=features, extra_directions=not no_extra_directions,
+                 input_name=input_name, output_name=output_name, max_passes=max_passes,
+                 target_forget_accuracy=target_forget_acc, quiet=quiet, reference=reference,
+                 feature_samples=feature_samples,
                  gates=_gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia), labels=labels,
                  preprocess=preprocess, stats=list(stats_files + more_stats) or None, ray=ray,
                  ray_address=ray_address, readout=not no_readout, holdout=holdout,

@@ -195,4 +195,35 @@ def test_help_imports_nothing_heavy():
             "('onnxruntime', 'onnx', 'numpy', 'scipy', 'onnx_damp'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     loaded = out.strip().splitlines()[-1].split(",")
-    assert set(loaded) <= {"onnx_damp", "onnx_damp.cli", "onnx_damp.errors"}, loaded
+    assert set(loaded) <= {"onnx_damp", "onnx_damp.cli", "onnx_damp.errors", "onnx_damp.options"}, loaded
+
+
+def test_options_are_one_source_of_defaults_for_the_api_and_the_cli():
+    """MethodOptions / RunOptions fields: forget's keyword defaults and the CLI's defaults are theirs."""
+    import inspect
+    from dataclasses import fields
+
+    import onnx_damp.api as api
+    from onnx_damp.options import MethodOptions, RunOptions
+    params = inspect.signature(api.forget).parameters
+    for cls in (MethodOptions, RunOptions):
+        for f in fields(cls):
+            assert params[f.name].default == getattr(cls(), f.name), f.name
+    cli_flags = {"features": "feature_mode", "max_passes": "max_passes", "target_forget_acc": "target_forget_accuracy",
+                 "holdout": "holdout", "batch_size": "batch_size"}
+    from onnx_damp.cli import main as cli_main
+    opts = {p.name: p.default for p in cli_main.commands["forget"].params}
+    for flag, field_name in cli_flags.items():
+        cls = MethodOptions if hasattr(MethodOptions, field_name) else RunOptions
+        assert opts[flag] == getattr(cls(), field_name), flag
+
+
+def test_library_rejects_bad_options_in_one_line():
+    import pytest
+
+    import onnx_damp
+    from onnx_damp.errors import DampError
+    with pytest.raises(DampError, match="feature mode must be one of"):
+        onnx_damp.forget("unused.onnx", None, [0], feature_mode="x")
+    with pytest.raises(DampError, match="max_passes"):
+        onnx_damp.forget("unused.onnx", None, [0], max_passes=0)

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from onnx_damp.cli import main
-from onnx_damp.data.dataset import as_dataset
+from onnx_damp.data.sources import as_dataset
 from onnx_damp.errors import DampError
 from onnx_damp.data.formats import load_batch, read_idx
 from onnx_damp.data.preprocess import Preprocess

@@ -15,7 +15,8 @@ from PIL import Image  # noqa: E402
 import onnx_damp  # noqa: E402
 from onnx_damp.data import imagefolder  # noqa: E402
 from onnx_damp.cli import main  # noqa: E402
-from onnx_damp.data.dataset import as_dataset, prefetch  # noqa: E402
+from onnx_damp.data.dataset import prefetch  # noqa: E402
+from onnx_damp.data.sources import as_dataset
 from onnx_damp.errors import DampError  # noqa: E402
 from onnx_damp.data.preprocess import Preprocess  # noqa: E402
 

@@ -18,6 +18,7 @@ from onnx_damp.ops.graph import scan_graph
 from onnx_damp.method.selection import HeldOutScore, pick, score, split_holdout
 from onnx_damp.stats.collector import collect
 from onnx_damp.method.pipeline import damp_edit
+from onnx_damp.options import MethodOptions
 
 from tiny_models import make_model
 
@@ -115,7 +116,7 @@ def test_readout_keeps_retain_logits_on_retain_prototypes_and_removes_the_class(
 def test_readout_off_returns_the_representation_edit(setup):
     model, _, calib, _ = setup
     ops = scan_graph(model).editable
-    out = damp_edit(model, ops, calib, [0], list(range(1, CLASSES)), readout=False)
+    out = damp_edit(model, ops, calib, [0], list(range(1, CLASSES)), MethodOptions(readout=False))
     assert out.readout is None and out.model is out.representation
 
 
@@ -134,8 +135,8 @@ def test_a_worse_later_pass_is_not_kept(setup):
             data = Dataset(np.asarray(data.x[:]), y)
         return collect(m, ops_, data, *args, **kwargs)
 
-    out = damp_edit(model, ops, calib, [0], list(range(1, CLASSES)), max_passes=2, collector=collector,
-                    target_forget_accuracy=-1.0, readout=False, candidates=False)  # pass 2: the plain plan
+    opts = MethodOptions(max_passes=2, target_forget_accuracy=-1.0, readout=False, candidates=False)
+    out = damp_edit(model, ops, calib, [0], list(range(1, CLASSES)), opts, collector=collector)  # pass 2: plain plan
     assert len(calls) == 2 and len(out.passes) == 1
     assert any("pass 2 was not kept" in n for n in out.notes)
     # what it kept is pass 1's model, and that model is better on the held-out images than pass 2's would be

@@ -16,7 +16,9 @@ import pytest
 
 import onnx_damp
 from onnx_damp import DampError
-from onnx_damp.stats.shards import load_statistics, merge
+from onnx_damp.stats.shards import merge
+from onnx_damp.stats.statistics import load_statistics
+from onnx_damp.options import MethodOptions
 
 from mnist_sample import CALIB, MODEL, REF as OTHER_MODEL, TEST, first_per_class, invoke
 
@@ -236,8 +238,8 @@ def test_forget_with_stats_and_data_recollects_later_passes_on_data(tmp_path, sh
         calls.append(len(d))
         return collect(model, ops_, d, *args, **kwargs)
 
-    out = damp_edit(proto, ops, data, [3], [0, 1, 2, 4], first_stats=stats, max_passes=2, collector=spy,
-                    target_forget_accuracy=-1.0)  # never reached: pass 2 always runs
+    out = damp_edit(proto, ops, data, [3], [0, 1, 2, 4], MethodOptions(max_passes=2, target_forget_accuracy=-1.0),
+                    first_stats=stats, collector=spy)  # the target is never reached: pass 2 always runs
     assert calls == [200]  # 250 images, one in five held out
     assert any("statistics were given" in n for n in out.notes)
 

@@ -11,6 +11,7 @@ from onnx_damp.runtime.instrument import instrument
 from onnx_damp.runtime.predict import predict
 from onnx_damp.stats.collector import collect
 from onnx_damp.method.pipeline import damp_edit
+from onnx_damp.options import MethodOptions
 
 OPSET, IR_VERSION = 17, 8
 
@@ -71,17 +72,18 @@ def test_statistics_and_outputs_across_dtypes_opsets_and_fixed_batches(case):
     assert all((t.shift_name is None) == (case in ("float64", "opset10", "opset11")) for t in taps.values())
 
 
-def test_damp_edit_accepts_collectors_without_the_output_keywords():
+def test_damp_edit_predicts_the_outputs_a_collector_does_not_return():
     rng = np.random.default_rng(1)
     m, ds = mlp(rng), data(rng, n=80)
     ops = scan_graph(m).editable
     calls = []
 
-    def plain(*args):  # the documented positional signature, no keywords: no outputs come back
+    def plain(*args, outputs=False, output=None):  # a Collector that ignores outputs=True: none come back
         calls.append(len(args))
         return collect(*args)
 
-    out = damp_edit(m, ops, ds, [0], [1, 2, 3], collector=plain, max_passes=2, target_forget_accuracy=-1.0)
+    out = damp_edit(m, ops, ds, [0], [1, 2, 3], MethodOptions(max_passes=2, target_forget_accuracy=-1.0),
+                    collector=plain)
     assert len(calls) == 2  # pass 1, and pass 2 (kept or not)
     # without outputs from the collector, the original's outputs are predicted
     np.testing.assert_allclose(out.original_outputs, predict(m, ds), rtol=1e-5, atol=1e-5)

@@ -114,28 +114,6 @@ def _copy(obj):
     return copy.copy(obj)
 
 
-def as_dataset(data: "Dataset | str | os.PathLike | tuple", preprocess=None,
-               class_names: Sequence[str] | None = None) -> Dataset:
-    """Accept a Dataset, an (x, y) tuple, or a path: an .npz file, an image folder (DIR/<class>/*.png ...),
-    or a torchvision on-disk format (MNIST-style idx files, CIFAR-10/100 python batches).
-
-    preprocess (a Preprocess, a dict of its fields or a .json/.toml path) applies to images only; .npz
-    files and arrays are used as they are. class_names map image folder names to class indices.
-    """
-    if isinstance(data, Dataset):
-        return validate(data)
-    if isinstance(data, tuple) and len(data) == 2:
-        return validate(Dataset(np.asarray(data[0]), np.asarray(data[1])))
-    p = Path(data)
-    if p.is_dir() or (p.is_file() and p.suffix.lower() != ".npz"):
-        from onnx_damp.data.formats import open_path
-
-        ds = open_path(p, preprocess, class_names)
-        if ds is not None:
-            return validate(ds)
-    return load_npz(data)
-
-
 def check_fits_model(ds: Dataset, model, input_name: str | None = None) -> None:
     """For lazily preprocessed images: check the preprocessing against the model input before any work."""
     check = getattr(ds.x, "check_fits", None)

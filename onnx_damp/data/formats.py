@@ -45,51 +45,13 @@ class ArrayImages(LazyArray):
         return self.pre.apply_array(self.images[idx])
 
 
-def as_preprocess(preprocess) -> Preprocess:
-    if preprocess is None:
-        return Preprocess()
-    if isinstance(preprocess, Preprocess):
-        return preprocess
-    if isinstance(preprocess, dict):
-        return Preprocess.from_dict(preprocess)
-    return Preprocess.load(preprocess)
-
-
-def open_path(p: Path, preprocess=None, class_names: Sequence[str] | None = None) -> Dataset | None:
-    """The data set at p (image folder, idx, CIFAR), or None for a file that is none of these (an .npz?)."""
-    pre = as_preprocess(preprocess)
-    if p.is_file():
-        if p.name.endswith(("-idx3-ubyte", "-idx3-ubyte.gz")):
-            return _array_dataset(*read_idx_pair(p), pre, f"{p} (idx images)")
-        if _is_pickle(p):
-            x, y = read_cifar([p])
-            return _array_dataset(x, y, pre, f"{p} (CIFAR batch)")
-        return None
-    found = _find_torchvision(p)
-    if len(found) > 1:
-        raise DampError(f"{p} holds several data sets ({', '.join(str(f[1]) for f in found)}): give one of them")
-    if found:
-        kind, where, files = found[0]
-        if kind == "idx":
-            return _array_dataset(*read_idx_pair(files[0]), pre, f"{files[0]} (idx images)")
-        x, y = read_cifar(files)
-        names = ", ".join(f.name for f in files)
-        return _array_dataset(x, y, pre, f"{where} (CIFAR batches {names})")
-    from onnx_damp.data.imagefolder import load_image_folder, looks_like_image_folder
-
-    if looks_like_image_folder(p):
-        return load_image_folder(p, pre, class_names)
-    raise DampError(f"{p}: not an image folder (DIR/<class>/*.png|jpg|jpeg|bmp|webp), nor MNIST-style idx files, "
-                    "nor CIFAR-10/100 python batches")
-
-
-def _array_dataset(x: np.ndarray, y: np.ndarray, pre: Preprocess, source: str) -> Dataset:
+def array_dataset(x: np.ndarray, y: np.ndarray, pre: Preprocess, source: str) -> Dataset:
     if x.ndim == 3:
         x = x[..., None]
     return Dataset(ArrayImages(x, pre, source), y.astype(np.int64), source)
 
 
-def _find_torchvision(p: Path) -> list[tuple[str, Path, list[Path]]]:
+def find_torchvision(p: Path) -> list[tuple[str, Path, list[Path]]]:
     """(kind, folder, files) for every idx or CIFAR data set at p, p/raw, p/<Name>/raw or p/cifar-*."""
     subdirs = sorted(d for d in p.iterdir() if d.is_dir()) if p.is_dir() else []
     cands = [p, p / "raw"] + [d / "raw" for d in subdirs] + [d for d in subdirs if d.name.startswith("cifar")]
@@ -152,7 +114,7 @@ def read_idx_pair(images_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarra
 
 
 # ----------------------------------------------------------------------------------------------- CIFAR
-def _is_pickle(p: Path) -> bool:
+def is_pickle(p: Path) -> bool:
     try:
         with open(p, "rb") as f:
             head = f.read(2)

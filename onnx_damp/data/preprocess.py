@@ -328,3 +328,14 @@ def check_fits(pre: Preprocess, model_input_shape: Sequence, hw: tuple[int, int]
     ask = " and ".join(fixes) if fixes else "a preprocessing that gives that shape"
     raise DampError(f"{source}: model input {input_name!r} expects {_fmt(want)} ({desc}) but the preprocessing "
                     f"gives {list(got)} from {hw[0]}x{hw[1]} images: use {ask}")
+
+
+def as_preprocess(preprocess) -> "Preprocess":
+    """A Preprocess from None (defaults), a Preprocess, a dict of its fields or a .json/.toml path."""
+    if preprocess is None:
+        return Preprocess()
+    if isinstance(preprocess, Preprocess):
+        return preprocess
+    if isinstance(preprocess, dict):
+        return Preprocess.from_dict(preprocess)
+    return Preprocess.load(preprocess)

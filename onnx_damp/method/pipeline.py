@@ -14,7 +14,6 @@ apply candidate DAMP edits, keep the best on the held-out images, then the reado
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -27,8 +26,10 @@ from onnx_damp.data.dataset import Dataset, subset
 from onnx_damp.ops.base import EditableOp
 from onnx_damp.runtime.predict import predict
 from onnx_damp.verify.metrics import per_class_accuracy
-from onnx_damp.method.selection import HOLDOUT_FRACTION, HeldOutScore, pick, score, split_holdout
-from onnx_damp.stats.collector import Statistics, collect
+from onnx_damp.method.selection import HeldOutScore, pick, score, split_holdout
+from onnx_damp.options import MethodOptions, RunOptions
+from onnx_damp.stats.collector import Collector, collect
+from onnx_damp.stats.statistics import Statistics
 from onnx_damp.ops.weights import BiasRef, index_graph, output_bias, shift_bias
 
 # (name, extra directions, alpha scale; see _scaled): tried in this order; the weaker ones only when no
@@ -96,21 +97,23 @@ class EditOutcome:
 
 
 def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | None, forget: Sequence[int],
-              retain: Sequence[int], *, batch_size: int = 128, device: str = "cpu", feature_mode: str = "auto",
-              extra_directions: bool = True, input_name: str | None = None, output_name: str | None = None,
-              max_passes: int = 1, target_forget_accuracy: float = 0.01, first_stats: Statistics | None = None,
-              progress: Callable[[int], None] | None = None, collector: Callable[..., Statistics] = collect,
-              extra_bar: str = "energy", readout: bool = True, holdout: float = HOLDOUT_FRACTION,
-              candidates: bool = True, outputs: bool = True) -> EditOutcome:
+              retain: Sequence[int], method: MethodOptions = MethodOptions(), run: RunOptions = RunOptions(), *,
+              first_stats: Statistics | None = None, progress: Callable[[int], None] | None = None,
+              collector: Collector = collect, outputs: bool = True) -> EditOutcome:
     """Edit a copy of proto: DAMP representation edit chosen on held-out calibration images, then readout.
 
+    method: what the edit does (options.MethodOptions: extra_directions=False and candidates=False fix the
+    plan, readout=False returns the representation edit alone as the paper has it, holdout=0 decides on the
+    images that built the statistics); run: batch size, device, input and output names.
     first_stats: statistics of proto (e.g. merged shards) for pass 1; calib may then be None, which means
     exactly one pass of the default plan and no readout stage (nothing to check it on). collector:
-    stats.collect or a function with its signature (the Ray backend). extra_directions=False and
-    candidates=False fix the plan (ablations); readout=False returns the representation edit alone (DAMP as
-    the paper has it); holdout=0 decides on the images that built the statistics (the old behaviour).
-    outputs=False skips predicting the whole calibration set with the original and the edited model.
+    stats.collector.collect or another Collector (the Ray backend). outputs=False skips predicting the whole
+    calibration set with the original and the edited model.
     """
+    feature_mode, extra_directions, extra_bar = method.feature_mode, method.extra_directions, method.extra_bar
+    max_passes, target_forget_accuracy = method.max_passes, method.target_forget_accuracy
+    readout, holdout, candidates = method.readout, method.holdout, method.candidates
+    device, input_name, output_name = run.device, run.input_name, run.output_name
     forget, retain = list(forget), list(retain)
     outcome = EditOutcome(proto)
     if calib is None:
@@ -120,8 +123,8 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
         outcome.model = outcome.representation = edited
         outcome.first_stats = first_stats
         return outcome
-    run = dict(batch_size=batch_size, device=device, feature_mode=feature_mode, input_name=input_name,
-               progress=progress, collector=collector, output_name=output_name)
+    rk = dict(batch_size=run.batch_size, device=device, feature_mode=feature_mode, input_name=input_name,
+              progress=progress, collector=collector, output_name=output_name)
     fit_idx, held_idx = split_holdout(calib.y, holdout)
     if len(held_idx) == 0:
         held_idx = fit_idx  # too few images to hold any out: decide on the fit images, and say so
@@ -131,19 +134,19 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
         outcome.notes.append("statistics were given: the held-out calibration images may be part of them")
     outcome.heldout = held_idx
     fit, held = (subset(calib, fit_idx) if len(fit_idx) < len(calib) else calib), subset(calib, held_idx)
-    stats = first_stats if first_stats is not None else _collect(proto, ops, fit, forget, None, **run)
+    stats = first_stats if first_stats is not None else _collect(proto, ops, fit, forget, None, **rk)
     outcome.first_stats = stats
     orig_held = predict(proto, held, 256, device, input_name, output_name)
     base = per_class_accuracy(orig_held.argmax(1), held.y)
     rep_model, best, rec, rep_out = _best_candidate(proto, ops, stats, held, forget, retain, base, extra_directions,
-                                                    extra_bar, candidates, run, target_forget_accuracy)
+                                                    extra_bar, candidates, rk, target_forget_accuracy)
     outcome.passes.append(rec)
     for _ in range(max_passes - 1):
         if best.forget_accuracy <= target_forget_accuracy:
             break
-        st = _collect(rep_model, ops, fit, forget, stats.token_layouts, **run)
+        st = _collect(rep_model, ops, fit, forget, stats.token_layouts, **rk)
         model, sc, r, out = _best_candidate(rep_model, ops, st, held, forget, retain, base, extra_directions,
-                                            extra_bar, candidates, run, target_forget_accuracy)
+                                            extra_bar, candidates, rk, target_forget_accuracy)
         # kept when the held-out images prefer it, or rate it as good (a tie within the guards: a further pass
         # removes more of the class from the features, which the held-out accuracy alone cannot see)
         better = pick([best, sc]) == 1 or (sc.within_guards() and sc.forget_accuracy <= best.forget_accuracy)
@@ -175,7 +178,7 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
 def _collect(model, ops, data, forget, layouts, *, batch_size, device, feature_mode, input_name, progress, collector,
              output_name) -> Statistics:
     return collector(model, ops, data, forget, batch_size, device, feature_mode, input_name, progress, layouts,
-                     **_output_kwargs(collector, output_name))
+                     outputs=True, output=output_name)
 
 
 def _applied(model: onnx.ModelProto, plans: list[dm.LayerPlan]) -> onnx.ModelProto:
@@ -291,14 +294,3 @@ def _all_outputs(model, calib: Dataset, fit_idx, held_idx, fit_out, held_out, de
     full[fit_idx] = fit_out
     full[held_idx] = held_out
     return full
-
-
-def _output_kwargs(collector: Callable[..., Statistics], output_name: str | None) -> dict:
-    """outputs=True, output=... for a collector that takes them (stats.collect, ray_collect), else nothing."""
-    try:
-        params = inspect.signature(collector).parameters
-    except (TypeError, ValueError):
-        return {}
-    takes = "outputs" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    return {"outputs": True, "output": output_name} if takes else {}
-

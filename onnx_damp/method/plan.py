@@ -9,7 +9,7 @@ import onnx
 
 from onnx_damp.method import projection as pj
 from onnx_damp.ops.base import EditableOp
-from onnx_damp.stats.collector import LayerStats, Statistics
+from onnx_damp.stats.statistics import LayerStats, Statistics
 from onnx_damp.ops.registry import adapter, weight_matrix
 from onnx_damp.ops.weights import QuantStore, effective_weight, give_own_copy, index_graph, store_weight, weight_ref
 

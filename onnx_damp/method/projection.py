@@ -103,9 +103,6 @@ def generalized_eigh(a: np.ndarray, c: np.ndarray, ridge: float = 1e-6) -> tuple
     return lam, inv_sqrt @ u
 
 
-EXTRA_BARS = ("energy", "variance")
-
-
 def extend_subspace(q: np.ndarray, retain_means: np.ndarray, s_f: np.ndarray, s_r: np.ndarray,
                     ridge: float = 1e-6, bar: str = "energy", c_f: np.ndarray | None = None,
                     c_r: np.ndarray | None = None) -> np.ndarray:

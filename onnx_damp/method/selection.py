@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from onnx_damp.options import MethodOptions
 from onnx_damp.verify.metrics import per_class_accuracy
 
-HOLDOUT_FRACTION = 0.2   # share of each class's calibration images held out from the statistics
+HOLDOUT_FRACTION = MethodOptions.holdout  # share of each class's calibration images held out of the statistics
 MIN_HOLDOUT = 5          # a class with fewer than 2 * this many images is not split (all go to the fit part)
 MAX_MEAN_DROP = 0.01     # the retain guards: mean retain accuracy down at most 1 point ...
 MAX_CLASS_DROP = 0.03    # ... and no retain class down more than 3 points

@@ -467,11 +467,6 @@ def write_initializer(model: onnx.ModelProto, name: str, value: np.ndarray) -> N
     raise KeyError(name)
 
 
-def current_weight_name(model: onnx.ModelProto, op: EditableOp) -> str:
-    """The tensor the node reads its weight from now (it may have been given its own copy)."""
-    return model.graph.node[op.node_index].input[1]
-
-
 def give_own_copy(gi: GraphIndex, op: EditableOp, value: np.ndarray) -> str:
     """Point op's node at a new initializer holding value (its weight as it sees it), so an edit cannot leak."""
     node = gi.graph.node[op.node_index]

@@ -9,7 +9,6 @@ import base64
 import html
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -490,19 +489,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def write_html(result, path: str | os.PathLike, title: str | None = None) -> Path:
     """Write the HTML report of a ForgetResult/EvaluateResult (or its to_dict()) to path, atomically."""
+    from onnx_damp.fileio import atomic_write
+
     report = result if isinstance(result, dict) else result.to_dict()
     page = render_html(report, title)
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=".onnx-damp-", suffix=".html", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)   # a page to share: the usual file mode, not mkstemp's 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: f.write(page))

@@ -1,8 +1,7 @@
 """Per-class float64 statistics of every editable operator's input, collected in one streamed pass."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Protocol
 
 import numpy as np
 import onnx
@@ -13,104 +12,18 @@ from onnx_damp.runtime.instrument import TOKEN_MODES, instrument, restore_shift
 from onnx_damp.runtime.tokens import TokenLayout, probe_token_layouts
 from onnx_damp.runtime.predict import output_rows
 from onnx_damp.runtime.session import input_spec, make_session, output_name, run_checked
-
-if TYPE_CHECKING:
-    from onnx_damp.stats.shards import Provenance
+from onnx_damp.stats.statistics import LayerStats, Statistics
 
 
-@dataclass
-class LayerStats:
-    """Sufficient statistics of one activation in its input-feature space.
 
-    sums[c] and rows[c]: per-class feature sum and number of rows (positions/tokens) for every class;
-    grams[c]: uncentred second moment sum x x^T for the classes asked for (the forget classes);
-    total_gram: sum x x^T over every row of every class, so the retain Gram is a difference.
-    """
+class Collector(Protocol):
+    """What collects statistics: collect below, or stats.ray.ray_collect (the same arguments)."""
 
-    feature_dim: int
-    sums: dict[int, np.ndarray] = field(default_factory=dict)
-    rows: dict[int, int] = field(default_factory=dict)
-    grams: dict[int, np.ndarray] = field(default_factory=dict)
-    total_gram: np.ndarray | None = None
-    basis: np.ndarray | None = None          # wide layer: orthonormal basis U [d, k] of the class prototypes
-    projected: "LayerStats | None" = None    # wide layer: statistics of the rows projected on it, x U
-
-    @property
-    def wide(self) -> bool:
-        """A layer too wide for d x d Grams: sums in d dimensions, second moments only within span(U)."""
-        return self.basis is not None
-
-    def add(self, c: int, s: np.ndarray, gram: np.ndarray | None, n: int, keep_gram: bool) -> None:
-        d = self.feature_dim
-        if c not in self.sums:
-            self.sums[c], self.rows[c] = np.zeros(d), 0
-        self.sums[c] += s
-        self.rows[c] += n
-        if gram is None:
-            return
-        if keep_gram:
-            self.grams[c] = self.grams.get(c, np.zeros((d, d))) + gram
-        self.total_gram = gram.copy() if self.total_gram is None else self.total_gram + gram
-
-    def canonical_total(self) -> None:
-        """total_gram as the sum of the per-class Grams in class order, when every class has one.
-
-        Then the total does not depend on how batches were grouped into shards: statistics merged
-        from class-aligned shards equal single-process ones bit for bit (see shards.merge).
-        """
-        if self.grams and set(self.grams) == set(self.rows):
-            total = np.zeros((self.feature_dim, self.feature_dim))
-            for c in sorted(self.grams):
-                total += self.grams[c]
-            self.total_gram = total
-
-    def mean(self, c: int) -> np.ndarray:
-        return self.sums[c] / self.rows[c]
-
-    def group_moments(self, classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray, int]:
-        """Mean, uncentred second moment and row count of the union of classes.
-
-        Classes without a kept Gram are only allowed as the complement of those with one.
-        """
-        n = sum(self.rows[c] for c in classes)
-        s = sum(self.sums[c] for c in classes)
-        if all(c in self.grams for c in classes):
-            g = sum(self.grams[c] for c in classes)
-        else:
-            others = [c for c in self.rows if c not in classes]
-            if not all(c in self.grams for c in others):
-                raise ValueError("second moments are known only for the kept classes and their complement")
-            g = self.total_gram - sum((self.grams[c] for c in others), np.zeros_like(self.total_gram))
-        return s / n, g / n, n
-
-
-@dataclass
-class Statistics:
-    """Statistics for all editable operators of one model, plus per-class sample counts."""
-
-    layers: dict[str, LayerStats]
-    samples: dict[int, int]
-    feature_mode: str
-    token_layouts: dict[str, TokenLayout] = field(default_factory=dict)  # node -> where its class token is read
-    gram_classes: list[int] | None = field(default_factory=list)  # classes with a kept Gram; None: every class
-    provenance: "Provenance | None" = None  # model hash, input, preprocessing (set by onnx_damp.collect)
-    path: str | None = None                 # the file it was loaded from (for messages; not saved)
-    outputs: "np.ndarray | None" = field(default=None, repr=False)  # model outputs per sample (not saved)
-
-    @property
-    def num_samples(self) -> int:
-        return int(sum(self.samples.values()))
-
-    def save(self, path) -> str:
-        """Write these statistics to an .npz (float64 arrays; metadata as JSON); see shards.py."""
-        from onnx_damp.stats.shards import save_statistics
-        return save_statistics(self, path)
-
-    @classmethod
-    def load(cls, path) -> "Statistics":
-        """Read statistics written by save (never unpickles)."""
-        from onnx_damp.stats.shards import load_statistics
-        return load_statistics(path)
+    def __call__(self, model: onnx.ModelProto, ops: list[EditableOp], data: Dataset,
+                 gram_classes: Iterable[int] | None, batch_size: int = 128, device: str = "cpu",
+                 feature_mode: str = "auto", input_name: str | None = None,
+                 progress: Callable[[int], None] | None = None, layouts: dict[str, TokenLayout] | None = None, *,
+                 outputs: bool = False, output: str | None = None) -> Statistics: ...
 
 
 def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_classes: Iterable[int] | None,

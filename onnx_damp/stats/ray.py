@@ -17,7 +17,8 @@ from onnx_damp.data.dataset import Dataset
 from onnx_damp.errors import DampError
 from onnx_damp.runtime.modelio import proto_size
 from onnx_damp.ops.base import EditableOp
-from onnx_damp.stats.collector import Statistics, collect
+from onnx_damp.stats.collector import collect
+from onnx_damp.stats.statistics import Statistics
 from onnx_damp.runtime.tokens import TokenLayout, probe_token_layouts
 
 

@@ -1,4 +1,4 @@
-"""Statistics as files: save, load and merge per-shard statistics (calibration at scale).
+"""Merging per-shard statistics (calibration at scale); the file format is in statistics.py.
 
 A shard's statistics are sums: per-class float64 feature sums, row counts and uncentred Gram
 matrices, plus the total Gram. Merging shards is adding them, exactly as one process would have
@@ -12,160 +12,16 @@ added its batches, except for the order of the float64 additions. Two cases:
   b1+(b2+b3)) and its batches differ; each batch is reduced in float32 inside onnxruntime (around
   its own shift, see instrument.py), so results agree to a few 1e-5 relative, not bit for bit.
 
-Files are .npz written with np.savez and read with allow_pickle=False; metadata is one JSON string.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 from typing import Sequence
 
-import numpy as np
-import onnx
-
-from onnx_damp.data.dataset import read_npz
 from onnx_damp.errors import DampError
-from onnx_damp.runtime.modelio import is_repeated_field
-from onnx_damp.stats.collector import LayerStats, Statistics
-from onnx_damp.runtime.tokens import TokenLayout
-
-FORMAT = "onnx-damp-statistics"
-FORMAT_VERSION = 1
+from onnx_damp.stats.statistics import LayerStats, Provenance, Statistics, _groups, _label
 
 
-@dataclass
-class Provenance:
-    """Where statistics came from: which model, which input, which preprocessing, which data."""
-
-    model_sha256: str            # sha256 of the model file's bytes ("" for a model given in memory)
-    graph_sha256: str            # sha256 of the ModelProto's serialized parts (file-independent)
-    input_name: str
-    preprocessing: str = "npz"   # fingerprint of how images became tensors; shards must agree
-    num_outputs: int | None = None
-    device: str = "cpu"
-    batch_size: int | None = None
-    sources: list[str] = field(default_factory=list)  # data each shard read (informational)
-    version: str = ""
-
-    def same_model(self, other: "Provenance") -> bool:
-        if self.graph_sha256 == other.graph_sha256:
-            return True
-        return bool(self.model_sha256) and self.model_sha256 == other.model_sha256
-
-
-def proto_sha256(model: onnx.ModelProto) -> str:
-    """sha256 of a ModelProto, serialized field by field (works above protobuf's 2 GB message limit)."""
-    h = hashlib.sha256()
-
-    def feed(msg, skip=()):
-        for fd, value in msg.ListFields():
-            if fd.name in skip:
-                continue
-            h.update(fd.name.encode() + b"\0")
-            values = value if is_repeated_field(fd) else [value]
-            for v in values:
-                h.update(v.SerializeToString() if hasattr(v, "SerializeToString") else repr(v).encode())
-
-    feed(model, skip=("graph",))
-    feed(model.graph)
-    return h.hexdigest()
-
-
-def _label(st: Statistics, k: int) -> str:
-    return f"shard {k} ({st.path})" if st.path else f"shard {k}"
-
-
-# ------------------------------------------------------------------------------------------- save / load
-def _groups(st: Statistics) -> tuple[list[LayerStats], dict[str, int]]:
-    """Distinct LayerStats objects (operators reading the same activation share one) and node -> group."""
-    groups: list[LayerStats] = []
-    index: dict[int, int] = {}
-    layers = {}
-    for node, ls in st.layers.items():
-        if id(ls) not in index:
-            index[id(ls)] = len(groups)
-            groups.append(ls)
-        layers[node] = index[id(ls)]
-    return groups, layers
-
-
-def save_statistics(st: Statistics, path: str | os.PathLike) -> str:
-    """Write st to path (.npz); returns the path written (np.savez adds .npz when missing)."""
-    groups, layers = _groups(st)
-    arrays: dict[str, np.ndarray] = {}
-    for g, ls in enumerate(groups):
-        classes = sorted(ls.rows)
-        gram_classes = sorted(ls.grams)
-        d = ls.feature_dim
-        arrays[f"g{g}_classes"] = np.array(classes, dtype=np.int64)
-        arrays[f"g{g}_sums"] = np.array([ls.sums[c] for c in classes], dtype=np.float64).reshape(len(classes), d)
-        arrays[f"g{g}_rows"] = np.array([ls.rows[c] for c in classes], dtype=np.int64)
-        arrays[f"g{g}_gram_classes"] = np.array(gram_classes, dtype=np.int64)
-        arrays[f"g{g}_grams"] = np.array([ls.grams[c] for c in gram_classes],
-                                         dtype=np.float64).reshape(len(gram_classes), d, d)
-        if ls.total_gram is not None:
-            arrays[f"g{g}_total_gram"] = np.asarray(ls.total_gram, dtype=np.float64)
-    samples = sorted(st.samples)
-    arrays["samples_classes"] = np.array(samples, dtype=np.int64)
-    arrays["samples_counts"] = np.array([st.samples[c] for c in samples], dtype=np.int64)
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "feature_mode": st.feature_mode,
-            "gram_classes": st.gram_classes, "layers": layers,
-            "feature_dims": [ls.feature_dim for ls in groups],
-            "token_layouts": {n: asdict(lay) for n, lay in sorted(st.token_layouts.items())},
-            "provenance": asdict(st.provenance) if st.provenance is not None else None}
-    arrays["meta"] = np.array([json.dumps(meta, sort_keys=True)])
-    p = Path(path)
-    folder = p.parent if str(p.parent) else Path(".")
-    if not folder.is_dir():
-        raise DampError(f"cannot write statistics: folder {folder} does not exist")
-    out = p if p.suffix == ".npz" else p.with_name(p.name + ".npz")
-    tmp = out.with_name(f".{out.name}.tmp.npz")
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, out)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise DampError(f"cannot write statistics to {out}: {exc.strerror or exc}") from None
-    return str(out)
-
-
-def load_statistics(path: str | os.PathLike) -> Statistics:
-    """Read a statistics file written by save_statistics; one-line DampError on anything else."""
-    p, arrays = read_npz(path, "statistics")
-    try:
-        meta = json.loads(str(arrays["meta"][0]))
-        if meta.get("format") != FORMAT:
-            raise ValueError("not an onnx-damp statistics file")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"format version {meta.get('format_version')} (this onnx-damp reads {FORMAT_VERSION})")
-        groups = []
-        for g, d in enumerate(meta["feature_dims"]):
-            ls = LayerStats(int(d))
-            for c, s, n in zip(arrays[f"g{g}_classes"], arrays[f"g{g}_sums"], arrays[f"g{g}_rows"]):
-                ls.sums[int(c)], ls.rows[int(c)] = s.astype(np.float64), int(n)
-            for c, gram in zip(arrays[f"g{g}_gram_classes"], arrays[f"g{g}_grams"]):
-                ls.grams[int(c)] = gram.astype(np.float64)
-            if f"g{g}_total_gram" in arrays:
-                ls.total_gram = arrays[f"g{g}_total_gram"].astype(np.float64)
-            groups.append(ls)
-        layers = {node: groups[int(g)] for node, g in meta["layers"].items()}
-        samples = {int(c): int(n) for c, n in zip(arrays["samples_classes"], arrays["samples_counts"])}
-        layouts = {n: TokenLayout(**v) for n, v in meta["token_layouts"].items()}
-        prov = Provenance(**meta["provenance"]) if meta.get("provenance") else None
-        gc = meta["gram_classes"]
-        return Statistics(layers, samples, meta["feature_mode"], layouts,
-                          None if gc is None else [int(c) for c in gc], prov, str(p))
-    except DampError:
-        raise
-    except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DampError(f"{p} is not an onnx-damp statistics file ({msg})") from None
-
-
-# ----------------------------------------------------------------------------------------------- merge
 def _check_compatible(first: Statistics, other: Statistics, k: int) -> None:
     """Refuse (one line, naming shard k) statistics that cannot be added to the first shard's."""
     who = _label(other, k)
@@ -246,11 +102,3 @@ def merge(shards: Sequence[Statistics]) -> Statistics:
     return Statistics({node: merged_groups[g] for node, g in layers.items()}, dict(sorted(samples.items())),
                       first.feature_mode, dict(first.token_layouts),
                       None if first.gram_classes is None else list(first.gram_classes), prov)
-
-
-def load_and_merge(paths: Sequence[str | os.PathLike]) -> Statistics:
-    """Load every statistics file and merge them (one file: loaded as is)."""
-    if not paths:
-        raise DampError("no statistics file given")
-    shards = [load_statistics(p) for p in paths]
-    return shards[0] if len(shards) == 1 else merge(shards)
