@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from onnx_damp import __version__
-from onnx_damp.data.dataset import Dataset, LazyArray, check_fits_model
+from onnx_damp.data.dataset import Dataset, check_fits_model
 from onnx_damp.data.sources import as_dataset
 from onnx_damp.data.preprocess import as_preprocess
 from onnx_damp.errors import DampError
@@ -23,6 +23,7 @@ from onnx_damp.ops.graph import GraphScan, SkippedOp, no_editable_message, scan_
 from onnx_damp.verify.metrics import (AccuracySummary, forget_confusion, js_divergence, kl_divergence, summarize, to_probabilities,
                       worst_retain_drop)
 from onnx_damp.runtime.modelio import check_output_path, fits_in_proto, has_external_data, load_model, save_model_atomic, sha256_file
+from onnx_damp.runtime.batching import batch_free_model
 from onnx_damp.runtime.predict import predict
 from onnx_damp.progress import Progress
 from onnx_damp.options import MethodOptions, RunOptions
@@ -352,6 +353,9 @@ def _prepare_forget(model, data, forget, output, eval_data, reference, feature_s
     if ref_proto is not None:
         _num_outputs(ref_proto, evald, *io)
     notes = []
+    free, why = batch_free_model(proto, (calib if calib is not None else evald).x, run.input_name, run.device)
+    if free is None and why:
+        notes.append(f"the model's batch is fixed at 1 and {why}: it runs one image at a time (slower)")
     if merged is not None:
         _check_stats_layers(merged, scan.editable)
         if calib is None:
@@ -563,7 +567,7 @@ def collect(model: ModelLike, data, output: str | os.PathLike | None = None, *, 
     proto, src = _load(model)
     names = _class_names(proto, labels)
     ds = as_dataset(data, preprocess, names)
-    if isinstance(ds.x, LazyArray) and preprocessing == "npz":  # images: their preprocessing is the fingerprint
+    if getattr(ds.x, "lazy", False) and preprocessing == "npz":  # images: their preprocessing is the fingerprint
         preprocessing = json.dumps(as_preprocess(preprocess).to_dict(), sort_keys=True)
     k = _num_outputs(proto, ds, input_name, None, device)  # also checks the data fit the input
     too_big = [c for c in ds.classes.tolist() if c >= k]

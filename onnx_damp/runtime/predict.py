@@ -8,6 +8,7 @@ import onnx
 
 from onnx_damp.data.dataset import Dataset, check_against_input, plain_batches, prefetch
 from onnx_damp.errors import DampError
+from onnx_damp.runtime.batching import batch_free_model
 from onnx_damp.runtime.session import input_spec, make_session, output_name, run_checked
 
 
@@ -21,7 +22,10 @@ def predict(model: onnx.ModelProto, data: Dataset, batch_size: int = 256, device
     session: an onnxruntime session of model (from runtime.make_session) to reuse across calls; it is
     trusted to be model's (model is not read then).
     """
-    sess = session if session is not None else make_session(model, device)
+    if session is None:
+        free, _ = batch_free_model(model, data.x, input_name, device)  # batch fixed at 1: run a symbolic batch
+        session = make_session(free if free is not None else model, device)
+    sess = session
     spec = input_spec(sess, input_name)
     x = check_against_input(data, spec.shape, spec.dtype, spec.name)
     out_name = output_name(sess, output)

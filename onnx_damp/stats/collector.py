@@ -8,6 +8,7 @@ import onnx
 
 from onnx_damp.data.dataset import Dataset, class_batches, prefetch
 from onnx_damp.ops.base import EditableOp
+from onnx_damp.runtime.batching import batch_free_model
 from onnx_damp.runtime.instrument import TOKEN_MODES, instrument, restore_shift
 from onnx_damp.runtime.tokens import TokenLayout, probe_token_layouts
 from onnx_damp.runtime.predict import output_rows
@@ -45,6 +46,8 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
     wide_dim: input widths above this (default WIDE_DIM) get sums and, in a second pass over the data, second
     moments within the span of the class prototypes instead of d x d Grams (see damp._plan_wide).
     """
+    free, _ = batch_free_model(model, data.x, input_name, device)  # batch fixed at 1: run a symbolic batch
+    model = free if free is not None else model
     if feature_mode not in TOKEN_MODES:
         layouts = {}
     elif layouts is None:

@@ -20,6 +20,7 @@ from onnx_damp.data.dataset import Dataset, check_against_input
 from onnx_damp.errors import DampError
 from onnx_damp.ops.base import EditableOp
 from onnx_damp.ops.registry import adapter
+from onnx_damp.runtime.batching import batch_free_model
 from onnx_damp.runtime.instrument import default_opset, tap_key
 from onnx_damp.runtime.session import input_spec, make_session, output_name, run_checked
 from onnx_damp.runtime.tokens import probe_token_layouts
@@ -81,7 +82,8 @@ def extract(model: onnx.ModelProto, ops: Sequence[EditableOp], data: Dataset, in
             device: str = "cpu", input_name: str | None = None, output: str | None = None,
             progress: Callable[[int], None] | None = None) -> PooledFeatures:
     """Run the samples data.x[indices] one at a time and return their pooled features and output rows."""
-    layouts = probe_token_layouts(model, list(ops), data.x, input_name, device)  # {} with a fixed batch
+    free, _ = batch_free_model(model, data.x, input_name, device)  # token layouts need a free batch to probe
+    layouts = probe_token_layouts(free if free is not None else model, list(ops), data.x, input_name, device)
     inst, names = feature_model(model, ops, frozenset(layouts))
     sess = make_session(inst, device, basic_optimizations=True)
     spec = input_spec(sess, input_name)
