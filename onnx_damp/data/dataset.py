@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import zipfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,9 +155,18 @@ def read_npz(path: str | os.PathLike, what: str, keys: Sequence[str] | None = No
 
 
 def load_npz(path: str | os.PathLike) -> Dataset:
-    """Load `x` and `y` from an .npz file without ever unpickling objects."""
-    p, arrays = read_npz(path, "data", ("x", "y"), "; expected 'x' (inputs) and 'y' (labels)")
-    return validate(Dataset(arrays["x"], arrays["y"], str(p)))
+    """`x` and `y` of an .npz file, never unpickling; x is read on demand (data.npzmap) where it can be."""
+    from onnx_damp.data.npzmap import map_member
+
+    p, arrays = read_npz(path, "data", ("y",), "; expected 'x' (inputs) and 'y' (labels)")
+    try:
+        x = map_member(p, "x")
+    except (OSError, ValueError, zipfile.BadZipFile):
+        x = None
+    if x is None:
+        p, arrays = read_npz(path, "data", ("x", "y"), "; expected 'x' (inputs) and 'y' (labels)")
+        x = arrays["x"]
+    return validate(Dataset(x, arrays["y"], str(p)))
 
 
 def _non_finite_rows(x: np.ndarray, chunk_bytes: int = 8 << 20) -> int:
