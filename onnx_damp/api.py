@@ -1,6 +1,7 @@
 """The Python API: every CLI command is one of these functions."""
 from __future__ import annotations
 
+import datetime
 import functools
 import glob
 import json
@@ -32,6 +33,7 @@ from onnx_damp.stats.shards import merge
 from onnx_damp.stats.statistics import Provenance, Statistics, proto_sha256
 from onnx_damp.method.selection import HOLDOUT_FRACTION, MAX_CLASS_DROP, MAX_MEAN_DROP
 from onnx_damp.method.pipeline import PassRecord, ReadoutRecord, damp_edit
+from onnx_damp.verify.verdict import Verdict, verdict
 from onnx_damp.verify.runs import Verification, feature_runs, gate_values, verify
 from onnx_damp.verify.measures import GateResult, Gates, check_gates, gates_dict
 from onnx_damp.ops.weights import index_graph, read_weight
@@ -117,6 +119,11 @@ def _class_names(proto: onnx.ModelProto, labels) -> list[str] | None:
 def _check_classes(forget: Sequence[int], data: Dataset, num_outputs: int, what: str) -> tuple[list[int], list[int]]:
     """Validate forget classes against the model's outputs and the data; return (forget, retain)."""
     return _check_present_classes(forget, set(data.classes.tolist()), num_outputs, what)
+
+
+def _named(classes: Sequence[int], names: list[str] | None) -> str:
+    """Classes as their names where known: "0 (T-shirt/top), 5 (Sandal)"."""
+    return ", ".join(f"{c} ({names[c]})" if names and c < len(names) else str(c) for c in classes)
 
 
 def _check_present_classes(forget: Sequence[int], present: set[int], num_outputs: int,
@@ -220,6 +227,12 @@ class ForgetResult:
     stages: dict | None = None      # forget accuracy on the validation data after each stage
     heldout: dict | None = None     # the held-out calibration images: size and the returned edit's score
     warnings: list[str] = field(default_factory=list)  # bounds the held-out images say are not reached
+    target_forget_accuracy: float = MethodOptions.target_forget_accuracy  # what the verdict holds it to
+
+    @property
+    def verdict(self) -> Verdict:
+        """FORGOTTEN or not, on the validation data, with the retain change (verify/verdict.py)."""
+        return verdict(self.after, self.before, self.target_forget_accuracy, self.validated_on)
 
     @property
     def passed(self) -> bool:
@@ -232,7 +245,8 @@ class ForgetResult:
 
     def to_dict(self) -> dict:
         worst_c, worst_drop = worst_retain_drop(self.before, self.after)
-        return {"tool": "onnx-damp", "version": __version__, "forget_classes": self.forget,
+        return {"tool": "onnx-damp", "version": __version__, "verdict": self.verdict.to_dict(),
+                "forget_classes": self.forget,
                 "retain_classes": self.retain, "feature_mode": self.feature_mode,
                 "token_layouts": self.token_layouts, "calibration_samples": self.calibration_samples, "source_sha256": self.source_sha256,
                 "validated_on": self.validated_on, "outputs": self.written,
@@ -249,6 +263,31 @@ class ForgetResult:
                 **({"statistics": self.statistics} if self.statistics is not None else {}),
                 "readout": self.readout.to_dict() if self.readout is not None else None,
                 "stages": self.stages, "heldout": self.heldout, "warnings": self.warnings}
+
+
+HISTORY_KEY = "onnx_damp.history"
+
+
+def forget_history(proto: onnx.ModelProto) -> list[dict]:
+    """The earlier onnx-damp requests recorded in a model's metadata (oldest first; [] for an unedited model).
+
+    A model edited before the history was recorded has only onnx_damp.forget_classes: one entry from it."""
+    meta = {p.key: p.value for p in proto.metadata_props}
+    try:
+        if HISTORY_KEY in meta:
+            hist = json.loads(meta[HISTORY_KEY])
+            return [h for h in hist if isinstance(h, dict) and isinstance(h.get("classes"), list)]
+        if "onnx_damp.forget_classes" in meta:
+            return [{"classes": json.loads(meta["onnx_damp.forget_classes"]),
+                     "version": meta.get("onnx_damp.version", ""), "source_sha256": meta.get("onnx_damp.source_sha256", "")}]
+    except (ValueError, TypeError):
+        return []
+    return []
+
+
+def forgotten_before(proto: onnx.ModelProto) -> list[int]:
+    """Every class an earlier onnx-damp request made the model forget."""
+    return sorted({int(c) for h in forget_history(proto) for c in h["classes"] if isinstance(c, (int, float))})
 
 
 def _record_metadata(proto: onnx.ModelProto, entries: dict[str, str]) -> None:
@@ -315,6 +354,7 @@ class _ForgetJob:
     ref_proto: onnx.ModelProto | None
     notes: list[str] = field(default_factory=list)
     sha: str | None = None      # sha256 of the input file (set by _stamp)
+    requested: list[int] = field(default_factory=list)  # the classes this request named (forget adds earlier ones)
     in_memory: bool = True      # small enough to check in memory (set by _stamp)
 
 
@@ -339,6 +379,16 @@ def _prepare_forget(model, data, forget, output, eval_data, reference, feature_s
     present = set(merged.samples) if merged is not None else set(calib.classes.tolist())
     f, retain = _check_present_classes(_class_indices(names, forget, calib), present, k,
                                        "the statistics" if merged is not None else "the calibration data")
+    earlier = [c for c in forgotten_before(proto) if 0 <= c < k]
+    notes_seq = []
+    if earlier:
+        again = [c for c in earlier if c not in f and c in present]
+        f, retain = sorted(set(f) | set(again)), [c for c in retain if c not in earlier]
+        notes_seq.append(f"the model was edited by onnx-damp before (forgot {_named(earlier, names)}): those classes "
+                         f"stay out of the retain span{', are forgotten again with this request' if again else ''}"
+                         f" and count in the forget accuracy")
+        if not retain:
+            raise DampError("forgetting these classes and the earlier ones leaves nothing to retain")
     if merged is not None:
         _check_merged_against(merged, calib, f, k)
     if eval_data is not None:
@@ -352,7 +402,7 @@ def _prepare_forget(model, data, forget, output, eval_data, reference, feature_s
     ref_proto = _load(reference)[0] if reference is not None else None
     if ref_proto is not None:
         _num_outputs(ref_proto, evald, *io)
-    notes = []
+    notes = list(notes_seq)
     free, why = batch_free_model(proto, (calib if calib is not None else evald).x, run.input_name, run.device)
     if free is None and why:
         notes.append(f"the model's batch is fixed at 1 and {why}: it runs one image at a time (slower)")
@@ -362,8 +412,10 @@ def _prepare_forget(model, data, forget, output, eval_data, reference, feature_s
             notes.append("statistics given without --data: one DAMP pass of the default plan; no held-out "
                          "selection and no readout stage (both judge on calibration images, which statistics do "
                          "not hold)")
-    return _ForgetJob(proto, src, out_path, scan, names, calib, evald, eval_data is not None, k, merged, f, retain,
-                      gates, ref_proto, notes)
+    job = _ForgetJob(proto, src, out_path, scan, names, calib, evald, eval_data is not None, k, merged, f, retain,
+                     gates, ref_proto, notes)
+    job.requested = sorted({int(c) for c in _class_indices(names, forget, calib)})
+    return job
 
 
 def _check_merged_against(merged: Statistics, calib: Dataset | None, f: list[int], k: int) -> None:
@@ -417,6 +469,9 @@ def _stamp(job: _ForgetJob, outcome, method: MethodOptions) -> list[str]:
         "onnx_damp.alpha": json.dumps({op.node_name: [round(ps.plans[i].alpha, 6) for ps in outcome.passes]
                                        for i, op in enumerate(job.scan.editable)}),
         "onnx_damp.source_sha256": job.sha or "",
+        HISTORY_KEY: json.dumps(forget_history(job.proto) + [{
+            "classes": job.requested, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "version": __version__, "source_sha256": job.sha or ""}]),
     })
     job.in_memory = fits_in_proto(edited)  # too big to check in memory: the written file is checked
     note = _run_checker(edited, job.proto) if job.in_memory else None
@@ -470,8 +525,11 @@ def _validate_edit(job: _ForgetJob, outcome, method: MethodOptions, run: RunOpti
                           forget_confusion=forget_confusion({n: p.argmax(1) for n, p in probs.items()}, evald.y, f, k),
                           notes=notes, statistics=_stats_summary(job.merged) if job.merged is not None else None,
                           readout=outcome.readout, stages=stages, heldout=_heldout_summary(outcome),
-                          warnings=heldout_warnings(outcome, method.target_forget_accuracy))
+                          warnings=heldout_warnings(outcome, method.target_forget_accuracy),
+                          target_forget_accuracy=method.target_forget_accuracy)
     result.gates = result.check_gates(job.gates)
+    if job.gates is not None and job.gates.max_forget_acc is not None:
+        result.target_forget_accuracy = job.gates.max_forget_acc
     return result
 
 
@@ -675,6 +733,12 @@ class EvaluateResult:
     gates: list[GateResult] = field(default_factory=list)
     class_names: list[str] | None = None     # from --labels or the model's metadata
     forget_confusion: dict | None = None     # metrics.forget_confusion of the model (and original, reference)
+    target_forget_accuracy: float = MethodOptions.target_forget_accuracy  # the verdict's target
+
+    @property
+    def verdict(self) -> Verdict:
+        """FORGOTTEN or not on the evaluated data (verify/verdict.py)."""
+        return verdict(self.summary, self.original, self.target_forget_accuracy, "evaluated data")
 
     @property
     def passed(self) -> bool:
@@ -686,7 +750,7 @@ class EvaluateResult:
         return check_gates(gate_values(self.summary, self.original, self.verification), _as_gates(gates))
 
     def to_dict(self) -> dict:
-        d = {"model": self.summary.to_dict()}
+        d = {"verdict": self.verdict.to_dict(), "model": self.summary.to_dict()}
         if self.original is not None:
             c, drop = worst_retain_drop(self.original, self.summary)
             d["original"] = self.original.to_dict()
@@ -703,7 +767,7 @@ class EvaluateResult:
         return d
 
 
-def evaluate(model: ModelLike, data, forget: Sequence[int], original: ModelLike | None = None,
+def evaluate(model: ModelLike, data, forget: Sequence[int] | None = None, original: ModelLike | None = None,
              reference: ModelLike | None = None, batch_size: int = 256, device: str = "cpu",
              input_name: str | None = None, output_name: str | None = None, quiet: bool = True,
              train_data=None, feature_samples: int = 500, gates: "Gates | dict | None" = None,
@@ -713,6 +777,11 @@ def evaluate(model: ModelLike, data, forget: Sequence[int], original: ModelLike 
     the model saw, e.g. the calibration data); gates checked on them (EvaluateResult.passed, .gates)."""
     proto, _ = _load(model)
     names = _class_names(proto, labels)
+    if not forget:  # the edited model records what it forgot
+        forget = forgotten_before(proto)
+        if not forget:
+            raise DampError("no --forget given and the model records no forgotten classes (it was not edited by "
+                            "onnx-damp, or its metadata were removed): give --forget")
     ds = as_dataset(data, preprocess, names)
     k = _num_outputs(proto, ds, input_name, output_name, device)
     f, retain = _check_classes(_class_indices(names, forget, ds), ds, k, "the data")
@@ -748,4 +817,7 @@ def evaluate(model: ModelLike, data, forget: Sequence[int], original: ModelLike 
                                   feature_samples=feature_samples, batch_size=batch_size, device=device,
                                   input_name=input_name, output_name=output_name, progress=bar)
     res.gates = res.check_gates(gates)
+    gates = _as_gates(gates)
+    if gates is not None and gates.max_forget_acc is not None:
+        res.target_forget_accuracy = gates.max_forget_acc
     return res

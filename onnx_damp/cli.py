@@ -23,7 +23,15 @@ def _user_errors(fn):
         except DampError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted (nothing was written)", err=True)
+            sys.exit(130)
     return wrapper
+
+
+def _class_list(values) -> list[str]:
+    """--forget 3 --forget 5, or --forget 3,5: every class named, in order."""
+    return [part.strip() for v in values for part in str(v).split(",") if part.strip()]
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
@@ -103,17 +111,39 @@ _feature_samples = click.option("--feature-samples", default=500, show_default=T
                                      "(CKA, residual separability, bias shift); 0 skips them.")
 
 
+class _Fraction(click.ParamType):
+    """A share written as a percentage (1%) or a fraction (0.01); a bare number of 1 or more is refused (is
+    `1` one percent or all of it?)."""
+
+    name = "FRACTION|PERCENT"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        text = str(value).strip()
+        try:
+            v = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            self.fail(f"{value!r} is not a number: write a percentage (1%) or a fraction (0.01)", param, ctx)
+        if not text.endswith("%") and v >= 1:
+            self.fail(f"{text} is not a fraction: write {text}% for a percentage or {v / 100:g} as a fraction", param, ctx)
+        return v
+
+
+FRACTION = _Fraction()
+
+
 def _gate_options(fn):
     """--max-forget-acc, --max-retain-drop, --min-cka-gain, --max-mia (fractions; exit code 3 when one fails)."""
     for opt in reversed([
-        click.option("--max-forget-acc", type=float, default=None,
-                     help="Gate: forget-class accuracy at most this (fraction, e.g. 0.01)."),
-        click.option("--max-retain-drop", type=float, default=None,
-                     help="Gate: mean retain accuracy drop vs the original at most this (fraction)."),
-        click.option("--min-cka-gain", type=float, default=None,
-                     help="Gate: CKA gain to the reference at the deepest layers at least this."),
-        click.option("--max-mia", type=float, default=None,
-                     help="Gate: forget member rate of the confidence membership attack at most this."),
+        click.option("--max-forget-acc", type=FRACTION, default=None,
+                     help="Gate: forget-class accuracy at most this (1% or 0.01)."),
+        click.option("--max-retain-drop", type=FRACTION, default=None,
+                     help="Gate: mean retain accuracy drop vs the original at most this (1% or 0.01)."),
+        click.option("--min-cka-gain", type=FRACTION, default=None,
+                     help="Gate: CKA gain to the reference at the deepest layers at least this (e.g. 0.02)."),
+        click.option("--max-mia", type=FRACTION, default=None,
+                     help="Gate: forget member rate of the confidence membership attack at most this (5% or 0.05)."),
     ]):
         fn = opt(fn)
     return fn
@@ -218,7 +248,7 @@ def collect_cmd(model, data, output, forget_classes, labels, batch_size, feature
     """Collect DAMP statistics of MODEL on one data shard; `forget --stats` merges any number of them."""
     from onnx_damp.api import collect
 
-    st = collect(model, data, output, forget=list(forget_classes) or None, labels=labels, batch_size=batch_size,
+    st = collect(model, data, output, forget=_class_list(forget_classes) or None, labels=labels, batch_size=batch_size,
                  device=device, feature_mode=features, input_name=input_name, preprocessing=preprocessing,
                  quiet=quiet, ray=ray, ray_address=ray_address, preprocess=preprocess)
     counts = ", ".join(f"{c}: {n}" for c, n in st.samples.items())
@@ -283,7 +313,7 @@ def forget_cmd(model, data, stats_files, more_stats, ray, ray_address, forget_cl
     _check_report_path(report)
     if more_stats and not stats_files:
         raise DampError(f"unexpected argument(s) {' '.join(more_stats)}: only --stats takes several files")
-    res = forget(model, data, list(forget_classes), output, eval_data=eval_data, batch_size=batch_size,
+    res = forget(model, data, _class_list(forget_classes), output, eval_data=eval_data, batch_size=batch_size,
                  device=device, feature_mode=features, extra_directions=not no_extra_directions,
                  input_name=input_name, output_name=output_name, max_passes=max_passes,
                  target_forget_accuracy=target_forget_acc, quiet=quiet, reference=reference,
@@ -316,13 +346,16 @@ def forget_cmd(model, data, stats_files, more_stats, ray, ray_address, forget_cl
         click.echo(f"note: {note}", err=as_json)
     for line in res.warnings:
         click.echo(f"warning: {line}", err=True)
+    if not as_json:  # --json carries it as "verdict"
+        click.echo(res.verdict.line(res.class_names))
     _finish_gates(res)
 
 
 @main.command("evaluate")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--data", required=True, type=click.Path(), help=f"Labelled data: {DATA_HELP}.")
-@click.option("--forget", "forget_classes", required=True, multiple=True, help="Forgotten class (index or name).")
+@click.option("--forget", "forget_classes", multiple=True,
+              help="Forgotten class (index or name); default: the classes the edited model records.")
 @click.option("--labels", type=click.Path(dir_okay=False),
               help="Class names, one per line (line i = class i); default: the model's class_names metadata.")
 @click.option("--original", type=click.Path(dir_okay=False), help="The model before forgetting.")
@@ -349,7 +382,7 @@ def evaluate_cmd(model, data, forget_classes, labels, original, reference, train
     from onnx_damp.api import evaluate
     from onnx_damp.report.tables import pct, per_class_table, reference_js_rows, table
 
-    res = evaluate(model, data, list(forget_classes), original, reference, batch_size, device, input_name,
+    res = evaluate(model, data, _class_list(forget_classes) or None, original, reference, batch_size, device, input_name,
                    output_name, quiet, train_data=train_data, feature_samples=feature_samples,
                    gates=_gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia), labels=labels,
                    preprocess=preprocess)
@@ -370,6 +403,7 @@ def evaluate_cmd(model, data, forget_classes, labels, original, reference, train
         rows += reference_js_rows(res.reference_js)
     click.echo(table(["metric", "value"], rows, title=f"Summary ({s.samples} samples)"))
     _echo_verification(res)
+    click.echo(res.verdict.line(res.class_names))
     _finish_gates(res)
 
 

@@ -140,7 +140,7 @@ def test_failed_gate_exits_3_with_one_line_on_stderr(files):
     assert [(c["gate"], c["passed"]) for c in d["gates"]["checks"]] == [("max_forget_acc", False),
                                                                       ("max_retain_drop", True)]
     ok = invoke("evaluate", MODEL, "--data", files["test"], "--forget", 3, "-q", "--feature-samples", 0,
-                "--max-forget-acc", 1.0)
+                "--max-forget-acc", "100%")
     assert ok.exit_code == 0 and "--max-forget-acc holds" in ok.output
 
 

@@ -1,0 +1,64 @@
+"""The verdict line, gates written as 1% or 0.01, --forget 3,5, and Ctrl-C (issue 15)."""
+import json
+
+import pytest
+
+from mnist_sample import CALIB, MODEL, invoke, subset
+from onnx_damp.verify.metrics import AccuracySummary
+from onnx_damp.verify.verdict import verdict
+
+
+def summary(per_class, forget):
+    retain = [c for c in per_class if c not in forget]
+    return AccuracySummary(per_class, forget, sum(per_class[c] for c in forget) / len(forget),
+                           sum(per_class[c] for c in retain) / len(retain), None, None, 100)
+
+
+def test_verdict_reads_one_way():
+    before = summary({0: 0.9, 1: 0.8, 2: 0.7}, [0])
+    after = summary({0: 0.0, 1: 0.82, 2: 0.65}, [0])
+    v = verdict(after, before, 0.01, "evaluation data")
+    assert v.forgotten and v.worst_class == 2 and v.worst_change == pytest.approx(-0.05)
+    line = v.line(["cat", "dog", "bird"])
+    assert line.startswith("FORGOTTEN: forget accuracy 0.00% (<= target 1%)")
+    assert "retain accuracy -1.50 pts" in line and "worst retain class bird -5.00 pts" in line
+    not_yet = verdict(summary({0: 0.02, 1: 0.8, 2: 0.7}, [0]), before, 0.01, "evaluation data")
+    assert not not_yet.forgotten and not_yet.line().startswith("NOT FORGOTTEN: forget accuracy 2.00% (> target 1%)")
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    return subset(CALIB, 30, tmp_path_factory.mktemp("v") / "calib.npz")
+
+
+def test_forget_ends_with_the_verdict_and_takes_percent_gates(small, tmp_path):
+    r = invoke("forget", MODEL, "--data", small, "--forget", "3,5", "-o", tmp_path / "e.onnx", "-q",
+               "--feature-samples", 0, "--max-forget-acc", "1%", "--json")
+    assert r.exit_code in (0, 3), r.output
+    payload = json.loads(r.output)
+    assert payload["forget_classes"] == [3, 5] and payload["verdict"]["target"] == pytest.approx(0.01)
+    assert payload["verdict"]["forgotten"] == (payload["after"]["forget_accuracy"] <= 0.01)
+    r = invoke("forget", MODEL, "--data", small, "--forget", "3", "-o", tmp_path / "e.onnx", "-q", "--feature-samples", 0)
+    assert r.output.strip().splitlines()[-1].split(":")[0] in ("FORGOTTEN", "NOT FORGOTTEN")
+
+
+@pytest.mark.parametrize("value,ok", [("1%", True), ("0.01", True), ("1", False), ("5", False), ("x", False)])
+def test_gate_values_are_fractions_or_percentages(value, ok, small, tmp_path):
+    r = invoke("forget", MODEL, "--data", small, "--forget", 3, "-o", tmp_path / "e.onnx", "-q",
+               "--feature-samples", 0, "--max-retain-drop", value)
+    if ok:
+        assert r.exit_code in (0, 3), r.output
+    else:
+        assert r.exit_code == 2 and "--max-retain-drop" in r.output and "write" in r.output
+
+
+def test_ctrl_c_exits_130_with_one_line(capsys):
+    from onnx_damp.cli import _user_errors
+
+    @_user_errors
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exc:
+        interrupted()
+    assert exc.value.code == 130 and "interrupted" in capsys.readouterr().err
