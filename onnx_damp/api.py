@@ -116,6 +116,26 @@ def _class_names(proto: onnx.ModelProto, labels) -> list[str] | None:
     return read_labels(labels) if labels is not None else metadata_names(proto)
 
 
+def _check_labels(names: list[str] | None, labels, num_outputs: int) -> None:
+    """A --labels file must name every output of the model, no more and no fewer."""
+    if labels is not None and names is not None and len(names) != num_outputs:
+        raise DampError(f"--labels {os.fspath(labels)} names {len(names)} classes but the model has {num_outputs} "
+                        f"outputs; give one name per output, in output order")
+
+
+LOW_ACCURACY = 0.5  # the original model below this on the data: the data are probably not what it expects
+
+
+def input_warnings(before: AccuracySummary, validated_on: str) -> list[str]:
+    """Warnings about the data rather than the edit: the original model barely recognises them."""
+    acc = float(np.mean(list(before.per_class.values()))) if before.per_class else 1.0
+    if acc >= LOW_ACCURACY:
+        return []
+    return [f"the original model gets {100 * acc:.1f}% (mean per-class accuracy) on the {validated_on}: the data "
+            f"are probably not prepared as the model expects (wrong preprocessing or scaling, such as 0..255 "
+            f"against 0..1, is the usual cause), so the edit and its numbers mean little"]
+
+
 def _check_classes(forget: Sequence[int], data: Dataset, num_outputs: int, what: str) -> tuple[list[int], list[int]]:
     """Validate forget classes against the model's outputs and the data; return (forget, retain)."""
     return _check_present_classes(forget, set(data.classes.tolist()), num_outputs, what)
@@ -123,7 +143,8 @@ def _check_classes(forget: Sequence[int], data: Dataset, num_outputs: int, what:
 
 def _named(classes: Sequence[int], names: list[str] | None) -> str:
     """Classes as their names where known: "0 (T-shirt/top), 5 (Sandal)"."""
-    return ", ".join(f"{c} ({names[c]})" if names and c < len(names) else str(c) for c in classes)
+    return ", ".join(f"{c} ({names[c]})" if names and c < len(names) and names[c] != str(c) else str(c)
+                     for c in classes)
 
 
 def _check_present_classes(forget: Sequence[int], present: set[int], num_outputs: int,
@@ -306,7 +327,8 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
            gates: "Gates | dict | None" = None, labels: str | os.PathLike | None = None,
            preprocess=None, stats: "Sequence[str | os.PathLike | Statistics] | None" = None, ray: bool = False,
            ray_address: str | None = None, extra_bar: str = "energy", readout: bool = True,
-           holdout: float = HOLDOUT_FRACTION, candidates: bool = True) -> ForgetResult:
+           holdout: float = HOLDOUT_FRACTION, candidates: bool = True, allow_missing_classes: bool = False,
+           strict: bool = False) -> ForgetResult:
     """Make model forget the given classes with DAMP; validate; optionally write the edited model.
 
     The method's keywords are the fields of options.MethodOptions, the run's those of options.RunOptions
@@ -320,15 +342,21 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     (Gates or a dict of its fields) are checked on them: see ForgetResult.passed and .gates.
     data and eval_data: a Dataset, (x, y), an .npz, an image folder or a torchvision-format folder/file
     (see data.dataset.as_dataset); preprocess (Preprocess, dict or .json/.toml path) applies to the images.
+    allow_missing_classes: accept calibration data that lack some of the model's classes (an error otherwise:
+    a class with no prototype cannot be kept out of the forget directions). strict: warnings are errors.
     """
     method = MethodOptions(feature_mode, extra_directions, max_passes, target_forget_accuracy, readout, holdout,
                            candidates, extra_bar).check()
     run = RunOptions(batch_size, device, input_name, output_name, quiet, ray, ray_address).check()
     job = _prepare_forget(model, data, forget, output, eval_data, reference, feature_samples, gates, labels,
-                          preprocess, stats, method, run)
+                          preprocess, stats, method, run, allow_missing_classes)
     outcome = _edit(job, method, run)
     notes = job.notes + outcome.notes + _stamp(job, outcome, method)
     result = _validate_edit(job, outcome, method, run, feature_samples, notes)
+    result.warnings = input_warnings(result.before, result.validated_on) + result.warnings
+    if strict and result.warnings:
+        raise DampError(f"--strict: {result.warnings[0]}" + (f" (and {len(result.warnings) - 1} more warning(s))"
+                                                              if len(result.warnings) > 1 else ""))
     if job.out_path is not None:
         _save(job, result)
     return result
@@ -359,7 +387,7 @@ class _ForgetJob:
 
 
 def _prepare_forget(model, data, forget, output, eval_data, reference, feature_samples, gates, labels, preprocess,
-                    stats, method: MethodOptions, run: RunOptions) -> _ForgetJob:
+                    stats, method: MethodOptions, run: RunOptions, allow_missing: bool = False) -> _ForgetJob:
     """Stage 1: load and check the model, the data, the classes, the statistics and the gates."""
     proto, src = _load(model)
     out_path = check_output_path(src or "<memory>", output) if output is not None else None
@@ -376,7 +404,15 @@ def _prepare_forget(model, data, forget, output, eval_data, reference, feature_s
     io = (run.input_name, run.output_name, run.device)
     k = _num_outputs(proto, calib if calib is not None else evald, *io)  # the data fit the model?
     merged = _merged_stats(stats, proto, src, run.input_name, method.feature_mode, k) if stats is not None else None
+    _check_labels(names, labels, k)
     present = set(merged.samples) if merged is not None else set(calib.classes.tolist())
+    missing = [c for c in range(k) if c not in present]
+    if missing and not allow_missing:
+        where = "the statistics" if merged is not None else "the calibration data"
+        raise DampError(f"{where} hold no samples of class(es) {_named(missing[:10], names)}"
+                        f"{' and more' if len(missing) > 10 else ''} ({len(missing)} of the model's {k}): a class "
+                        f"without a prototype cannot be protected; add its images, or accept it with "
+                        f"--allow-missing-classes (allow_missing_classes=True)")
     f, retain = _check_present_classes(_class_indices(names, forget, calib), present, k,
                                        "the statistics" if merged is not None else "the calibration data")
     earlier = [c for c in forgotten_before(proto) if 0 <= c < k]
@@ -784,6 +820,7 @@ def evaluate(model: ModelLike, data, forget: Sequence[int] | None = None, origin
                             "onnx-damp, or its metadata were removed): give --forget")
     ds = as_dataset(data, preprocess, names)
     k = _num_outputs(proto, ds, input_name, output_name, device)
+    _check_labels(names, labels, k)
     f, retain = _check_classes(_class_indices(names, forget, ds), ds, k, "the data")
     train = None
     if train_data is not None:

@@ -291,6 +291,9 @@ def collect_cmd(model, data, output, forget_classes, labels, batch_size, feature
                    "(candidate plan, passes, readout shift) is judged on them. 0: none.")
 @click.option("--reference", type=click.Path(dir_okay=False),
               help="A model retrained without the class(es): JS divergence and per-layer CKA to it.")
+@click.option("--allow-missing-classes", is_flag=True,
+              help="Accept calibration data that lack some of the model's classes (an error otherwise).")
+@click.option("--strict", is_flag=True, help="Treat warnings (suspicious data, missed bounds) as errors (exit 2).")
 @_feature_samples
 @_gate_options
 @_preprocess_options
@@ -303,7 +306,7 @@ def collect_cmd(model, data, output, forget_classes, labels, batch_size, feature
 @_html_option
 def forget_cmd(model, data, stats_files, more_stats, ray, ray_address, forget_classes, labels, output, eval_data, report,
                batch_size, features, no_extra_directions, max_passes, target_forget_acc, no_readout, holdout, reference,
-               feature_samples,
+               allow_missing_classes, strict, feature_samples,
                max_forget_acc, max_retain_drop, min_cka_gain, max_mia, device, input_name, output_name, as_json,
                quiet, preprocess=None) -> None:
     """Edit MODEL so it forgets --forget classes; write the result to -o."""
@@ -321,7 +324,7 @@ def forget_cmd(model, data, stats_files, more_stats, ray, ray_address, forget_cl
                  gates=_gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia), labels=labels,
                  preprocess=preprocess, stats=list(stats_files + more_stats) or None, ray=ray,
                  ray_address=ray_address, readout=not no_readout, holdout=holdout,
-                 candidates=not no_extra_directions)
+                 candidates=not no_extra_directions, allow_missing_classes=allow_missing_classes, strict=strict)
     payload = res.to_dict()
     if report:
         _write_json_atomic(Path(report), payload)
