@@ -203,10 +203,12 @@ def _finish_gates(res) -> None:
         sys.exit(GATE_FAILED)
 
 
-def _echo_verification(res) -> None:
+def _echo_verification(res, verbose: bool = True) -> None:
+    """The verification tables (with -v) and the gate lines (always)."""
     from onnx_damp.report.tables import verification_layers_table, verification_table
 
-    for text in (verification_table(res.verification), verification_layers_table(res.verification)):
+    tables = (verification_table(res.verification), verification_layers_table(res.verification)) if verbose else ()
+    for text in tables:
         if text:
             click.echo()
             click.echo(text)
@@ -302,14 +304,18 @@ def collect_cmd(model, data, output, forget_classes, labels, batch_size, feature
 @_output_name
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("-v", "--verbose", is_flag=True, help="Also the per-layer, per-stage and verification tables.")
 @_user_errors
 @_html_option
 def forget_cmd(model, data, stats_files, more_stats, ray, ray_address, forget_classes, labels, output, eval_data, report,
                batch_size, features, no_extra_directions, max_passes, target_forget_acc, no_readout, holdout, reference,
                allow_missing_classes, strict, feature_samples,
                max_forget_acc, max_retain_drop, min_cka_gain, max_mia, device, input_name, output_name, as_json,
-               quiet, preprocess=None) -> None:
-    """Edit MODEL so it forgets --forget classes; write the result to -o."""
+               quiet, verbose, preprocess=None) -> None:
+    """Edit MODEL so it forgets --forget classes; write the result to -o.
+
+    Example: onnx-damp forget model.onnx --data calib.npz --forget 3 -o model_without_3.onnx --eval-data test.npz
+    """
     from onnx_damp.api import forget
     from onnx_damp.report.tables import before_after_table, layers_table, reference_js_rows, stages_table, table
 
@@ -332,17 +338,18 @@ def forget_cmd(model, data, stats_files, more_stats, ray, ray_address, forget_cl
     if as_json:
         click.echo(json.dumps(payload, indent=2))
     else:
-        click.echo(layers_table(res))
-        click.echo()
-        click.echo(before_after_table(res.before, res.after, res.validated_on))
-        if res.readout is not None:
+        if verbose:
+            click.echo(layers_table(res))
+            click.echo()
+        click.echo(before_after_table(res.before, res.after, res.validated_on, res.class_names))
+        if verbose and res.readout is not None:
             click.echo()
             click.echo(stages_table(res))
-        if res.reference_js is not None:
+        if verbose and res.reference_js is not None:
             click.echo()
             click.echo(table(["metric", "value"], reference_js_rows(res.reference_js),
                              title="Outputs against the reference (Jensen-Shannon, nats)"))
-        _echo_verification(res)
+        _echo_verification(res, verbose)
         click.echo()
         click.echo(f"wrote {', '.join(res.written)}" + (f"; report {report}" if report else ""))
     for note in res.notes:
@@ -375,11 +382,12 @@ def forget_cmd(model, data, stats_files, more_stats, ray, ray_address, forget_cl
 @_output_name
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("-v", "--verbose", is_flag=True, help="Also the per-layer, per-stage and verification tables.")
 @_user_errors
 @_html_option
 def evaluate_cmd(model, data, forget_classes, labels, original, reference, train_data, batch_size, feature_samples,
                  max_forget_acc, max_retain_drop, min_cka_gain, max_mia, device, input_name, output_name,
-                 as_json, quiet, preprocess=None) -> None:
+                 as_json, quiet, verbose, preprocess=None) -> None:
     """Per-class, forget and retain accuracy of MODEL; agreement with --original; JS and CKA to --reference;
     membership inference with --train-data; gates for pipelines."""
     from onnx_damp.api import evaluate
@@ -395,8 +403,9 @@ def evaluate_cmd(model, data, forget_classes, labels, original, reference, train
         _finish_gates(res)
         return
     s = res.summary
-    click.echo(per_class_table(s, res.original))
-    click.echo()
+    if verbose:
+        click.echo(per_class_table(s, res.original))
+        click.echo()
     rows = [["forget accuracy", pct(s.forget_accuracy)], ["retain accuracy (mean of classes)", pct(s.retain_accuracy)],
             ["worst retain class", f"{s.worst_retain_class} ({pct(s.worst_retain_accuracy)})"]]
     if res.original is not None:
@@ -405,7 +414,7 @@ def evaluate_cmd(model, data, forget_classes, labels, original, reference, train
     if res.reference_js is not None:
         rows += reference_js_rows(res.reference_js)
     click.echo(table(["metric", "value"], rows, title=f"Summary ({s.samples} samples)"))
-    _echo_verification(res)
+    _echo_verification(res, verbose)
     click.echo(res.verdict.line(res.class_names))
     _finish_gates(res)
 

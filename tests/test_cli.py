@@ -39,7 +39,7 @@ def test_inspect_table_and_json():
 
 def test_forget_writes_model_report_and_metadata(tmp_path, small_calib):
     out, rep = tmp_path / "out.onnx", tmp_path / "report.json"
-    r = invoke("forget", MODEL, "--data", small_calib, "--forget", 3, "-o", out, "--report", rep, "-q")
+    r = invoke("forget", MODEL, "--data", small_calib, "--forget", 3, "-o", out, "--report", rep, "-q", "-v")
     assert r.exit_code == 0, r.output
     assert "Per-layer edit" in r.output and "forget accuracy" in r.output
     assert "calibration data (no --eval-data given)" in r.output
@@ -69,7 +69,7 @@ def test_forget_json_output(tmp_path, small_calib):
 
 def test_evaluate_with_original_and_reference():
     ref = REF
-    r = invoke("evaluate", MODEL, "--data", TEST, "--forget", 3, "--original", MODEL, "--reference", ref, "-q")
+    r = invoke("evaluate", MODEL, "--data", TEST, "--forget", 3, "--original", MODEL, "--reference", ref, "-q", "-v")
     assert r.exit_code == 0, r.output
     assert "Per-class accuracy" in r.output and "retain agreement with original" in r.output
     d = json.loads(invoke("evaluate", MODEL, "--data", TEST, "--forget", 3, "--original", MODEL, "--json", "-q").output)
@@ -227,3 +227,11 @@ def test_library_rejects_bad_options_in_one_line():
         onnx_damp.forget("unused.onnx", None, [0], feature_mode="x")
     with pytest.raises(DampError, match="max_passes"):
         onnx_damp.forget("unused.onnx", None, [0], max_passes=0)
+
+
+def test_default_output_is_compact_and_verbose_adds_the_tables(tmp_path, small_calib):
+    r = invoke("forget", MODEL, "--data", small_calib, "--forget", 3, "-o", tmp_path / "c.onnx", "-q")
+    assert r.exit_code == 0 and "Per-layer edit" not in r.output and "Validation on" in r.output
+    assert len(r.output.strip().splitlines()) <= 15 and r.output.strip().splitlines()[-1].startswith("FORGOTTEN")
+    v = invoke("forget", MODEL, "--data", small_calib, "--forget", 3, "-o", tmp_path / "v.onnx", "-q", "-v")
+    assert "Per-layer edit" in v.output and len(v.output.splitlines()) > len(r.output.splitlines())

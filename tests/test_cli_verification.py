@@ -22,7 +22,7 @@ def damp(files):
     """DAMP forget 3 with every gate on: the run, the edited model and the report."""
     out, rep = files["folder"] / "damp3.onnx", files["folder"] / "report.json"
     r = invoke("forget", MODEL, "--data", CALIB, "--forget", 3, "-o", out, "--eval-data", files["test"],
-               "--reference", REF, "--report", rep, "-q", "--feature-samples", 150,
+               "--reference", REF, "--report", rep, "-q", "-v", "--feature-samples", 150,
                "--max-forget-acc", 0.01, "--max-retain-drop", 0.01, "--min-cka-gain", 0.0, "--max-mia", 0.05)
     return r, out, json.loads(rep.read_text()) if rep.exists() else None
 

@@ -211,12 +211,12 @@ def test_cli_prints_the_stages_and_a_warning_line_per_missed_bound(setup, tmp_pa
     onnx.save(model, str(src))
     np.savez(data, x=calib.x, y=calib.y)
     r = CliRunner().invoke(main, ["forget", str(src), "--data", str(data), "--forget", "0", "-o",
-                                  str(tmp_path / "o.onnx"), "--feature-samples", "0", "-q"])
+                                  str(tmp_path / "o.onnx"), "--feature-samples", "0", "-q", "-v"])
     assert r.exit_code == 0, r.output
     assert "Stages" in r.output and "+ readout stage" in r.output and "readout: bias b2 of head lowered" in r.output
     rep = tmp_path / "r.json"
     r = CliRunner().invoke(main, ["forget", str(src), "--data", str(data), "--forget", "0", "-o",
-                                  str(tmp_path / "o2.onnx"), "--feature-samples", "0", "-q", "--no-readout",
+                                  str(tmp_path / "o2.onnx"), "--feature-samples", "0", "-q", "-v", "--no-readout",
                                   "--target-forget-acc", "0", "--report", str(rep)])
     assert r.exit_code == 0 and "Stages" not in r.output
     report = json.loads(rep.read_text())

@@ -83,15 +83,19 @@ def layers_table(result) -> str:
     return table(headers, rows, title=title)
 
 
-def before_after_table(before, after, validated_on: str) -> str:
+def before_after_table(before, after, validated_on: str, names: "list[str] | None" = None) -> str:
+    """Forget and retain accuracy before and after; changes are edited minus original (a loss is negative),
+    as in the verdict line and the HTML page."""
     from onnx_damp.verify.metrics import worst_retain_drop
 
     c, drop = worst_retain_drop(before, after)
+    label = (lambda k: f"{k} ({names[k]})" if names and k < len(names) and names[k] != str(k) else str(k))
     rows = [["forget accuracy", pct(before.forget_accuracy), pct(after.forget_accuracy)],
             ["retain accuracy (mean of classes)", pct(before.retain_accuracy), pct(after.retain_accuracy)],
             ["worst retain class", f"{before.worst_retain_class} ({pct(before.worst_retain_accuracy)})",
              f"{after.worst_retain_class} ({pct(after.worst_retain_accuracy)})"],
-            ["largest retain-class drop", "", "-" if c is None else f"class {c}: {100 * drop:+.2f} pts"]]
+            ["largest retain-class drop", "", "-" if c is None else
+             (f"class {label(c)}: {-100 * drop:+.2f} pts" if drop > 0 else "none: no retain class lost accuracy")]]
     return table(["metric", "before", "after"], rows, title=f"Validation on {validated_on} ({before.samples} samples)")
 
 
