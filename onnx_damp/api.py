@@ -770,6 +770,7 @@ class EvaluateResult:
     class_names: list[str] | None = None     # from --labels or the model's metadata
     forget_confusion: dict | None = None     # metrics.forget_confusion of the model (and original, reference)
     target_forget_accuracy: float = MethodOptions.target_forget_accuracy  # the verdict's target
+    warnings: list[str] = field(default_factory=list)  # e.g. an --original that is not the edit's source
 
     @property
     def verdict(self) -> Verdict:
@@ -786,7 +787,7 @@ class EvaluateResult:
         return check_gates(gate_values(self.summary, self.original, self.verification), _as_gates(gates))
 
     def to_dict(self) -> dict:
-        d = {"verdict": self.verdict.to_dict(), "model": self.summary.to_dict()}
+        d = {"verdict": self.verdict.to_dict(), "model": self.summary.to_dict(), "warnings": self.warnings}
         if self.original is not None:
             c, drop = worst_retain_drop(self.original, self.summary)
             d["original"] = self.original.to_dict()
@@ -801,6 +802,21 @@ class EvaluateResult:
         d["class_names"] = self.class_names
         d["forget_confusion"] = self.forget_confusion
         return d
+
+
+def _original_warnings(proto: onnx.ModelProto, original) -> list[str]:
+    """A warning when --original is a file whose sha256 is not the source the edited model records."""
+    recorded = next((p.value for p in proto.metadata_props if p.key == "onnx_damp.source_sha256"), "")
+    if not recorded or original is None or isinstance(original, onnx.ModelProto):
+        return []
+    try:
+        sha = sha256_file(original)
+    except OSError:
+        return []
+    if sha == recorded:
+        return []
+    return [f"--original {os.fspath(original)} (sha256 {sha[:12]}) is not the model this one was edited from "
+            f"(sha256 {recorded[:12]}): the comparisons against it measure something else"]
 
 
 def evaluate(model: ModelLike, data, forget: Sequence[int] | None = None, original: ModelLike | None = None,
@@ -830,6 +846,7 @@ def evaluate(model: ModelLike, data, forget: Sequence[int] | None = None, origin
     gates = _as_gates(gates)
     _check_gates_inputs(gates, original is not None, reference is not None, train is not None, feature_samples,
                         "--train-data (training images: the attack's members)")
+    warnings = _original_warnings(proto, original)
     others = {"original": original, "reference": reference}
     protos = {"model": proto, **{k_: _load(v)[0] for k_, v in others.items() if v is not None}}
     n_models = len(protos)
@@ -840,7 +857,8 @@ def evaluate(model: ModelLike, data, forget: Sequence[int] | None = None, origin
         for name, p in protos.items():
             outs[name] = to_probabilities(predict(p, ds, batch_size, device, input_name, output_name, bar))
         res = EvaluateResult(summarize(outs["model"].argmax(1), ds.y, f), class_names=names,
-                             forget_confusion=forget_confusion({n: o.argmax(1) for n, o in outs.items()}, ds.y, f, k))
+                             forget_confusion=forget_confusion({n: o.argmax(1) for n, o in outs.items()}, ds.y, f, k),
+                             warnings=warnings)
         fmask = np.isin(ds.y, f)
         summaries = {"model": res.summary}
         if "original" in outs:

@@ -400,6 +400,8 @@ def evaluate_cmd(model, data, forget_classes, labels, original, reference, train
     _write_html(res)
     if as_json:
         click.echo(json.dumps(res.to_dict(), indent=2))
+        for line in res.warnings:
+            click.echo(f"warning: {line}", err=True)
         _finish_gates(res)
         return
     s = res.summary
@@ -415,6 +417,8 @@ def evaluate_cmd(model, data, forget_classes, labels, original, reference, train
         rows += reference_js_rows(res.reference_js)
     click.echo(table(["metric", "value"], rows, title=f"Summary ({s.samples} samples)"))
     _echo_verification(res, verbose)
+    for line in res.warnings:
+        click.echo(f"warning: {line}", err=True)
     click.echo(res.verdict.line(res.class_names))
     _finish_gates(res)
 

@@ -36,3 +36,13 @@ def test_evaluate_without_forget_on_an_unedited_model_is_a_user_error(data):
     _, test, _ = data
     r = invoke("evaluate", MODEL, "--data", test, "-q", "--feature-samples", 0)
     assert r.exit_code == 2 and "records no forgotten classes" in r.output
+
+
+def test_evaluate_warns_when_original_is_not_the_source(data):
+    from mnist_sample import REF
+    calib, test, d = data
+    onnx_damp.forget(MODEL, calib, [3], d / "no3.onnx", feature_samples=0)
+    ok = invoke("evaluate", d / "no3.onnx", "--data", test, "--original", MODEL, "-q", "--feature-samples", 0)
+    assert ok.exit_code == 0 and "warning:" not in ok.output
+    r = invoke("evaluate", d / "no3.onnx", "--data", test, "--original", REF, "-q", "--feature-samples", 0)
+    assert r.exit_code == 0 and "warning: --original" in r.output and "is not the model this one was edited from" in r.output
