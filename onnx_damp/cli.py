@@ -61,22 +61,23 @@ def _html_option(fn):
 
             require_matplotlib()
             check_html_path(html, *(kwargs.get(k) for k in _PATH_ARGS))
-        click.get_current_context().meta["onnx_damp.html"] = (html, kwargs.get("quiet", False))
+        click.get_current_context().meta["onnx_damp.html"] = (html, kwargs.get("quiet", False),
+                                                              kwargs.get("as_json", False))
         return fn(*args, **kwargs)
     return click.option("--html", type=click.Path(dir_okay=False), default=None,
                         help="Also write a self-contained HTML report with plots here (needs matplotlib: "
-                             "pip install 'onnx-damp[report]').")(wrapper)
+                             "pip install 'onnx-damp[report]', from a clone '.[report]').")(wrapper)
 
 
 def _write_html(result) -> None:
     """Write the --html report of this command, if one was asked for (result: a result or its to_dict())."""
-    html, quiet = click.get_current_context().meta.get("onnx_damp.html", (None, True))
+    html, quiet, as_json = click.get_current_context().meta.get("onnx_damp.html", (None, True, False))
     if html is not None:
         from onnx_damp.report.html import write_html
 
         write_html(result, html)
-        if not quiet:
-            click.echo(f"wrote HTML report {html}", err=True)
+        if not quiet:  # beside "wrote MODEL" on stdout; on stderr when stdout is the JSON report
+            click.echo(f"wrote HTML report {html}", err=as_json)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
