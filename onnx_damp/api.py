@@ -23,8 +23,8 @@ from onnx_damp.ops.base import EditableOp
 from onnx_damp.ops.graph import GraphScan, SkippedOp, no_editable_message, scan_graph
 from onnx_damp.verify.metrics import (AccuracySummary, forget_confusion, js_divergence, kl_divergence, summarize, to_probabilities,
                       worst_retain_drop)
-from onnx_damp.runtime.modelio import check_output_path, fits_in_proto, has_external_data, load_model, save_model_atomic, sha256_file
-from onnx_damp.runtime.batching import batch_free_model
+from onnx_damp.runtime.modelio import check_output_path, data_input, fits_in_proto, has_external_data, load_model, save_model_atomic, sha256_file
+from onnx_damp.runtime.batching import free_batch_verdict
 from onnx_damp.runtime.predict import predict
 from onnx_damp.progress import Progress
 from onnx_damp.options import MethodOptions, RunOptions
@@ -439,8 +439,8 @@ def _prepare_forget(model, data, forget, output, eval_data, reference, feature_s
     if ref_proto is not None:
         _num_outputs(ref_proto, evald, *io)
     notes = list(notes_seq)
-    free, why = batch_free_model(proto, (calib if calib is not None else evald).x, run.input_name, run.device)
-    if free is None and why:
+    why = free_batch_verdict(proto, (calib if calib is not None else evald).x, run.input_name, run.device)
+    if isinstance(why, str):
         notes.append(f"the model's batch is fixed at 1 and {why}: it runs one image at a time (slower)")
     if merged is not None:
         _check_stats_layers(merged, scan.editable)
@@ -622,9 +622,8 @@ def _data_input_name(proto: onnx.ModelProto, input_name: str | None) -> str:
     """The input the data feed: --input-name, else the model's only non-initializer input."""
     if input_name is not None:
         return input_name
-    inits = {i.name for i in proto.graph.initializer}
-    names = [i.name for i in proto.graph.input if i.name not in inits]
-    return names[0] if len(names) == 1 else ""
+    inp = data_input(proto)
+    return inp.name if inp is not None else ""
 
 
 def _provenance(proto: onnx.ModelProto, src: str | None, input_name: str | None, preprocessing: str,

@@ -120,15 +120,14 @@ def check_fits_model(ds: Dataset, model, input_name: str | None = None) -> None:
     check = getattr(ds.x, "check_fits", None)
     if check is None:
         return
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if input_name is not None:
-        inputs = [i for i in inputs if i.name == input_name]
-    if len(inputs) != 1:
+    from onnx_damp.runtime.modelio import data_input
+
+    inp = data_input(model, input_name)
+    if inp is None:
         return  # the session reports which input to pick
     dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-            for d in inputs[0].type.tensor_type.shape.dim]
-    check(dims, inputs[0].name)
+            for d in inp.type.tensor_type.shape.dim]
+    check(dims, inp.name)
 
 
 def read_npz(path: str | os.PathLike, what: str, keys: Sequence[str] | None = None,

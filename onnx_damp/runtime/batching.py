@@ -16,25 +16,19 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnx_damp.runtime.modelio import data_input
+
 PROBE_ROWS = 3
 _VERDICTS: dict[str, "bool | str"] = {}  # graph fingerprint -> True, or why the rewrite does not hold
 
 
 def fixed_batch_of(model: onnx.ModelProto, input_name: str | None = None) -> int | None:
     """The data input's fixed first dimension (None when symbolic or absent)."""
-    inp = _data_input(model, input_name)
+    inp = data_input(model, input_name)
     if inp is None or not inp.type.tensor_type.shape.dim:
         return None
     d = inp.type.tensor_type.shape.dim[0]
     return int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
-
-
-def _data_input(model: onnx.ModelProto, input_name: str | None):
-    inits = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if input_name is not None:
-        inputs = [i for i in inputs if i.name == input_name]
-    return inputs[0] if len(inputs) == 1 else None
 
 
 def free_batch(model: onnx.ModelProto, input_name: str | None = None) -> onnx.ModelProto:
@@ -42,7 +36,7 @@ def free_batch(model: onnx.ModelProto, input_name: str | None = None) -> onnx.Mo
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    target = _data_input(out, input_name)
+    target = data_input(out, input_name)
     for vi in [target] + list(g.output):
         dims = vi.type.tensor_type.shape.dim
         if dims and dims[0].HasField("dim_value") and dims[0].dim_value == 1:
@@ -91,19 +85,29 @@ def fingerprint(model: onnx.ModelProto) -> str:
     return h.hexdigest()
 
 
-def batch_free_model(model: onnx.ModelProto, x, input_name: str | None = None,
-                     device: str = "cpu") -> "tuple[onnx.ModelProto | None, str]":
-    """(the copy with a symbolic batch, '') when model fixes its batch at 1 and the copy checks out on the
-    first rows of x; (None, why) otherwise (None, '' when the batch is not fixed at 1)."""
+def free_batch_verdict(model: onnx.ModelProto, x, input_name: str | None = None,
+                       device: str = "cpu") -> "bool | str | None":
+    """None when model's batch is not fixed at 1; True when its symbolic-batch copy checks out on the first
+    rows of x (cached per graph); else why not."""
     if fixed_batch_of(model, input_name) != 1:
-        return None, ""
+        return None
     key = fingerprint(model)
     verdict = _VERDICTS.get(key)
     if verdict is None:
         verdict = _check(model, x, input_name, device)
         if verdict is True or "changes the outputs" in verdict:  # a failure to run may be the data's fault
             _VERDICTS[key] = verdict
-    return (free_batch(model, input_name), "") if verdict is True else (None, verdict)
+    return verdict
+
+
+def batch_free_model(model: onnx.ModelProto, x, input_name: str | None = None,
+                     device: str = "cpu") -> "tuple[onnx.ModelProto | None, str]":
+    """(the copy with a symbolic batch, '') when model fixes its batch at 1 and the copy checks out on the
+    first rows of x; (None, why) otherwise (None, '' when the batch is not fixed at 1)."""
+    verdict = free_batch_verdict(model, x, input_name, device)
+    if verdict is True:
+        return free_batch(model, input_name), ""
+    return None, verdict or ""
 
 
 def _check(model: onnx.ModelProto, x, input_name, device) -> "bool | str":

@@ -185,3 +185,13 @@ def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike, external_d
         raise DampError(f"cannot write {out}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def data_input(model: onnx.ModelProto, input_name: str | None = None) -> "onnx.ValueInfoProto | None":
+    """The graph input the data feed: the one named input_name, else the only input that is not an
+    initializer; None when there is no such single input (the session then says which to pick)."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if input_name is not None:
+        inputs = [i for i in inputs if i.name == input_name]
+    return inputs[0] if len(inputs) == 1 else None
