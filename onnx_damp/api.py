@@ -35,7 +35,7 @@ from onnx_damp.method.selection import HOLDOUT_FRACTION, MAX_CLASS_DROP, MAX_MEA
 from onnx_damp.method.pipeline import PassRecord, ReadoutRecord, damp_edit
 from onnx_damp.verify.verdict import Verdict, verdict
 from onnx_damp.verify.runs import Verification, feature_runs, gate_values, verify
-from onnx_damp.verify.measures import GateResult, Gates, check_gates, gates_dict
+from onnx_damp.verify.measures import GATE_SPECS, GateResult, Gates, check_gates, gates_dict, tool_gates
 from onnx_damp.ops.weights import index_graph, read_weight
 
 ModelLike = "str | os.PathLike | onnx.ModelProto"
@@ -185,8 +185,9 @@ def _check_gates_inputs(gates: Gates | None, has_original: bool, has_reference: 
     for name, value in gates.active().items():
         if not np.isfinite(value):
             raise DampError(f"--{name.replace('_', '-')} must be a finite number")
-    if gates.max_retain_drop is not None and not has_original:
-        raise DampError("--max-retain-drop needs --original (the drop is measured against it)")
+    for name in ("max_retain_drop", "max_class_drop"):
+        if getattr(gates, name) is not None and not has_original:
+            raise DampError(f"{GATE_SPECS[name][2]} needs --original (the drop is measured against it)")
     if gates.min_cka_gain is not None:
         if not has_reference:
             raise DampError("--min-cka-gain needs --reference (a model retrained without the class(es))")
@@ -202,9 +203,9 @@ def _as_gates(gates) -> Gates | None:
     if gates is None or isinstance(gates, Gates):
         return gates
     if isinstance(gates, dict):
-        unknown = set(gates) - set(Gates.__dataclass_fields__)
+        unknown = set(gates) - set(GATE_SPECS)
         if unknown:
-            raise DampError(f"unknown gate(s) {sorted(unknown)}; known: {sorted(Gates.__dataclass_fields__)}")
+            raise DampError(f"unknown gate(s) {sorted(unknown)}; known: {sorted(GATE_SPECS)}")
         return Gates(**gates)
     raise DampError("gates must be a Gates object or a dict")
 
@@ -328,7 +329,7 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
            preprocess=None, stats: "Sequence[str | os.PathLike | Statistics] | None" = None, ray: bool = False,
            ray_address: str | None = None, extra_bar: str = "energy", readout: bool = True,
            holdout: float = HOLDOUT_FRACTION, candidates: bool = True, allow_missing_classes: bool = False,
-           strict: bool = False) -> ForgetResult:
+           strict: bool = False, default_gates: bool = True) -> ForgetResult:
     """Make model forget the given classes with DAMP; validate; optionally write the edited model.
 
     The method's keywords are the fields of options.MethodOptions, the run's those of options.RunOptions
@@ -344,10 +345,16 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     (see data.dataset.as_dataset); preprocess (Preprocess, dict or .json/.toml path) applies to the images.
     allow_missing_classes: accept calibration data that lack some of the model's classes (an error otherwise:
     a class with no prototype cannot be kept out of the forget directions). strict: warnings are errors.
+    default_gates: the tool's own targets (forget accuracy at most target_forget_accuracy, mean retain drop at
+    most 1 point, no retain class down more than 3) gate the result where gates leave a threshold unset;
+    False checks only the gates given.
     """
     method = MethodOptions(feature_mode, extra_directions, max_passes, target_forget_accuracy, readout, holdout,
                            candidates, extra_bar).check()
     run = RunOptions(batch_size, device, input_name, output_name, quiet, ray, ray_address).check()
+    gates = _as_gates(gates)
+    if default_gates:
+        gates = tool_gates(gates, target_forget_accuracy)
     job = _prepare_forget(model, data, forget, output, eval_data, reference, feature_samples, gates, labels,
                           preprocess, stats, method, run, allow_missing_classes)
     outcome = _edit(job, method, run)
@@ -822,10 +829,12 @@ def evaluate(model: ModelLike, data, forget: Sequence[int] | None = None, origin
              reference: ModelLike | None = None, batch_size: int = 256, device: str = "cpu",
              input_name: str | None = None, output_name: str | None = None, quiet: bool = True,
              train_data=None, feature_samples: int = 500, gates: "Gates | dict | None" = None,
-             labels: str | os.PathLike | None = None, preprocess=None) -> EvaluateResult:
+             labels: str | os.PathLike | None = None, preprocess=None, default_gates: bool = True) -> EvaluateResult:
     """Accuracy per class, forget/retain accuracy; agreement and KL against the original; JS to a reference;
     the verification metrics of docs/metrics.md (membership inference needs train_data, the training images
-    the model saw, e.g. the calibration data); gates checked on them (EvaluateResult.passed, .gates)."""
+    the model saw, e.g. the calibration data); gates checked on them (EvaluateResult.passed, .gates).
+    default_gates: the tool's own targets fill the thresholds gates leave unset (forget accuracy at most 1%;
+    with an original, mean retain drop at most 1 point and no retain class down more than 3)."""
     proto, _ = _load(model)
     names = _class_names(proto, labels)
     if not forget:  # the edited model records what it forgot
@@ -843,6 +852,8 @@ def evaluate(model: ModelLike, data, forget: Sequence[int] | None = None, origin
         _num_outputs(proto, train, input_name, output_name, device)
         _check_classes(f, train, k, "the training data")
     gates = _as_gates(gates)
+    if default_gates:
+        gates = tool_gates(gates, MethodOptions.target_forget_accuracy, original is not None)
     _check_gates_inputs(gates, original is not None, reference is not None, train is not None, feature_samples,
                         "--train-data (training images: the attack's members)")
     warnings = _original_warnings(proto, original)
@@ -871,7 +882,6 @@ def evaluate(model: ModelLike, data, forget: Sequence[int] | None = None, origin
                                   feature_samples=feature_samples, batch_size=batch_size, device=device,
                                   input_name=input_name, output_name=output_name, progress=bar)
     res.gates = res.check_gates(gates)
-    gates = _as_gates(gates)
     if gates is not None and gates.max_forget_acc is not None:
         res.target_forget_accuracy = gates.max_forget_acc
     return res

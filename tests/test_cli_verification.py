@@ -60,8 +60,8 @@ def test_forget_reports_verification_and_passes_gates(damp):
     assert set(v) == {"selectivity", "mia", "feature_samples", "layer_matching", "layers", "cka_gain", "bias_shift",
                       "notes"}
     assert report["gates"]["passed"] is True
-    assert [c["gate"] for c in report["gates"]["checks"]] == ["max_forget_acc", "max_retain_drop", "min_cka_gain",
-                                                            "max_mia"]
+    assert [c["gate"] for c in report["gates"]["checks"]] == ["max_forget_acc", "max_retain_drop", "max_class_drop",
+                                                            "min_cka_gain", "max_mia"]
     assert v["mia"]["available"] and v["mia"]["model"]["confidence"]["targets"] == 3000 // 10  # calibration 3s
     assert v["selectivity"]["selectivity"] > 0.95
     assert report["reference_js"]["model"]["forget"] < report["reference_js"]["original"]["forget"]
@@ -138,7 +138,8 @@ def test_failed_gate_exits_3_with_one_line_on_stderr(files):
     d = json.loads(r.stdout)
     assert d["gates"]["passed"] is False
     assert [(c["gate"], c["passed"]) for c in d["gates"]["checks"]] == [("max_forget_acc", False),
-                                                                      ("max_retain_drop", True)]
+                                                                      ("max_retain_drop", True),
+                                                                      ("max_class_drop", True)]
     ok = invoke("evaluate", MODEL, "--data", files["test"], "--forget", 3, "-q", "--feature-samples", 0,
                 "--max-forget-acc", "100%")
     assert ok.exit_code == 0 and "--max-forget-acc holds" in ok.output

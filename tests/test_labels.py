@@ -42,7 +42,8 @@ def test_cli_labels_file_and_unknown_name(tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(f"c{i}" for i in range(10)))
     r = CliRunner().invoke(main, ["evaluate", str(FM / "model.onnx"), "--data", str(FM / "test.npz"),
-                                  "--forget", "c4", "--labels", str(labels), "--feature-samples", "0", "--json"])
+                                  "--forget", "c4", "--labels", str(labels), "--feature-samples", "0", "--json",
+                                  "--no-gates"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["evaluate", str(FM / "model.onnx"), "--data", str(FM / "test.npz"),
                                   "--forget", "jacket", "--feature-samples", "0"])

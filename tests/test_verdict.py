@@ -39,7 +39,26 @@ def test_forget_ends_with_the_verdict_and_takes_percent_gates(small, tmp_path):
     assert payload["forget_classes"] == [3, 5] and payload["verdict"]["target"] == pytest.approx(0.01)
     assert payload["verdict"]["forgotten"] == (payload["after"]["forget_accuracy"] <= 0.01)
     r = invoke("forget", MODEL, "--data", small, "--forget", "3", "-o", tmp_path / "e.onnx", "-q", "--feature-samples", 0)
-    assert r.output.strip().splitlines()[-1].split(":")[0] in ("FORGOTTEN", "NOT FORGOTTEN")
+    assert r.stdout.strip().splitlines()[-1].split(":")[0] in ("FORGOTTEN", "NOT FORGOTTEN")
+
+
+def test_the_tools_targets_are_default_gates(small, tmp_path):
+    """Without --max-* the tool's own targets gate the run (exit 3 when missed); --no-gates turns them off."""
+    args = ("forget", MODEL, "--data", small, "--forget", "3", "-o", tmp_path / "e.onnx", "-q", "--feature-samples", 0,
+            "--no-readout", "--holdout", 0, "--no-extra-directions", "--target-forget-acc", 0.0, "--json")
+    r = invoke(*args)
+    payload = json.loads(r.stdout)
+    checks = {c["gate"]: c for c in payload["gates"]["checks"]}
+    assert set(checks) == {"max_forget_acc", "max_retain_drop", "max_class_drop"}
+    assert all(c["default"] for c in checks.values())
+    assert checks["max_forget_acc"]["threshold"] == 0.0 and checks["max_class_drop"]["threshold"] == pytest.approx(0.03)
+    assert r.exit_code == (0 if payload["gates"]["passed"] else 3)
+    if not payload["gates"]["passed"]:
+        assert "the tool's own targets; --no-gates turns them off" in r.stderr
+    off = invoke(*args, "--no-gates")
+    assert off.exit_code == 0 and json.loads(off.stdout)["gates"]["checks"] == []
+    given = invoke(*args, "--no-gates", "--max-class-drop", "100%")
+    assert [(c["gate"], c["default"]) for c in json.loads(given.stdout)["gates"]["checks"]] == [("max_class_drop", False)]
 
 
 @pytest.mark.parametrize("value,ok", [("1%", True), ("0.01", True), ("1", False), ("5", False), ("x", False)])

@@ -206,7 +206,8 @@ def test_gates_pass_fail_and_missing_metric():
     assert line.startswith("gate failed: ") and "\n" not in line
     assert "--max-retain-drop" in line and "--max-mia" in line and "--max-forget-acc" not in line
     d = gates_dict(res)
-    assert d["passed"] is False and set(d["checks"][0]) == {"gate", "metric", "value", "threshold", "passed"}
+    assert d["passed"] is False and set(d["checks"][0]) == {"gate", "metric", "value", "threshold", "passed",
+                                                                        "default"}
     assert check_gates(values, None) == [] and gates_summary([]) == ""
     assert gates_dict(check_gates(values, Gates(min_cka_gain=0.1)))["passed"] is True  # >= holds at equality
 

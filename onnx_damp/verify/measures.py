@@ -7,6 +7,7 @@ worse); per-sample features are rows of an [n, d] array.
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -317,6 +318,7 @@ GATE_SPECS = {
     # gate name (= CLI option without dashes, underscores): (metric key, comparison, CLI option)
     "max_forget_acc": ("forget_accuracy", "<=", "--max-forget-acc"),
     "max_retain_drop": ("retain_drop", "<=", "--max-retain-drop"),
+    "max_class_drop": ("worst_retain_drop", "<=", "--max-class-drop"),
     "min_cka_gain": ("cka_gain", ">=", "--min-cka-gain"),
     "max_mia": ("mia_member_rate", "<=", "--max-mia"),
 }
@@ -327,17 +329,38 @@ class Gates:
     """Pass/fail thresholds for pipelines; None = not checked. Fractions, as in the JSON outputs.
 
     max_forget_acc: forget accuracy of the model <= this. max_retain_drop: mean retain accuracy of the
-    original minus the model's <= this. min_cka_gain: cka_gain >= this. max_mia: the model's forget
-    member rate under the confidence attack (mia_confidence) <= this.
+    original minus the model's <= this. max_class_drop: no retain class's accuracy down more than this.
+    min_cka_gain: cka_gain >= this. max_mia: the model's forget member rate under the confidence attack
+    (mia_confidence) <= this. defaults: the fields that hold the tool's own targets (see tool_gates), not
+    thresholds the user asked for.
     """
 
     max_forget_acc: float | None = None
     max_retain_drop: float | None = None
     min_cka_gain: float | None = None
     max_mia: float | None = None
+    max_class_drop: float | None = None
+    defaults: tuple[str, ...] = ()
 
     def active(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.__dict__.items() if v is not None}
+        """The thresholds to check, in GATE_SPECS order."""
+        return {k: float(getattr(self, k)) for k in GATE_SPECS if getattr(self, k) is not None}
+
+
+# the tool's own targets, checked unless turned off (--no-gates): the bounds bench/zoo.py measures
+DEFAULT_MAX_RETAIN_DROP = 0.01   # mean retain accuracy down at most 1 point
+DEFAULT_MAX_CLASS_DROP = 0.03    # no retain class down more than 3 points
+
+
+def tool_gates(gates: Gates | None, target_forget_accuracy: float, has_original: bool = True) -> Gates:
+    """gates with every threshold the user left unset filled with the tool's own target: forget accuracy at
+    most target_forget_accuracy and, when there is an original to compare with, the retain bounds."""
+    given = gates if gates is not None else Gates()
+    fill = {"max_forget_acc": target_forget_accuracy}
+    if has_original:
+        fill.update(max_retain_drop=DEFAULT_MAX_RETAIN_DROP, max_class_drop=DEFAULT_MAX_CLASS_DROP)
+    unset = {k: v for k, v in fill.items() if getattr(given, k) is None}
+    return dataclasses.replace(given, **unset, defaults=tuple(given.defaults) + tuple(unset))
 
 
 @dataclass
@@ -347,10 +370,11 @@ class GateResult:
     value: float | None
     threshold: float
     passed: bool
+    default: bool = False   # the tool's own target, not a threshold the user gave
 
     def to_dict(self) -> dict:
         return {"gate": self.gate, "metric": self.metric, "value": self.value, "threshold": self.threshold,
-                "passed": self.passed}
+                "passed": self.passed, "default": self.default}
 
     def describe(self) -> str:
         op = GATE_SPECS[self.gate][1]
@@ -366,14 +390,19 @@ def check_gates(values: dict[str, float | None], gates: Gates | None) -> list[Ga
         metric, op, _ = GATE_SPECS[name]
         v = values.get(metric)
         ok = v is not None and not math.isnan(v) and (v <= threshold if op == "<=" else v >= threshold)
-        out.append(GateResult(name, metric, None if v is None else float(v), threshold, bool(ok)))
+        out.append(GateResult(name, metric, None if v is None else float(v), threshold, bool(ok),
+                              name in gates.defaults))
     return out
 
 
 def gates_summary(results: list[GateResult]) -> str:
     """One line naming every failed gate (empty when all hold)."""
     failed = [r.describe() for r in results if not r.passed]
-    return ("gate failed: " + "; ".join(failed)) if failed else ""
+    if not failed:
+        return ""
+    hint = (" (the tool's own targets; --no-gates turns them off)" if any(r.default for r in results if not r.passed)
+            else "")
+    return "gate failed: " + "; ".join(failed) + hint
 
 
 def gates_dict(results: list[GateResult]) -> dict:

@@ -15,7 +15,7 @@ from onnx_damp.data.dataset import Dataset
 from onnx_damp.verify.feature_runs import PooledFeatures, extract, pick_samples
 from onnx_damp.ops.base import EditableOp
 from onnx_damp.ops.graph import scan_graph
-from onnx_damp.verify.metrics import AccuracySummary, pooled_accuracy, to_probabilities
+from onnx_damp.verify.metrics import AccuracySummary, pooled_accuracy, to_probabilities, worst_retain_drop
 from onnx_damp.runtime.predict import predict
 from onnx_damp.verify.measures import (BiasShift, MiaResult, bias_shift, cka_gain, deepest_layers, forget_structure,
                            linear_cka, match_layers, mia_confidence, mia_entropy, ratio, selectivity)
@@ -109,6 +109,7 @@ def gate_values(summary: AccuracySummary, original: AccuracySummary | None, v: V
     """The metric each gate reads (keys of verification.GATE_SPECS)."""
     return {"forget_accuracy": summary.forget_accuracy,
             "retain_drop": None if original is None else original.retain_accuracy - summary.retain_accuracy,
+            "worst_retain_drop": None if original is None else worst_retain_drop(original, summary)[1],
             "cka_gain": v.cka_gain, "mia_member_rate": v.mia_member_rate}
 
 
