@@ -250,6 +250,8 @@ class ForgetResult:
     heldout: dict | None = None     # the held-out calibration images: size and the returned edit's score
     warnings: list[str] = field(default_factory=list)  # bounds the held-out images say are not reached
     target_forget_accuracy: float = MethodOptions.target_forget_accuracy  # what the verdict holds it to
+    source: str | None = None                # the input model's path (None: given in memory)
+    reference_summary: AccuracySummary | None = None  # the retrained reference on the validation data
 
     @property
     def verdict(self) -> Verdict:
@@ -270,12 +272,14 @@ class ForgetResult:
         return {"tool": "onnx-damp", "version": __version__, "verdict": self.verdict.to_dict(),
                 "forget_classes": self.forget,
                 "retain_classes": self.retain, "feature_mode": self.feature_mode,
-                "token_layouts": self.token_layouts, "calibration_samples": self.calibration_samples, "source_sha256": self.source_sha256,
+                "token_layouts": self.token_layouts, "calibration_samples": self.calibration_samples,
+                "source_model": self.source, "source_sha256": self.source_sha256,
                 "validated_on": self.validated_on, "outputs": self.written,
                 "passes": [p.to_dict() for p in self.passes],
                 "relative_change": self.relative_change,
                 "not_editable": [s.to_dict() for s in self.not_editable],
                 "before": self.before.to_dict(), "after": self.after.to_dict(),
+                **({"reference": self.reference_summary.to_dict()} if self.reference_summary is not None else {}),
                 "retain_accuracy_drop": self.before.retain_accuracy - self.after.retain_accuracy,
                 "worst_retain_drop": {"class": worst_c, "drop": worst_drop},
                 **({"reference_js": self.reference_js} if self.reference_js is not None else {}),
@@ -569,7 +573,9 @@ def _validate_edit(job: _ForgetJob, outcome, method: MethodOptions, run: RunOpti
                           notes=notes, statistics=_stats_summary(job.merged) if job.merged is not None else None,
                           readout=outcome.readout, stages=stages, heldout=_heldout_summary(outcome),
                           warnings=heldout_warnings(outcome, method.target_forget_accuracy),
-                          target_forget_accuracy=method.target_forget_accuracy)
+                          target_forget_accuracy=method.target_forget_accuracy, source=job.src,
+                          reference_summary=(summarize(probs["reference"].argmax(1), evald.y, f)
+                                             if "reference" in probs else None))
     result.gates = result.check_gates(job.gates)
     if job.gates is not None and job.gates.max_forget_acc is not None:
         result.target_forget_accuracy = job.gates.max_forget_acc
@@ -777,6 +783,9 @@ class EvaluateResult:
     forget_confusion: dict | None = None     # metrics.forget_confusion of the model (and original, reference)
     target_forget_accuracy: float = MethodOptions.target_forget_accuracy  # the verdict's target
     warnings: list[str] = field(default_factory=list)  # e.g. an --original that is not the edit's source
+    reference: AccuracySummary | None = None  # the retrained reference on the same data
+    model_path: str | None = None             # the evaluated model's path (None: given in memory)
+    source_sha256: str | None = None          # the source the model records (onnx-damp edits), if any
 
     @property
     def verdict(self) -> Verdict:
@@ -793,7 +802,10 @@ class EvaluateResult:
         return check_gates(gate_values(self.summary, self.original, self.verification), _as_gates(gates))
 
     def to_dict(self) -> dict:
-        d = {"verdict": self.verdict.to_dict(), "model": self.summary.to_dict(), "warnings": self.warnings}
+        d = {"verdict": self.verdict.to_dict(), "model_path": self.model_path, "source_sha256": self.source_sha256,
+             "model": self.summary.to_dict(), "warnings": self.warnings}
+        if self.reference is not None:
+            d["reference"] = self.reference.to_dict()
         if self.original is not None:
             c, drop = worst_retain_drop(self.original, self.summary)
             d["original"] = self.original.to_dict()
@@ -835,7 +847,7 @@ def evaluate(model: ModelLike, data, forget: Sequence[int] | None = None, origin
     the model saw, e.g. the calibration data); gates checked on them (EvaluateResult.passed, .gates).
     default_gates: the tool's own targets fill the thresholds gates leave unset (forget accuracy at most 1%;
     with an original, mean retain drop at most 1 point and no retain class down more than 3)."""
-    proto, _ = _load(model)
+    proto, src = _load(model)
     names = _class_names(proto, labels)
     if not forget:  # the edited model records what it forgot
         forget = forgotten_before(proto)
@@ -866,9 +878,12 @@ def evaluate(model: ModelLike, data, forget: Sequence[int] | None = None, origin
     with Progress(work, "evaluating", quiet) as bar:
         for name, p in protos.items():
             outs[name] = to_probabilities(predict(p, ds, batch_size, device, input_name, output_name, bar))
+        recorded = next((p.value for p in proto.metadata_props if p.key == "onnx_damp.source_sha256"), "")
         res = EvaluateResult(summarize(outs["model"].argmax(1), ds.y, f), class_names=names,
                              forget_confusion=forget_confusion({n: o.argmax(1) for n, o in outs.items()}, ds.y, f, k),
-                             warnings=warnings)
+                             warnings=warnings, model_path=src, source_sha256=recorded or None,
+                             reference=(summarize(outs["reference"].argmax(1), ds.y, f) if "reference" in outs
+                                        else None))
         fmask = np.isin(ds.y, f)
         summaries = {"model": res.summary}
         if "original" in outs:

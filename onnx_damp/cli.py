@@ -352,7 +352,7 @@ def forget_cmd(model, data, stats_files, more_stats, ray, ray_address, forget_cl
         if verbose:
             click.echo(layers_table(res))
             click.echo()
-        click.echo(before_after_table(res.before, res.after, res.validated_on, res.class_names))
+        click.echo(before_after_table(res.before, res.after, res.validated_on, res.class_names, res.gates))
         if verbose and res.readout is not None:
             click.echo()
             click.echo(stages_table(res))

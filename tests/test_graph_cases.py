@@ -459,7 +459,7 @@ def test_scope_of_the_shipped_sample_names_the_torch_module():
     assert all(o.scope for o in result.editable)
     assert result.to_dict()["editable"][0]["scope"] == "stem.0"
     header = inspect_table(result).splitlines()[1].split()
-    assert header[:4] == ["#", "depth", "node", "scope"]
+    assert header[:4] == ["#", "depth", "node", "module"]
 
 
 def _with_scopes(model, node, value):
@@ -474,7 +474,7 @@ def test_scope_from_name_scopes_metadata(rng, value, scope):
     model, _ = conv_model(rng)
     (conv, head) = scan_graph(_with_scopes(model, "conv", value)).editable
     assert conv.scope == scope and head.scope == ""
-    assert "scope" not in inspect_table(onnx_damp.inspect(conv_model(rng)[0])).splitlines()[1]
+    assert "module" not in inspect_table(onnx_damp.inspect(conv_model(rng)[0])).splitlines()[1]
 
 
 @pytest.mark.parametrize("weight,scope", [("block.0.weight", "block.0"), ("block.0.weight_quantized", "block.0"),

@@ -69,6 +69,26 @@ def test_forget_html_is_self_contained_with_one_png_per_plot(forget_run):
         assert fragment in text, fragment
 
 
+def test_html_names_the_source_and_the_verdict_and_defines_each_metric(forget_run):
+    """Issue 15: the verdict at the top, the source model and its hash, the reference beside the original and
+    the edited model, and what each metric means where it appears."""
+    from onnx_damp.report.glossary import GLOSSARY
+
+    _, _, report, page = forget_run
+    text = page.read_text(encoding="utf-8")
+    head = text[text.index("<h1>"):text.index("<h2>")]
+    word = "FORGOTTEN" if report["verdict"]["forgotten"] else "NOT FORGOTTEN"
+    assert f'<div class="verdict {"pass" if word == "FORGOTTEN" else "fail"} big">{word}: forget accuracy' in head
+    assert report["source_model"] == str(MODEL) and str(MODEL) in head
+    assert report["source_sha256"][:16] in head
+    accuracy = text[text.index("<h3>Accuracy</h3>"):text.index("<h3>Gates</h3>")]
+    assert "<th>retrained reference</th>" in accuracy and "<th>what it means</th>" in accuracy
+    assert f"{100 * report['reference']['retain_accuracy']:.2f}%" in accuracy
+    for key in ("forget accuracy", "selectivity", "CKA gain", "bias-shift share", "layer sep.", "forget Delta"):
+        assert GLOSSARY[key].split(";")[0].replace("'", "&#x27;") in text, key
+    assert "<td>the tool's target</td>" in text and "<td>given</td>" in text   # the gates say where each threshold came from
+
+
 def test_report_json_has_class_names_and_forget_confusion(forget_run):
     report = forget_run[2]
     assert report["class_names"] == [str(c) for c in range(10)]       # the sample's class_names metadata

@@ -81,3 +81,18 @@ def test_ctrl_c_exits_130_with_one_line(capsys):
     with pytest.raises(SystemExit) as exc:
         interrupted()
     assert exc.value.code == 130 and "interrupted" in capsys.readouterr().err
+
+
+def test_tables_say_which_way_is_good():
+    from onnx_damp.report.tables import before_after_table
+    from onnx_damp.verify.measures import GateResult
+
+    before = summary({0: 0.9, 1: 0.8, 2: 0.7}, [0])
+    after = summary({0: 0.0, 1: 0.82, 2: 0.65}, [0])
+    plain = before_after_table(before, after, "evaluation data", ["cat", "dog", "bird"])
+    assert plain.splitlines()[1].split() == ["metric", "before", "after", "goal"]
+    assert "lower is better" in plain and "class 2 (bird): -5.00 pts" in plain
+    gated = before_after_table(before, after, "evaluation data", None,
+                               [GateResult("max_forget_acc", "forget_accuracy", 0.0, 0.02, True),
+                                GateResult("max_class_drop", "worst_retain_drop", 0.05, 0.03, False)])
+    assert "at most 2%" in gated and "no class below -3 pts" in gated and "lower is better" not in gated

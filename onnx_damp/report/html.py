@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from onnx_damp.report import plots
+from onnx_damp.report.glossary import GLOSSARY
 
 MAX_BARS = 40          # per-class accuracy bars at most (forget classes + the retain classes that moved most)
 MAX_DESTINATIONS = 20  # predicted classes at most in the forget-sample confusion plot
@@ -25,7 +26,7 @@ h1{font-size:1.5em;margin:.4em 0 .2em}h2{font-size:1.15em;margin:1.4em 0 .5em;bo
 padding-bottom:.2em}h3{font-size:1em;margin:.2em 0 .4em}
 .meta{color:#555;font-size:.9em}.verdict{display:inline-block;padding:.25em .7em;border-radius:4px;
 font-weight:600;margin:.4em 0}.pass{background:#e3f4e6;color:#1b6e2b}.fail{background:#fbe4e4;color:#a61b1b}
-.none{background:#eceef2;color:#555}
+.none{background:#eceef2;color:#555}.big{font-size:1.05em}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:16px}
 .card{background:#fff;border:1px solid #dde;border-radius:6px;padding:12px 14px;overflow-x:auto}
 .wide{grid-column:1/-1}
@@ -126,22 +127,38 @@ def _header(v: _View) -> str:
         meta = (f"onnx-damp {_e(d.get('version', ''))} &middot; {len(d.get('passes', []))} pass(es) &middot; "
                 f"{_e(d.get('calibration_samples'))} calibration samples &middot; features {_e(d.get('feature_mode'))}"
                 f" &middot; validated on {_e(d.get('validated_on'))} ({_e(v.model.get('samples'))} samples)")
+        meta += "<br>source model: " + _file(d.get("source_model"), d.get("source_sha256"))
         if d.get("outputs"):
             meta += f"<br>edited model: <code>{_e(', '.join(d['outputs']))}</code>"
     else:
         what = f"Evaluation: forgotten class{'es' if len(v.forget) > 1 else ''} {v.forget_label}"
         meta = f"{_e(v.model.get('samples'))} test samples"
         meta += "" if v.original is not None else " &middot; no --original given: no before/after comparison"
+        meta += "<br>model: " + _file(d.get("model_path"), None)
+        if d.get("source_sha256"):
+            meta += f" &middot; edited by onnx-damp from a model with sha256 <code>{_e(d['source_sha256'][:16])}</code>"
+    banner = ""
+    if d.get("verdict"):
+        from onnx_damp.verify.verdict import Verdict
+
+        vd = Verdict.from_dict(d["verdict"])
+        banner = f'<div class="verdict {"pass" if vd.forgotten else "fail"} big">{_e(vd.line(v.names))}</div><br>'
     gates = d.get("gates") or {}
     checks = gates.get("checks") or []
     if not checks:
-        verdict = '<span class="verdict none">no gates asked for</span>'
+        verdict = '<span class="verdict none">no gates checked</span>'
     elif gates.get("passed"):
         verdict = '<span class="verdict pass">all gates hold</span>'
     else:
         failed = ", ".join(_gate_option(c["gate"]) for c in checks if not c["passed"])
         verdict = f'<span class="verdict fail">gate failed: {_e(failed)}</span>'
-    return f"<h1>{_e(what)}</h1><div class='meta'>{meta}</div>{verdict}"
+    return f"<h1>{_e(what)}</h1>{banner}<div class='meta'>{meta}</div>{verdict}"
+
+
+def _file(path, sha) -> str:
+    """'<code>path</code> (sha256 0123...)', or that the model was given in memory."""
+    out = f"<code>{_e(path)}</code>" if path else "given in memory (no file)"
+    return out + (f" (sha256 <code>{_e(sha[:16])}</code>)" if sha else "")
 
 
 def _gate_option(gate: str) -> str:
@@ -149,58 +166,57 @@ def _gate_option(gate: str) -> str:
 
 
 def _summary_table(v: _View) -> str:
-    m, o, d = v.model, v.original, v.d
-    has_o = o is not None
-    headers = ["metric"] + (["original"] if has_o else []) + [v.model_name] + (["change"] if has_o else [])
+    """Accuracies of the original, the model, their change and the retrained reference, each metric with
+    what it means (report/glossary.py)."""
+    m, o, ref, d = v.model, v.original, v.d.get("reference"), v.d
+    cols = (["original"] if o is not None else []) + [v.model_name] + (["change"] if o is not None else []) \
+        + (["retrained reference"] if ref is not None else [])
+    rows = []
 
-    def row(name, key, fmt=_pct, change=True):
-        a = m.get(key)
-        r = [_e(name)]
-        if has_o:
-            r.append(fmt(o.get(key)))
-        r.append(fmt(a))
-        if has_o:
-            b = o.get(key)
-            r.append(_pts(a - b) if change and a is not None and b is not None else "")
-        return r
+    def add(name, values: dict, meaning: str = ""):
+        rows.append([_e(name)] + [values.get(c, "") for c in cols] + [_e(GLOSSARY.get(meaning, ""))])
 
-    rows = [row("forget accuracy", "forget_accuracy"), row("retain accuracy (mean of classes)", "retain_accuracy")]
-    worst = [_e("worst retain class")]
-    for s in ([o] if has_o else []) + [m]:
-        c = s.get("worst_retain_class")
-        worst.append("-" if c is None else f"{_e(v.label(c))} ({_pct(s.get('worst_retain_accuracy'))})")
-    rows.append(worst + ([""] if has_o else []))
+    for name, key in (("forget accuracy", "forget_accuracy"), ("retain accuracy (mean of classes)", "retain_accuracy")):
+        vals = {v.model_name: _pct(m.get(key))}
+        if o is not None:
+            vals["original"] = _pct(o.get(key))
+            a, b = m.get(key), o.get(key)
+            vals["change"] = _pts(a - b) if a is not None and b is not None else ""
+        if ref is not None:
+            vals["retrained reference"] = _pct(ref.get(key))
+        add(name, vals, name.split(" (")[0])
+    worst = {}
+    for col, s in (("original", o), (v.model_name, m), ("retrained reference", ref)):
+        if s is not None:
+            c = s.get("worst_retain_class")
+            worst[col] = "-" if c is None else f"{_e(v.label(c))} ({_pct(s.get('worst_retain_accuracy'))})"
+    add("worst retain class", worst, "worst retain class")
     wd = d.get("worst_retain_drop")
     if wd and wd.get("class") is not None:
-        worst_change = (f"{_e(v.label(wd['class']))}: {_pts(-wd['drop'])}" if wd["drop"] > 0
-                        else "none: no retain class lost accuracy")
-        rows.append([_e("largest retain-class drop")] + [""] * (2 if has_o else 1) + [worst_change])
+        add("largest retain-class drop", {"change": f"{_e(v.label(wd['class']))}: {_pts(-wd['drop'])}" if wd["drop"] > 0
+                                          else "none: no retain class lost accuracy"}, "largest retain-class drop")
     sel = v.verification.get("selectivity")
     if sel:
-        rows.append([_e("selectivity (forget drop - mean retain drop)")] + [""] * (2 if has_o else 1)
-                    + [_num(sel["selectivity"], "+.4f")])
+        add("selectivity", {v.model_name: _num(sel["selectivity"], "+.4f")}, "selectivity")
     if d.get("retain_agreement") is not None:
-        rows.append([_e("retain agreement with original")] + [""] + [_pct(d["retain_agreement"])] + [""])
-        rows.append([_e("retain KL(original || model)")] + [""] + [_num(d.get("retain_kl_original_to_model"))] + [""])
+        add("retain agreement with original", {v.model_name: _pct(d["retain_agreement"])}, "retain agreement")
+        add("retain KL(original || model)", {v.model_name: _num(d.get("retain_kl_original_to_model"))}, "retain KL")
     js = d.get("reference_js") or {}
     for part in ("forget", "retain"):
         if js:
-            r = [_e(f"JS divergence to the reference, {part} samples")]
-            if has_o:
-                r.append(_num(js.get("original", {}).get(part)))
-            r.append(_num(js.get("model", {}).get(part)))
-            if has_o:
-                r.append("")
-            rows.append(r)
-    numeric = list(range(1, len(headers)))
-    return _table(headers, rows, numeric)
+            vals = {v.model_name: _num(js.get("model", {}).get(part))}
+            if o is not None:
+                vals["original"] = _num(js.get("original", {}).get(part))
+            add(f"JS divergence to the reference, {part} samples", vals, "JS divergence")
+    return _table(["metric"] + cols + ["what it means"], rows, list(range(1, len(cols) + 1)))
 
 
 def _gates_table(v: _View) -> str:
     checks = (v.d.get("gates") or {}).get("checks") or []
     if not checks:
-        return ('<p class="note">No gates asked for (<code>--max-forget-acc</code>, <code>--max-retain-drop</code>, '
-                '<code>--min-cka-gain</code>, <code>--max-mia</code>).</p>')
+        return ('<p class="note">No gates checked (<code>--no-gates</code> without <code>--max-forget-acc</code>, '
+                '<code>--max-retain-drop</code>, <code>--max-class-drop</code>, <code>--min-cka-gain</code>, '
+                '<code>--max-mia</code>).</p>')
     from onnx_damp.verify.measures import GATE_SPECS
 
     rows = []
@@ -208,8 +224,10 @@ def _gates_table(v: _View) -> str:
         op = GATE_SPECS.get(c["gate"], ("", "", ""))[1]
         verdict = '<span class="ok">holds</span>' if c["passed"] else '<span class="bad">fails</span>'
         rows.append([f"<code>{_e(_gate_option(c['gate']))}</code>", _e(c["metric"]), _num(c["value"]),
-                     f"{_e(op)} {_num(c['threshold'], 'g')}", verdict])
-    return _table(["gate", "metric", "value", "need", "verdict"], rows, numeric=[2, 3])
+                     f"{_e(op)} {_num(c['threshold'], 'g')}", verdict,
+                     "the tool's target" if c.get("default") else "given"])
+    return (_table(["gate", "metric", "value", "need", "verdict", "threshold"], rows, numeric=[2, 3])
+            + '<p class="note">The tool\'s own targets are checked unless <code>--no-gates</code>.</p>')
 
 
 def _verification_table(v: _View) -> str:
@@ -221,34 +239,42 @@ def _verification_table(v: _View) -> str:
         for proto, title in (("entropy", "entropy attack"), ("confidence", "confidence attack")):
             rows.append([_e(f"MIA forget member rate, {title} ("
                             + " / ".join(v.series_names[n] for n in present) + ")"),
-                         " / ".join(_pct(mia[n][proto]["member_rate"]) for n in present)])
+                         " / ".join(_pct(mia[n][proto]["member_rate"]) for n in present), _m("MIA member rate")])
         mm = mia.get("model", {})
         if mm:
             rows.append([_e("MIA attack balanced accuracy on retain (entropy / confidence)"),
                          f"{_pct(mm['entropy']['attack_balanced_accuracy'])} / "
-                         f"{_pct(mm['confidence']['attack_balanced_accuracy'])}"])
+                         f"{_pct(mm['confidence']['attack_balanced_accuracy'])}", _m("MIA balanced accuracy")])
     else:
-        rows.append([_e("membership inference"), _e(f"n/a: {mia.get('reason') or 'not computed'}")])
+        rows.append([_e("membership inference"), _e(f"n/a: {mia.get('reason') or 'not computed'}"),
+                     _m("MIA member rate")])
     cg = ver.get("cka_gain") or {}
     if cg.get("layers"):
         ls = cg["layers"]
         span = f"layer {ls[0]}" if ls[0] == ls[-1] else f"layers {ls[0]}-{ls[-1]}"
-        rows.append([_e(f"CKA gain to reference (mean of {span})"), _num(cg.get("value"), "+.4f")])
+        rows.append([_e(f"CKA gain to reference (mean of {span})"), _num(cg.get("value"), "+.4f"), _m("CKA gain")])
     b = ver.get("bias_shift") or {}
     if b.get("available"):
-        rows.append([_e("forget logit change, original -> model (mean)"), _num(b.get("delta_logit"), "+.3f")])
+        rows.append([_e("forget logit change, original -> model (mean)"), _num(b.get("delta_logit"), "+.3f"),
+                     _m("forget logit change")])
         rows.append([_e("  from head bias / head weights / features"),
-                     " / ".join(_num(b.get(k), "+.3f") for k in ("bias", "head_weight", "features"))])
-        rows.append([_e("bias-shift share"), _num(b.get("bias_share"), ".3f")])
+                     " / ".join(_num(b.get(k), "+.3f") for k in ("bias", "head_weight", "features")), ""])
+        rows.append([_e("bias-shift share"), _num(b.get("bias_share"), ".3f"), _m("bias-shift share")])
     elif b:
-        rows.append([_e("bias-shift share"), _e(f"n/a: {b.get('reason', '')}")])
+        rows.append([_e("bias-shift share"), _e(f"n/a: {b.get('reason', '')}"), _m("bias-shift share")])
     fs = ver.get("feature_samples") or {}
     if fs.get("forget"):
-        rows.append([_e("feature samples (forget / retain)"), f"{fs['forget']} / {fs.get('retain', 0)}"])
-    text = _table(["metric", "value"], rows, numeric=[1])
+        rows.append([_e("feature samples (forget / retain)"), f"{fs['forget']} / {fs.get('retain', 0)}",
+                     "test images per side for the per-layer metrics"])
+    text = _table(["metric", "value", "what it means"], rows, numeric=[1])
     for note in ver.get("notes") or []:
         text += f'<p class="note">note: {_e(note)}</p>'
     return text
+
+
+def _m(key: str) -> str:
+    """The glossary line of a metric, escaped."""
+    return _e(GLOSSARY[key])
 
 
 def _layers_table(v: _View) -> str:
@@ -289,7 +315,11 @@ def _layers_table(v: _View) -> str:
             r += [f"{_num(fd.get('original'), '.2f')} &rarr; {_num(fd.get('model'), '.2f')}",
                   _num(fd.get("ratio"), ".3f")]
         rows.append(r)
-    return _table(headers, rows, numeric=[0] + list(range(3, len(headers))))
+    keys = ((["layer sep.", "subspace sep.", "alpha", "rel. change"] if plans else [])
+            + (["CKA to ref."] if has_cka else []) + (["forget Delta"] if has_sep else []))
+    legend = "".join(f"<li><b>{_e(k)}</b>: {_m(k)}</li>" for k in keys)
+    return (_table(headers, rows, numeric=[0] + list(range(3, len(headers))))
+            + (f'<ul class="note">{legend}</ul>' if legend else ""))
 
 
 # ----------------------------------------------------------------------------------------------- figures

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from onnx_damp.report.glossary import legend
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence], title: str | None = None) -> str:
     """Left-align text columns, right-align numbers; one header rule."""
@@ -42,11 +44,11 @@ def inspect_table(result) -> str:
             + [o.op_type, o.weight_path or o.weight_name, "x".join(map(str, o.weight_shape)), o.feature_dim,
                "yes" if o.shared else "no"]
             for o in result.editable]
-    headers = ["#", "depth", "node"] + (["scope"] if scoped else []) + ["op", "weight", "shape", "in-dim", "shared"]
+    headers = ["#", "depth", "node"] + (["module"] if scoped else []) + ["op", "weight", "shape", "in-dim", "shared"]
     text = table(headers, rows, title=f"{len(result.editable)} editable operator(s)")
     if result.skipped:
         skip_scoped = any(s.scope for s in result.skipped)
-        text += "\n\n" + table(["node"] + (["scope"] if skip_scoped else []) + ["op", "why not editable"],
+        text += "\n\n" + table(["node"] + (["module"] if skip_scoped else []) + ["op", "why not editable"],
                                [[s.node_name] + ([s.scope or "-"] if skip_scoped else []) + [s.op_type, s.reason]
                                 for s in result.skipped],
                                title=f"{len(result.skipped)} operator(s) not edited")
@@ -77,26 +79,52 @@ def layers_table(result) -> str:
                        if quant else []))
     title = f"Per-layer edit ({len(result.passes)} pass{'es' if len(result.passes) > 1 else ''}; " \
             f"separabilities and rank of pass 1, alpha per pass)"
-    headers = (["#", "depth", "node"] + (["scope"] if scoped else [])
+    headers = (["#", "depth", "node"] + (["module"] if scoped else [])
                + ["op", "layer sep.", "rank", "subspace sep.", "alpha", "rel. change"]
                + (["quant. err.", "clipped"] if quant else []))
-    return table(headers, rows, title=title)
+    keys = ("layer sep.", "subspace sep.", "alpha", "rel. change") + (("quant. err.",) if quant else ())
+    return table(headers, rows, title=title) + "\n" + legend(*keys)
 
 
-def before_after_table(before, after, validated_on: str, names: "list[str] | None" = None) -> str:
-    """Forget and retain accuracy before and after; changes are edited minus original (a loss is negative),
-    as in the verdict line and the HTML page."""
+def class_label(k: int | None, names: "list[str] | None") -> str:
+    """'3', or '4 (Coat)' where a name says more than the index."""
+    if k is None:
+        return "-"
+    return f"{k} ({names[k]})" if names and 0 <= k < len(names) and names[k] != str(k) else str(k)
+
+
+def goals(gates: Sequence = ()) -> dict[str, str]:
+    """What each before/after row should read, from the gates checked (GateResult), else the direction."""
+    by = {g.gate: g.threshold for g in gates}
+    out = {"forget": "lower is better", "retain": "keep (higher is better)", "class": "near 0 (a loss is negative)"}
+    if "max_forget_acc" in by:
+        out["forget"] = f"at most {100 * by['max_forget_acc']:g}%"
+    if "max_retain_drop" in by:
+        out["retain"] = f"down at most {100 * by['max_retain_drop']:g} pts"
+    if "max_class_drop" in by:
+        out["class"] = f"no class below -{100 * by['max_class_drop']:g} pts"
+    return out
+
+
+def before_after_table(before, after, validated_on: str, names: "list[str] | None" = None,
+                       gates: Sequence = ()) -> str:
+    """Forget and retain accuracy before and after, and what each should read (the gates checked); changes
+    are edited minus original (a loss is negative), as in the verdict line and the HTML page."""
     from onnx_damp.verify.metrics import worst_retain_drop
 
     c, drop = worst_retain_drop(before, after)
-    label = (lambda k: f"{k} ({names[k]})" if names and k < len(names) and names[k] != str(k) else str(k))
-    rows = [["forget accuracy", pct(before.forget_accuracy), pct(after.forget_accuracy)],
-            ["retain accuracy (mean of classes)", pct(before.retain_accuracy), pct(after.retain_accuracy)],
-            ["worst retain class", f"{before.worst_retain_class} ({pct(before.worst_retain_accuracy)})",
-             f"{after.worst_retain_class} ({pct(after.worst_retain_accuracy)})"],
+    goal = goals(gates)
+    rows = [["forget accuracy", pct(before.forget_accuracy), pct(after.forget_accuracy), goal["forget"]],
+            ["retain accuracy (mean of classes)", pct(before.retain_accuracy), pct(after.retain_accuracy),
+             goal["retain"]],
+            ["worst retain class", f"{class_label(before.worst_retain_class, names)} "
+                                   f"({pct(before.worst_retain_accuracy)})",
+             f"{class_label(after.worst_retain_class, names)} ({pct(after.worst_retain_accuracy)})", ""],
             ["largest retain-class drop", "", "-" if c is None else
-             (f"class {label(c)}: {-100 * drop:+.2f} pts" if drop > 0 else "none: no retain class lost accuracy")]]
-    return table(["metric", "before", "after"], rows, title=f"Validation on {validated_on} ({before.samples} samples)")
+             (f"class {class_label(c, names)}: {-100 * drop:+.2f} pts" if drop > 0
+              else "none: no retain class lost accuracy"), goal["class"]]]
+    return table(["metric", "before", "after", "goal"], rows,
+                 title=f"Validation on {validated_on} ({before.samples} samples)")
 
 
 def stages_table(result) -> str:
@@ -157,28 +185,31 @@ def verification_table(v) -> str:
     rows = []
     if v.selectivity is not None:
         s = v.selectivity
-        rows.append(["selectivity (forget drop - mean retain drop)",
+        rows.append(["selectivity: forget drop - mean retain drop (higher is better, 1 ideal)",
                      f"{s['selectivity']:+.4f} (forget {100 * s['forget_drop']:+.2f} pts, "
                      f"retain {100 * s['mean_retain_drop']:+.2f} pts)"])
     if v.mia:
         names = " / ".join(n for n in ("model", "original", "reference") if n in v.mia)
-        rows.append([f"MIA forget member rate, entropy attack ({names})", _pct3(v.mia, "entropy")])
-        rows.append([f"MIA forget member rate, confidence attack ({names})", _pct3(v.mia, "confidence")])
+        rows.append([f"MIA forget member rate, entropy attack ({names}; near the reference's is best)",
+                     _pct3(v.mia, "entropy")])
+        rows.append([f"MIA forget member rate, confidence attack ({names}; lower is better)",
+                     _pct3(v.mia, "confidence")])
         m = v.mia["model"]
-        rows.append(["MIA attack balanced accuracy on retain (entropy / confidence)",
+        rows.append(["MIA attack balanced accuracy on retain (entropy / confidence; the attack's own quality)",
                      f"{pct(m['entropy'].attack_balanced_accuracy)} / {pct(m['confidence'].attack_balanced_accuracy)}"])
     elif v.mia_reason:
         rows.append(["membership inference", f"n/a: {v.mia_reason}"])
     if v.cka_gain_layers:
         first, last = v.cka_gain_layers[0], v.cka_gain_layers[-1]
         span = f"layer {last}" if first == last else f"layers {first}-{last}"
-        rows.append([f"CKA gain to reference (mean of {span})", _f(v.cka_gain, "+.4f")])
+        rows.append([f"CKA gain to reference, mean of {span} (higher: deep features nearer the retrained model)",
+                     _f(v.cka_gain, "+.4f")])
     b = v.bias_shift
     if b is not None and b.available:
         rows.append(["forget logit change, original -> model (mean)", f"{b.delta_logit:+.3f}"])
         rows.append(["  from the head bias / head weights / features",
                      " / ".join(_f(t, "+.3f") for t in (b.bias, b.head_weight, b.features))])
-        rows.append(["  bias-shift share", _f(b.bias_share, ".3f")])
+        rows.append(["  bias-shift share (lower: less of the drop is the head bias alone)", _f(b.bias_share, ".3f")])
     elif b is not None:
         rows.append(["bias-shift share", f"n/a: {b.reason}"])
     text = table(["metric", "value"], rows, title="Verification") if rows else ""
@@ -193,17 +224,20 @@ def verification_layers_table(v) -> str:
         return ""
     has_cka = any(lv.cka_model is not None for lv in v.layers)
     has_sep = any(lv.distance_model is not None for lv in v.layers)
+    scoped = any(lv.scope for lv in v.layers)
     rows = []
     for lv in v.layers:
-        row = [lv.index, lv.node, lv.op_type]
+        row = [lv.index, lv.node] + ([lv.scope or "-"] if scoped else []) + [lv.op_type]
         if has_cka:
             row += [f"{_f(lv.cka_original)} -> {_f(lv.cka_model)}", _f(lv.cka_gain, "+.3f")]
         if has_sep:
             row += [f"{_f(lv.distance_original, '.2f')} -> {_f(lv.distance_model, '.2f')}", _f(lv.distance_ratio),
                     f"{_f(lv.separability_original)} -> {_f(lv.separability_model)}"]
         rows.append(row)
-    headers = ["#", "node", "op"] + (["CKA to ref.: orig. -> model", "gain"] if has_cka else []) \
+    headers = ["#", "node"] + (["module"] if scoped else []) + ["op"] \
+        + (["CKA to ref.: orig. -> model", "gain"] if has_cka else []) \
         + (["forget Delta: orig. -> model", "ratio", "separability: orig. -> model"] if has_sep else [])
     title = (f"Per-layer verification ({v.forget_samples} forget"
              + (f" / {v.retain_samples} retain" if v.retain_samples else "") + " samples)")
-    return table(headers, rows, title=title)
+    keys = (("CKA to ref.",) if has_cka else ()) + (("forget Delta",) if has_sep else ())
+    return table(headers, rows, title=title) + ("\n" + legend(*keys) if keys else "")

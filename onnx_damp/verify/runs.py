@@ -33,6 +33,7 @@ class LayerVerification:
     node: str
     op_type: str
     feature_dim: int
+    scope: str = ""                         # the exporter's module path, when it recorded one
     original_node: str | None = None
     reference_node: str | None = None
     cka_model: float | None = None          # CKA(model, reference)
@@ -57,7 +58,8 @@ class LayerVerification:
         return ratio(self.distance_model, self.distance_original)
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "node": self.node, "op_type": self.op_type, "feature_dim": self.feature_dim,
+        return {"index": self.index, "node": self.node, "scope": self.scope, "op_type": self.op_type,
+                "feature_dim": self.feature_dim,
                 "original_node": self.original_node, "reference_node": self.reference_node,
                 "cka_to_reference": {"model": self.cka_model, "original": self.cka_original},
                 "cka_gain": self.cka_gain,
@@ -231,7 +233,7 @@ def _feature_metrics(v: Verification, protos, test: Dataset, f: list[int], retai
                 v.notes.append(f"the {name} has {len(ops[name])} editable operators and the model {n}: "
                                "layers matched by relative depth, not by index")
     for i, op in enumerate(ops["model"]):
-        lv = LayerVerification(i, op.node_name, op.op_type, op.feature_dim)
+        lv = LayerVerification(i, op.node_name, op.op_type, op.feature_dim, op.scope)
         fm = feats["model"].layers[i]
         if has_orig:
             lv.original_node = ops["original"][m_orig[i]].node_name

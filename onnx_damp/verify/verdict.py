@@ -32,6 +32,12 @@ class Verdict:
                 "retain_change": self.retain_change, "worst_retain_class": self.worst_class,
                 "worst_retain_change": self.worst_change, "validated_on": self.validated_on}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Verdict":
+        """The inverse of to_dict (the HTML page renders the JSON's verdict with line())."""
+        return cls(bool(d["forgotten"]), d["forget_accuracy"], d["target"], d.get("retain_change"),
+                   d.get("worst_retain_class"), d.get("worst_retain_change"), d.get("validated_on", ""))
+
     def line(self, names: "list[str] | None" = None) -> str:
         word = "FORGOTTEN" if self.forgotten else "NOT FORGOTTEN"
         rel = "<=" if self.forgotten else ">"
