@@ -26,7 +26,7 @@ from onnx_damp.verify.metrics import (AccuracySummary, forget_confusion, js_dive
 from onnx_damp.runtime.modelio import check_output_path, data_input, fits_in_proto, has_external_data, load_model, save_model_atomic, sha256_file
 from onnx_damp.runtime.batching import free_batch_verdict
 from onnx_damp.runtime.predict import predict
-from onnx_damp.progress import Progress
+from onnx_damp.progress import Phases, Progress
 from onnx_damp.options import MethodOptions, RunOptions
 from onnx_damp.stats.collector import collect as collect_stats
 from onnx_damp.stats.shards import merge
@@ -489,14 +489,9 @@ def _collector(run: RunOptions):
 
 
 def _edit(job: _ForgetJob, method: MethodOptions, run: RunOptions):
-    """Stage 2: the method (method.pipeline.damp_edit), with a progress bar over the statistics pass."""
-    calib = job.calib
-    work = int(len(calib) * (1 - method.holdout)) if calib is not None and job.merged is None else 0
-    with Progress(work, "statistics", run.quiet) as bar:
-        outcome = damp_edit(job.proto, job.scan.editable, calib, job.forget, job.retain, method, run,
-                            first_stats=job.merged, progress=bar, collector=_collector(run))
-        bar.done = bar.total
-    return outcome
+    """Stage 2: the method (method.pipeline.damp_edit), one progress bar per phase."""
+    return damp_edit(job.proto, job.scan.editable, job.calib, job.forget, job.retain, method, run,
+                     first_stats=job.merged, phases=Phases(run.quiet), collector=_collector(run))
 
 
 def _stamp(job: _ForgetJob, outcome, method: MethodOptions) -> list[str]:
@@ -541,20 +536,20 @@ def _validate_edit(job: _ForgetJob, outcome, method: MethodOptions, run: RunOpti
     member = calib if job.has_eval else None  # membership attack: calibration data are members
     known = {"model": outcome.calib_outputs, "original": outcome.original_outputs}  # on calib, from the passes
     known = {n: o for n, o in known.items() if o is not None}
-    work = (len(protos) * len(evald) + (len(protos) * len(member) if member is not None else 0)
-            + feature_runs(evald, f, eval_retain, feature_samples, True, job.ref_proto is not None))
-    with Progress(work, "validating", run.quiet) as bar:
-        probs = {}
-        for name, p in protos.items():
-            if evald is calib and name in known:
-                out = known[name]  # the DAMP passes already predicted the calibration data with this model
-                bar(len(evald))
-            else:
-                out = predict(p, evald, 256, device, input_name, output_name, bar)
-            probs[name] = to_probabilities(out)
+    reuse = {n for n in protos if evald is calib and n in known}  # the passes already predicted calib with them
+    staged = outcome.readout is not None and outcome.readout.applied
+    work = (len(evald) * (len(protos) - len(reuse)) + (int(np.isin(evald.y, f).sum()) if staged else 0))
+    phases = Phases(run.quiet)
+    with phases("validation", work) as bar:
+        probs = {n: to_probabilities(known[n] if n in reuse else predict(p, evald, 256, device, input_name,
+                                                                          output_name, bar))
+                 for n, p in protos.items()}
         before = summarize(probs["original"].argmax(1), evald.y, f)
         after = summarize(probs["model"].argmax(1), evald.y, f)
-        stages = _stage_accuracies(outcome, evald, f, after, device, input_name, output_name)
+        stages = _stage_accuracies(outcome, evald, f, after, device, input_name, output_name, bar)
+    work = (len(member) * sum(n not in known for n in protos) if member is not None else 0) \
+        + feature_runs(evald, f, eval_retain, feature_samples, True, job.ref_proto is not None)
+    with phases("verification", work) as bar:
         ver = verify(protos, evald, f, eval_retain, {"model": after, "original": before}, probs,
                      train=member, train_outputs=known if member is not None else None,
                      train_reason=("needs --data (the attack's members: statistics alone hold no images)"
@@ -592,13 +587,13 @@ def _save(job: _ForgetJob, result: ForgetResult) -> None:
 
 
 def _stage_accuracies(outcome, evald: Dataset, f: list[int], after: AccuracySummary, device, input_name,
-                      output_name) -> dict:
+                      output_name, bar=None) -> dict:
     """Forget accuracy on the validation data after the representation edit alone and after the readout."""
     final = {"forget_accuracy": after.forget_accuracy}
     if outcome.readout is None or not outcome.readout.applied:
         return {"representation": final, "readout": None}
     idx = np.flatnonzero(np.isin(evald.y, f))
-    pred = predict(outcome.representation, evald, 256, device, input_name, output_name, indices=idx).argmax(1)
+    pred = predict(outcome.representation, evald, 256, device, input_name, output_name, bar, indices=idx).argmax(1)
     return {"representation": {"forget_accuracy": float(np.mean(pred == evald.y[idx])) if len(idx) else None},
             "readout": final}
 
@@ -698,7 +693,7 @@ def collect(model: ModelLike, data, output: str | os.PathLike | None = None, *, 
         if not folder.is_dir():
             raise DampError(f"cannot write statistics: folder {folder} does not exist")
     collector = _collector(run)
-    with Progress(len(ds), "collecting", quiet) as bar:
+    with Progress(len(ds), "statistics", quiet) as bar:
         st = collector(proto, scan.editable, ds, gram_classes, batch_size, device, feature_mode, input_name, bar)
     st.provenance = _provenance(proto, src, input_name, preprocessing, k, device, batch_size, [ds.source])
     if out_path is not None:
@@ -872,12 +867,13 @@ def evaluate(model: ModelLike, data, forget: Sequence[int] | None = None, origin
     others = {"original": original, "reference": reference}
     protos = {"model": proto, **{k_: _load(v)[0] for k_, v in others.items() if v is not None}}
     n_models = len(protos)
-    work = (n_models * len(ds) + (n_models * len(train) if train is not None else 0)
+    phases = Phases(quiet)
+    with phases("validation", n_models * len(ds)) as bar:
+        outs = {name: to_probabilities(predict(p, ds, batch_size, device, input_name, output_name, bar))
+                for name, p in protos.items()}
+    work = ((n_models * len(train) if train is not None else 0)
             + feature_runs(ds, f, retain, feature_samples, "original" in protos, "reference" in protos))
-    outs = {}
-    with Progress(work, "evaluating", quiet) as bar:
-        for name, p in protos.items():
-            outs[name] = to_probabilities(predict(p, ds, batch_size, device, input_name, output_name, bar))
+    with phases("verification", work) as bar:
         recorded = next((p.value for p in proto.metadata_props if p.key == "onnx_damp.source_sha256"), "")
         res = EvaluateResult(summarize(outs["model"].argmax(1), ds.y, f), class_names=names,
                              forget_confusion=forget_confusion({n: o.argmax(1) for n, o in outs.items()}, ds.y, f, k),

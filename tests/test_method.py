@@ -223,3 +223,35 @@ def test_cli_prints_the_stages_and_a_warning_line_per_missed_bound(setup, tmp_pa
     warned = [line[len("warning: "):] for line in r.output.splitlines() if line.startswith("warning: ")]
     assert warned == report["warnings"]
     assert (report["heldout"]["score"]["forget_accuracy"] > 0) == any("forget accuracy" in w for w in warned)
+
+
+class RecordingPhases:
+    """A progress.Phases seam that records every phase's label, total and counted work."""
+
+    def __init__(self):
+        self.bars = []
+
+    def __call__(self, label, total):
+        from onnx_damp.progress import Progress
+
+        bar = Progress(total, label, quiet=True)
+        self.bars.append(bar)
+        return bar
+
+
+def test_each_phase_has_its_own_bar_sized_to_its_work(setup):
+    """Issue 15: statistics of every pass, the held-out checks (growing with extra candidates), the readout
+    and the calibration outputs each get a bar, and each counts exactly the images it planned."""
+    model, _, calib, _ = setup
+    ops = scan_graph(model).editable
+    rec = RecordingPhases()
+    out = damp_edit(model, ops, calib, [0], list(range(1, CLASSES)), MethodOptions(max_passes=2,
+                    target_forget_accuracy=-1.0), phases=rec)
+    labels = [b.label for b in rec.bars]
+    assert labels == ["statistics", "held-out check", "statistics, pass 2", "held-out check, pass 2", "readout",
+                      "calibration outputs"], labels
+    assert all(b.done == b.total > 0 for b in rec.bars), [(b.label, b.done, b.total) for b in rec.bars]
+    fit, held = split_holdout(calib.y)
+    assert rec.bars[0].total == len(fit) and rec.bars[2].total == len(fit)
+    tried = len(out.passes[0].candidates)
+    assert rec.bars[1].total == len(held) * (1 + tried)     # the original and every candidate tried

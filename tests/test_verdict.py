@@ -1,6 +1,8 @@
 """The verdict line, gates written as 1% or 0.01, --forget 3,5, and Ctrl-C (issue 15)."""
 import json
 
+import numpy as np
+
 import pytest
 
 from mnist_sample import CALIB, MODEL, invoke, subset
@@ -96,3 +98,21 @@ def test_tables_say_which_way_is_good():
                                [GateResult("max_forget_acc", "forget_accuracy", 0.0, 0.02, True),
                                 GateResult("max_class_drop", "worst_retain_drop", 0.05, 0.03, False)])
     assert "at most 2%" in gated and "no class below -3 pts" in gated and "lower is better" not in gated
+
+
+
+def test_progress_in_a_log_is_one_line_per_phase(small, capsys):
+    """Not a terminal: one 'phase: done/total in Ts' line per phase, done == total, in pipeline order."""
+    import re
+
+    import onnx_damp
+
+    capsys.readouterr()
+    onnx_damp.forget(MODEL, small, [3], eval_data=small, feature_samples=20, quiet=False)
+    lines = capsys.readouterr().err.strip().splitlines()
+    counts = [re.fullmatch(r"([a-z ,\d-]+): (\d+)/(\d+) in [\d.]+s", line) for line in lines]
+    assert all(counts), lines
+    phases = [m.group(1) for m in counts]
+    assert phases[:2] == ["statistics", "held-out check"] and phases[-2:] == ["validation", "verification"]
+    assert all(m.group(2) == m.group(3) for m in counts), lines
+    assert int(counts[0].group(3)) == len(np.load(small)["y"]) * 4 // 5   # statistics: the fit part only

@@ -28,6 +28,7 @@ from onnx_damp.runtime.predict import predict
 from onnx_damp.verify.metrics import per_class_accuracy
 from onnx_damp.method.selection import HeldOutScore, pick, score, split_holdout
 from onnx_damp.options import MethodOptions, RunOptions
+from onnx_damp.progress import QUIET, Phases
 from onnx_damp.stats.collector import Collector, collect
 from onnx_damp.stats.statistics import Statistics
 from onnx_damp.ops.weights import BiasRef, index_graph, output_bias, shift_bias
@@ -98,7 +99,7 @@ class EditOutcome:
 
 def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | None, forget: Sequence[int],
               retain: Sequence[int], method: MethodOptions = MethodOptions(), run: RunOptions = RunOptions(), *,
-              first_stats: Statistics | None = None, progress: Callable[[int], None] | None = None,
+              first_stats: Statistics | None = None, phases: Phases = QUIET,
               collector: Collector = collect, outputs: bool = True) -> EditOutcome:
     """Edit a copy of proto: DAMP representation edit chosen on held-out calibration images, then readout.
 
@@ -106,7 +107,8 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
     plan, readout=False returns the representation edit alone as the paper has it, holdout=0 decides on the
     images that built the statistics); run: batch size, device, input and output names.
     first_stats: statistics of proto (e.g. merged shards) for pass 1; calib may then be None, which means
-    exactly one pass of the default plan and no readout stage (nothing to check it on). collector:
+    exactly one pass of the default plan and no readout stage (nothing to check it on). phases: one
+    progress bar per phase (progress.Phases; statistics, held-out check, readout, calibration outputs). collector:
     stats.collector.collect or another Collector (the Ray backend). outputs=False skips predicting the whole
     calibration set with the original and the edited model.
     """
@@ -124,7 +126,7 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
         outcome.first_stats = first_stats
         return outcome
     rk = dict(batch_size=run.batch_size, device=device, feature_mode=feature_mode, input_name=input_name,
-              progress=progress, collector=collector, output_name=output_name)
+              collector=collector, output_name=output_name)
     fit_idx, held_idx = split_holdout(calib.y, holdout)
     if len(held_idx) == 0:
         held_idx = fit_idx  # too few images to hold any out: decide on the fit images, and say so
@@ -134,19 +136,28 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
         outcome.notes.append("statistics were given: the held-out calibration images may be part of them")
     outcome.heldout = held_idx
     fit, held = (subset(calib, fit_idx) if len(fit_idx) < len(calib) else calib), subset(calib, held_idx)
-    stats = first_stats if first_stats is not None else _collect(proto, ops, fit, forget, None, **rk)
+    if first_stats is not None:
+        stats = first_stats
+    else:
+        with phases("statistics", len(fit)) as bar:
+            stats = _collect(proto, ops, fit, forget, None, progress=bar, **rk)
     outcome.first_stats = stats
-    orig_held = predict(proto, held, 256, device, input_name, output_name)
-    base = per_class_accuracy(orig_held.argmax(1), held.y)
-    rep_model, best, rec, rep_out = _best_candidate(proto, ops, stats, held, forget, retain, base, extra_directions,
-                                                    extra_bar, candidates, rk, target_forget_accuracy)
+    n_cands = len(CANDIDATES) if candidates else 1
+    with phases("held-out check", len(held) * (1 + n_cands)) as bar:
+        orig_held = predict(proto, held, 256, device, input_name, output_name, bar)
+        base = per_class_accuracy(orig_held.argmax(1), held.y)
+        rep_model, best, rec, rep_out = _best_candidate(proto, ops, stats, held, forget, retain, base,
+                                                        extra_directions, extra_bar, candidates, rk,
+                                                        target_forget_accuracy, bar)
     outcome.passes.append(rec)
-    for _ in range(max_passes - 1):
+    for k in range(2, max_passes + 1):
         if best.forget_accuracy <= target_forget_accuracy:
             break
-        st = _collect(rep_model, ops, fit, forget, stats.token_layouts, **rk)
-        model, sc, r, out = _best_candidate(rep_model, ops, st, held, forget, retain, base, extra_directions,
-                                            extra_bar, candidates, rk, target_forget_accuracy)
+        with phases(f"statistics, pass {k}", len(fit)) as bar:
+            st = _collect(rep_model, ops, fit, forget, stats.token_layouts, progress=bar, **rk)
+        with phases(f"held-out check, pass {k}", len(held) * n_cands) as bar:
+            model, sc, r, out = _best_candidate(rep_model, ops, st, held, forget, retain, base, extra_directions,
+                                                extra_bar, candidates, rk, target_forget_accuracy, bar)
         # kept when the held-out images prefer it, or rate it as good (a tie within the guards: a further pass
         # removes more of the class from the features, which the held-out accuracy alone cannot see)
         better = pick([best, sc]) == 1 or (sc.within_guards() and sc.forget_accuracy <= best.forget_accuracy)
@@ -161,21 +172,25 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
     outcome.representation, outcome.model = rep_model, rep_model
     outcome.heldout_score = best
     if readout:
-        outcome.readout = _readout(rep_model, rep_out, ops[-1], held, forget, retain, base, best,
-                                   target_forget_accuracy, device, input_name, output_name)
+        with phases("readout", int(np.isin(held.y, forget).sum()) + len(held)) as bar:
+            outcome.readout = _readout(rep_model, rep_out, ops[-1], held, forget, retain, base, best,
+                                       target_forget_accuracy, device, input_name, output_name, bar)
         if outcome.readout.applied:
             outcome.model, rep_out = outcome.readout.model, outcome.readout.outputs
             outcome.heldout_score = outcome.readout.after
     if not outputs:
         return outcome
-    outcome.original_outputs = _all_outputs(proto, calib, fit_idx, held_idx, stats.outputs if first_stats is None
-                                            else None, orig_held, device, input_name, output_name)
-    outcome.calib_outputs = _all_outputs(outcome.model, calib, fit_idx, held_idx, None, rep_out, device, input_name,
-                                         output_name)
+    fit_known = stats.outputs if first_stats is None else None
+    with phases("calibration outputs", len(fit_idx) * (1 + int(fit_known is None))) as bar:
+        outcome.original_outputs = _all_outputs(proto, calib, fit_idx, held_idx, fit_known, orig_held, device,
+                                                input_name, output_name, bar)
+        outcome.calib_outputs = _all_outputs(outcome.model, calib, fit_idx, held_idx, None, rep_out, device,
+                                             input_name, output_name, bar)
     return outcome
 
 
-def _collect(model, ops, data, forget, layouts, *, batch_size, device, feature_mode, input_name, progress, collector,
+def _collect(model, ops, data, forget, layouts, *, batch_size, device, feature_mode, input_name, collector,
+             progress=None,
              output_name) -> Statistics:
     return collector(model, ops, data, forget, batch_size, device, feature_mode, input_name, progress, layouts,
                      outputs=True, output=output_name)
@@ -189,9 +204,10 @@ def _applied(model: onnx.ModelProto, plans: list[dm.LayerPlan]) -> onnx.ModelPro
 
 
 def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directions, extra_bar, use_candidates,
-                    run, target) -> tuple[onnx.ModelProto, HeldOutScore, PassRecord, np.ndarray]:
+                    run, target, bar) -> tuple[onnx.ModelProto, HeldOutScore, PassRecord, np.ndarray]:
     """Plan every candidate from the same statistics, score each on the held-out images, keep one (and its
-    output rows there)."""
+    output rows there). bar: the held-out check's progress, sized for the first candidates (it grows when
+    weaker or stronger ones are tried)."""
     cands = CANDIDATES if use_candidates else (("damp", extra_directions, 1.0),)
     tried: list[tuple[str, list, onnx.ModelProto, HeldOutScore, np.ndarray]] = []
     plans_by_extra: dict[bool, list[dm.LayerPlan]] = {}
@@ -201,7 +217,9 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
             plans_by_extra[extra] = dm.plan(ops, stats, forget, retain, extra, extra_bar)
         plans = [dataclasses.replace(p, alpha=_scaled(p.alpha, scale)) for p in plans_by_extra[extra]]
         edited = _applied(model, plans)
-        out = predict(edited, held, 256, run["device"], run["input_name"], run["output_name"])
+        if len(tried) >= len(cands):
+            bar.grow(len(held))
+        out = predict(edited, held, 256, run["device"], run["input_name"], run["output_name"], bar)
         tried.append((name, plans, edited, score(out.argmax(1), held.y, forget, base), out))
 
     for c in cands:
@@ -230,10 +248,11 @@ def _scaled(alpha: float, scale: float) -> float:
 
 def _readout(model: onnx.ModelProto, out: np.ndarray, head: EditableOp, held: Dataset, forget: list[int],
              retain: list[int], base: dict[int, float], before: HeldOutScore, target: float, device, input_name,
-             output_name) -> ReadoutRecord:
+             output_name, bar: Callable[[int], None] | None = None) -> ReadoutRecord:
     """Lower the forget channels of the last operator's bias by the shift readout.readout_shift measures.
 
-    out: model's output rows on the held-out images (from its candidate's score)."""
+    out: model's output rows on the held-out images (from its candidate's score). bar: progress (a Progress,
+    sized for the probe and one try; it grows with each further try)."""
     ref = output_bias(index_graph(model.graph), head)
     if isinstance(ref, str):
         return ReadoutRecord(False, ref, head.node_name, before=before)
@@ -247,7 +266,7 @@ def _readout(model: onnx.ModelProto, out: np.ndarray, head: EditableOp, held: Da
     t = ro.readout_shift(m[fmask], m[~fmask])
     fidx = np.flatnonzero(fmask)
     probe = _shifted(model, ref, forget, np.full(len(forget), PROBE_SHIFT))
-    m_probe = ro.forget_margins(ro.log_scores(predict(probe, held, 256, device, input_name, output_name,
+    m_probe = ro.forget_margins(ro.log_scores(predict(probe, held, 256, device, input_name, output_name, bar,
                                                       indices=fidx)), forget, retain)
     gain = ro.margin_gain(m[fmask], m_probe, PROBE_SHIFT)
     rec = ReadoutRecord(False, "", head.node_name, ref.name, list(forget), score_shift=t.tolist(),
@@ -257,9 +276,11 @@ def _readout(model: onnx.ModelProto, out: np.ndarray, head: EditableOp, held: Da
                       f"{[c for c, g in zip(forget, gain) if g <= 1e-6]} (gain {np.round(gain, 4).tolist()})")
         return rec
     shift = t / gain
-    for _ in range(8):  # scores clipped by a saturated softmax can hide part of the margin: widen until it holds
+    for attempt in range(8):  # scores clipped by a saturated softmax can hide part of the margin: widen until it holds
         edited = _shifted(model, ref, forget, shift)
-        edited_out = predict(edited, held, 256, device, input_name, output_name)
+        if attempt and bar is not None and hasattr(bar, "grow"):
+            bar.grow(len(held))
+        edited_out = predict(edited, held, 256, device, input_name, output_name, bar)
         after = score(edited_out.argmax(1), held.y, forget, base)
         if after.forget_accuracy <= target:
             break
@@ -283,13 +304,14 @@ def _shifted(model: onnx.ModelProto, ref: BiasRef, forget: list[int], amount: np
 
 
 def _all_outputs(model, calib: Dataset, fit_idx, held_idx, fit_out, held_out, device, input_name,
-                 output_name) -> np.ndarray:
+                 output_name, bar: Callable[[int], None] | None = None) -> np.ndarray:
     """Output rows of model on every calibration image, reusing rows already computed for fit or held-out."""
     if fit_out is None:
-        fit_out = predict(model, calib, 256, device, input_name, output_name, indices=fit_idx)
+        fit_out = predict(model, calib, 256, device, input_name, output_name, bar, indices=fit_idx)
     if held_out is None:
         same = len(held_idx) == len(fit_idx) and np.array_equal(held_idx, fit_idx)
-        held_out = fit_out if same else predict(model, calib, 256, device, input_name, output_name, indices=held_idx)
+        held_out = fit_out if same else predict(model, calib, 256, device, input_name, output_name, bar,
+                                                indices=held_idx)
     full = np.zeros((len(calib), fit_out.shape[1]), dtype=np.float64)
     full[fit_idx] = fit_out
     full[held_idx] = held_out

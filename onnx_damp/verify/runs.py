@@ -184,9 +184,7 @@ def _mia(protos, test: Dataset, train: Dataset, f: list[int], test_probs, batch_
         if name not in protos:
             continue
         if name in (known or {}):
-            p_train = to_probabilities(known[name])
-            if progress:
-                progress(len(train))
+            p_train = to_probabilities(known[name])  # already predicted: no work, nothing to count
         else:
             p_train = to_probabilities(predict(protos[name], train, batch_size, device, input_name, output_name,
                                                progress))
