@@ -25,6 +25,7 @@ from onnx_damp.verify.metrics import (AccuracySummary, forget_confusion, js_dive
                       worst_retain_drop)
 from onnx_damp.runtime.modelio import check_output_path, data_input, fits_in_proto, has_external_data, load_model, save_model_atomic, sha256_file
 from onnx_damp.runtime.batching import free_batch_verdict
+from onnx_damp.runtime.tokens import token_probe_note
 from onnx_damp.runtime.predict import predict
 from onnx_damp.progress import Phases, Progress
 from onnx_damp.options import MethodOptions, RunOptions
@@ -364,7 +365,7 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     outcome = _edit(job, method, run)
     notes = job.notes + outcome.notes + _stamp(job, outcome, method)
     result = _validate_edit(job, outcome, method, run, feature_samples, notes)
-    result.warnings = input_warnings(result.before, result.validated_on) + result.warnings
+    result.warnings = input_warnings(result.before, result.validated_on) + job.warnings + result.warnings
     if strict and result.warnings:
         raise DampError(f"--strict: {result.warnings[0]}" + (f" (and {len(result.warnings) - 1} more warning(s))"
                                                               if len(result.warnings) > 1 else ""))
@@ -394,6 +395,7 @@ class _ForgetJob:
     notes: list[str] = field(default_factory=list)
     sha: str | None = None      # sha256 of the input file (set by _stamp)
     requested: list[int] = field(default_factory=list)  # the classes this request named (forget adds earlier ones)
+    warnings: list[str] = field(default_factory=list)  # suspicious input found before editing
     in_memory: bool = True      # small enough to check in memory (set by _stamp)
 
 
@@ -462,6 +464,8 @@ def _prepare_forget(model, data, forget, output, eval_data, reference, feature_s
     job = _ForgetJob(proto, src, out_path, scan, names, calib, evald, eval_data is not None, k, merged, f, retain,
                      gates, ref_proto, notes)
     job.requested = sorted({int(c) for c in _class_indices(names, forget, calib)})
+    tokens = token_probe_note(proto, scan.editable, run.input_name, method.feature_mode)
+    job.warnings += [tokens] if tokens else []
     return job
 
 

@@ -98,3 +98,54 @@ def test_verification_features_read_the_class_token(layout):
         sess = make_session(inst, "cpu", basic_optimizations=True)
         got = np.stack([sess.run([names[0]], {"x": x[i:i + 1]})[0] for i in range(6)])
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def fixed(model, n: int):
+    """The model with its input's (and outputs') batch dimension fixed at n."""
+    for vi in list(model.graph.input) + list(model.graph.output):
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.dim_param == "N":
+                dim.Clear()
+                dim.dim_value = n
+    return model
+
+
+@pytest.mark.parametrize("layout,kind", [("batch_first", "axis"), ("tokens_first", "axis"),
+                                         ("token_major", "batch_major"), ("batch_major", "batch_major")])
+def test_a_batch_fixed_at_1_is_probed_with_one_image(layout, kind):
+    """Issue 15: a fixed-batch transformer gets its token layout (one image's rows are its tokens)."""
+    from onnx_damp.runtime.tokens import token_probe_note
+
+    rng = np.random.default_rng(4)
+    model = fixed(token_model(layout, rng), 1)
+    ops = scan_graph(model).editable
+    lay = probe_token_layouts(model, ops, rng.normal(size=(6, T, D)).astype(np.float32), None)["mm"]
+    assert lay.kind == kind and lay.tokens == T
+    if kind == "axis":
+        assert lay.axis == (1 if layout == "batch_first" else 0)
+    assert token_probe_note(model, ops, None, "auto") is None
+
+
+def test_a_batch_fixed_at_another_size_warns_that_tokens_are_read_as_rows(tmp_path):
+    import onnx
+
+    import onnx_damp
+
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(D, OUT)).astype(np.float32)
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+                        helper.make_node("ReduceMean", ["h"], ["y"], name="pool", axes=[1], keepdims=0)],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, T, D])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, OUT])], {"w": w})
+    ops = scan_graph(model).editable
+    x = rng.normal(size=(40, T, D)).astype(np.float32)
+    assert probe_token_layouts(model, ops, x, None) == {}
+    from onnx_damp.runtime.tokens import token_probe_note
+
+    note = token_probe_note(model, ops, None, "auto")
+    assert note and "fixed at 2" in note and "mm" in note
+    assert token_probe_note(model, ops, None, "position") is None      # rows were asked for
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    res = onnx_damp.forget(str(tmp_path / "m.onnx"), (x, np.repeat(np.arange(OUT), 14)[:40]), [0], feature_samples=0,
+                           default_gates=False, holdout=0, readout=False)
+    assert any("cannot be probed" in w for w in res.warnings)

@@ -66,11 +66,26 @@ def _layout_from_runs(a2: np.ndarray, b2: np.ndarray, a3: np.ndarray) -> TokenLa
     return None
 
 
+def _layout_from_one(a: np.ndarray) -> TokenLayout | None:
+    """Token layout from the activation of a batch of exactly one image (a batch fixed at 1): the axis of
+    size 1 is the batch; flattened rows of one image are its tokens (batch- and token-major coincide)."""
+    if a.ndim == 3:
+        ones = [i for i in range(2) if a.shape[i] == 1]
+        if len(ones) != 1:
+            return None
+        tok = 1 - ones[0]
+        return TokenLayout("axis", int(a.shape[tok]), tok)
+    if a.ndim == 2 and a.shape[0] > 1:
+        return TokenLayout("batch_major", int(a.shape[0]))
+    return None
+
+
 def probe_token_layouts(model: onnx.ModelProto, ops: list[EditableOp], x: np.ndarray, input_name: str | None,
                         device: str = "cpu") -> dict[str, TokenLayout]:
     """Token layout of every MatMul/Gemm input that carries a token axis, by node name.
 
-    x: the data (the first three samples are used). A model with a fixed batch size gets no layouts.
+    x: the data (the first three samples are used). A batch fixed at 1 is probed with one image
+    (_layout_from_one); a batch fixed at another size gets no layouts (token_probe_note says so).
     """
     from onnx_damp.runtime.session import input_spec, make_session
 
@@ -80,11 +95,42 @@ def probe_token_layouts(model: onnx.ModelProto, ops: list[EditableOp], x: np.nda
         return {}
     sess = make_session(_probe_model(model, names), device, basic_optimizations=True)
     spec = input_spec(sess, input_name)
+    fetch = [f"__damp_probe{k}" for k in range(len(names))]
+    run = lambda batch: dict(zip(names, sess.run(fetch, {spec.name: batch})))  # noqa: E731
+    if spec.fixed_batch == 1:
+        r1 = run(x[:1].astype(spec.dtype))
+        found = {name: _layout_from_one(r1[name]) for name in names}
+        return {op.node_name: found[op.input_name] for op in cands if found[op.input_name] is not None}
     if spec.fixed_batch is not None:
         return {}
     x = x[:3].astype(spec.dtype)
-    fetch = [f"__damp_probe{k}" for k in range(len(names))]
-    run = lambda batch: dict(zip(names, sess.run(fetch, {spec.name: batch})))  # noqa: E731
     r2, r2b, r3 = run(x[[0, 1]]), run(x[[0, 2]]), run(x[[0, 1, 2]])
     found = {name: _layout_from_runs(r2[name], r2b[name], r3[name]) for name in names}
     return {op.node_name: found[op.input_name] for op in cands if found[op.input_name] is not None}
+
+
+def token_probe_note(model: onnx.ModelProto, ops: list[EditableOp], input_name: str | None,
+                     feature_mode: str) -> str | None:
+    """Why token layouts could not be probed (a batch fixed at a size other than 1 with token-sequence
+    operators), or None: without layouts their inputs are read row by row, not by the class token."""
+    from onnx_damp.runtime.batching import fixed_batch_of
+
+    n = fixed_batch_of(model, input_name)
+    if feature_mode not in ("auto", "patch") or n in (None, 1):
+        return None
+    cands = [op for op in ops if adapter(op).token_candidate(op)]
+    if not cands:
+        return None
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # too large or not inferable: no claim either way
+        return None
+    ranks = {vi.name: len(vi.type.tensor_type.shape.dim) for vi in list(inferred.value_info) + list(inferred.input)
+             if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
+    seq = [op.node_name for op in cands if ranks.get(op.input_name) == 3]
+    if not seq:
+        return None
+    return (f"the model's batch is fixed at {n}: the token layout of {len(seq)} token-sequence operator(s) "
+            f"({', '.join(seq[:3])}{', ...' if len(seq) > 3 else ''}) cannot be probed, so their inputs are read "
+            "row by row, not by the class token (transformers forget less this way); export the model with a "
+            "dynamic batch axis, or batch 1")
