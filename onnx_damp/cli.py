@@ -80,6 +80,38 @@ def _write_html(result) -> None:
             click.echo(f"wrote HTML report {html}", err=as_json)
 
 
+# --help sections: option (its parameter name) -> section; the rest go under "Other"
+HELP_SECTIONS = {
+    "Input": ("data", "stats_files", "forget_classes", "labels", "allow_missing_classes", "original", "reference",
+              "train_data", "input_name", "output_name", "data_fingerprint"),
+    "Method": ("features", "no_extra_directions", "max_passes", "target_forget_acc", "no_readout", "holdout"),
+    "Validation and gates": ("eval_data", "feature_samples", "max_forget_acc", "max_retain_drop", "max_class_drop",
+                             "min_cka_gain", "max_mia", "no_gates", "strict"),
+    "Image preprocessing (image folders and idx/CIFAR files; not .npz)": (
+        "preprocess_file", "resize", "center_crop", "mode", "mean", "std", "layout", "no_scale"),
+    "Runtime": ("batch_size", "device", "ray", "ray_address"),
+    "Output": ("output", "report", "html", "as_json", "quiet", "verbose", "help"),
+}
+
+
+class _SectionedCommand(click.Command):
+    """A command whose --help lists its options in HELP_SECTIONS' sections instead of one long list."""
+
+    def format_options(self, ctx, formatter):
+        rows: dict[str, list] = {}
+        for param in self.get_params(ctx):
+            rec = param.get_help_record(ctx) if isinstance(param, click.Option) else None
+            if rec is None:
+                continue
+            name = "help" if "--help" in param.opts else param.name
+            section = next((s for s, names in HELP_SECTIONS.items() if name in names), "Other")
+            rows.setdefault(section, []).append(rec)
+        for section in list(HELP_SECTIONS) + ["Other"]:
+            if section in rows:
+                with formatter.section(section):
+                    formatter.write_dl(rows[section])
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="onnx-damp")
 def main() -> None:
@@ -235,7 +267,7 @@ def _ray_options(fn):
                         help="Collect statistics in parallel Ray tasks on a local Ray instance (onnx-damp[ray]).")(fn)
 
 
-@main.command("collect")
+@main.command("collect", cls=_SectionedCommand)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--data", required=True, type=click.Path(), help=f"This shard's data: {DATA_HELP}.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Statistics file (.npz).")
@@ -244,31 +276,35 @@ def _ray_options(fn):
                    "for many classes. Default: every class, so the statistics serve any forget set.")
 @click.option("--labels", type=click.Path(dir_okay=False),
               help="Class names, one per line (line i = class i), for --forget by name.")
-@click.option("--batch-size", default=RunOptions.batch_size, show_default=True, type=int)
+@click.option("--batch-size", default=RunOptions.batch_size, show_default=True, type=int,
+              help="Images per onnxruntime run (statistics and predictions).")
 @click.option("--features", type=click.Choice(list(FEATURE_MODES)), default=MethodOptions.feature_mode,
               show_default=True, help="Feature mode (as in forget); every shard and the forget run must use the same.")
-@click.option("--preprocessing", default="npz", show_default=True,
-              help="A fingerprint of how the data were made; shards with different ones are not merged.")
+@click.option("--data-fingerprint", default="npz", show_default=True,
+              help="A tag for how the data were made (e.g. 'imagenet-224-crop'); shards with different tags are "
+                   "not merged (not the image preprocessing: that is --preprocess).")
+@click.option("--preprocessing", "old_fingerprint", default=None, hidden=True)  # the old name of --data-fingerprint
 @_ray_options
 @_device
 @_input_name
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_preprocess_options
 @_user_errors
-def collect_cmd(model, data, output, forget_classes, labels, batch_size, features, preprocessing, ray, ray_address,
-                device, input_name, quiet, preprocess=None) -> None:
+def collect_cmd(model, data, output, forget_classes, labels, batch_size, features, data_fingerprint, old_fingerprint,
+                ray, ray_address, device, input_name, quiet, preprocess=None) -> None:
     """Collect DAMP statistics of MODEL on one data shard; `forget --stats` merges any number of them."""
     from onnx_damp.api import collect
 
     st = collect(model, data, output, forget=_class_list(forget_classes) or None, labels=labels, batch_size=batch_size,
-                 device=device, feature_mode=features, input_name=input_name, preprocessing=preprocessing,
+                 device=device, feature_mode=features, input_name=input_name,
+                 preprocessing=data_fingerprint if old_fingerprint is None else old_fingerprint,
                  quiet=quiet, ray=ray, ray_address=ray_address, preprocess=preprocess)
     counts = ", ".join(f"{c}: {n}" for c, n in st.samples.items())
     click.echo(f"wrote {st.path}: {st.num_samples} samples ({counts}), {len(st.layers)} layers, "
                f"model sha256 {st.provenance.model_sha256[:12] or st.provenance.graph_sha256[:12]}")
 
 
-@main.command("forget")
+@main.command("forget", cls=_SectionedCommand)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--data", type=click.Path(),
               help=f"Calibration data: {DATA_HELP} (optional with --stats: then it serves passes 2 and later).")
@@ -284,7 +320,8 @@ def collect_cmd(model, data, output, forget_classes, labels, batch_size, feature
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Edited model path.")
 @click.option("--eval-data", type=click.Path(), help="Held-out data to validate on (same formats as --data).")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the full report as JSON here.")
-@click.option("--batch-size", default=RunOptions.batch_size, show_default=True, type=int)
+@click.option("--batch-size", default=RunOptions.batch_size, show_default=True, type=int,
+              help="Images per onnxruntime run (statistics and predictions).")
 @click.option("--features", type=click.Choice(list(FEATURE_MODES)), default=MethodOptions.feature_mode, show_default=True,
               help="auto: Conv inputs per spatial position, token sequences by their class token (token 0); "
                    "position: every position/token row; pooled: Conv inputs per image after spatial pooling; "
@@ -372,7 +409,7 @@ def forget_cmd(model, data, stats_files, more_stats, ray, ray_address, forget_cl
     _finish_gates(res)
 
 
-@main.command("evaluate")
+@main.command("evaluate", cls=_SectionedCommand)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--data", required=True, type=click.Path(), help=f"Labelled data: {DATA_HELP}.")
 @click.option("--forget", "forget_classes", multiple=True,
@@ -384,7 +421,7 @@ def forget_cmd(model, data, stats_files, more_stats, ray, ray_address, forget_cl
 @click.option("--train-data", type=click.Path(),
               help="Training images of the model (e.g. the calibration data, same formats as --data): "
                    "enables membership inference.")
-@click.option("--batch-size", default=256, show_default=True, type=int)
+@click.option("--batch-size", default=256, show_default=True, type=int, help="Images per onnxruntime run.")
 @_feature_samples
 @_gate_options
 @_preprocess_options

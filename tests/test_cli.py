@@ -28,6 +28,34 @@ def test_help_lists_commands():
     assert r.exit_code == 0 and all(c in r.output for c in ("inspect", "forget", "evaluate"))
 
 
+@pytest.mark.parametrize("command", ["forget", "evaluate", "collect"])
+def test_help_groups_options_in_sections(command):
+    """Issue 15: --help in sections, every option in one of them (none left under 'Other' but --help's own)."""
+    from onnx_damp.cli import HELP_SECTIONS
+
+    text = invoke(command, "--help").output
+    heads = [line[:-1] for line in text.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert heads[0] == "Input" and "Output" in heads and "Other" not in heads, heads
+    assert heads == [h for h in HELP_SECTIONS if h in heads]                  # in the documented order
+    if command == "forget":
+        assert {"Method", "Validation and gates", "Runtime"} <= set(heads)
+
+
+def test_collect_takes_data_fingerprint_and_its_old_name(tmp_path):
+
+
+    with np.load(CALIB, allow_pickle=False) as z:
+        x, y = z["x"][:40], z["y"][:40]
+    np.savez(tmp_path / "s.npz", x=x, y=y)
+    for flag in ("--data-fingerprint", "--preprocessing"):
+        out = tmp_path / f"{flag.strip('-')}.npz"
+        r = invoke("collect", MODEL, "--data", tmp_path / "s.npz", "-o", out, "-q", flag, "crop28")
+        assert r.exit_code == 0, r.output
+        from onnx_damp.stats.statistics import Statistics
+
+        assert Statistics.load(out).provenance.preprocessing == "crop28"
+
+
 def test_inspect_table_and_json():
     r = invoke("inspect", MODEL)
     assert r.exit_code == 0 and "10 editable operator(s)" in r.output and "Gemm" in r.output
