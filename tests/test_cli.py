@@ -42,8 +42,6 @@ def test_help_groups_options_in_sections(command):
 
 
 def test_collect_takes_data_fingerprint_and_its_old_name(tmp_path):
-
-
     with np.load(CALIB, allow_pickle=False) as z:
         x, y = z["x"][:40], z["y"][:40]
     np.savez(tmp_path / "s.npz", x=x, y=y)
