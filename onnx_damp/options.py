@@ -15,7 +15,7 @@ EXTRA_BARS = ("energy", "variance")
 
 @dataclass(frozen=True)
 class MethodOptions:
-    """What the edit does (README, "What is implemented"); every field is also a `forget` keyword."""
+    """What the edit does (docs/method.md); every field is also a `forget` keyword."""
 
     feature_mode: str = "auto"          # how operator inputs become feature rows (CLI --features)
     extra_directions: bool = True       # forget-variance directions beyond the prototype residuals
