@@ -100,10 +100,15 @@ def goals(gates: Sequence = ()) -> dict[str, str]:
     if "max_forget_acc" in by:
         out["forget"] = f"at most {100 * by['max_forget_acc']:g}%"
     if "max_retain_drop" in by:
-        out["retain"] = f"down at most {100 * by['max_retain_drop']:g} pts"
+        out["retain"] = f"down at most {_points(by['max_retain_drop'])}"
     if "max_class_drop" in by:
-        out["class"] = f"no class below -{100 * by['max_class_drop']:g} pts"
+        out["class"] = f"no class below -{_points(by['max_class_drop'])}"
     return out
+
+
+def _points(fraction: float) -> str:
+    v = 100 * fraction
+    return f"{v:g} pt" + ("" if v == 1 else "s")
 
 
 def before_after_table(before, after, validated_on: str, names: "list[str] | None" = None,
@@ -114,7 +119,9 @@ def before_after_table(before, after, validated_on: str, names: "list[str] | Non
 
     c, drop = worst_retain_drop(before, after)
     goal = goals(gates)
-    rows = [["forget accuracy", pct(before.forget_accuracy), pct(after.forget_accuracy), goal["forget"]],
+    forgotten = ", ".join(class_label(k, names) for k in before.forget)
+    rows = [[f"forget accuracy (class {forgotten})", pct(before.forget_accuracy), pct(after.forget_accuracy),
+             goal["forget"]],
             ["retain accuracy (mean of classes)", pct(before.retain_accuracy), pct(after.retain_accuracy),
              goal["retain"]],
             ["worst retain class", f"{class_label(before.worst_retain_class, names)} "
