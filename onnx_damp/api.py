@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from onnx_damp import __version__
-from onnx_damp.data.dataset import Dataset, check_fits_model
+from onnx_damp.data.dataset import Dataset, check_fits_model, subset
 from onnx_damp.data.sources import as_dataset
 from onnx_damp.data.preprocess import as_preprocess
 from onnx_damp.errors import DampError
@@ -28,6 +28,8 @@ from onnx_damp.runtime.batching import free_batch_verdict
 from onnx_damp.runtime.tokens import token_probe_note
 from onnx_damp.runtime.predict import predict
 from onnx_damp.progress import Phases, Progress
+
+FEATURE_SAMPLES = 500  # images per side for the per-layer verification metrics (with eval data or a reference)
 from onnx_damp.options import MethodOptions, RunOptions
 from onnx_damp.stats.collector import collect as collect_stats
 from onnx_damp.stats.shards import merge
@@ -329,7 +331,7 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
            eval_data=None, batch_size: int = 128, device: str = "cpu", feature_mode: str = "auto",
            extra_directions: bool = True, input_name: str | None = None, output_name: str | None = None,
            max_passes: int = 1, target_forget_accuracy: float = 0.01, quiet: bool = True,
-           reference: ModelLike | None = None, feature_samples: int = 500,
+           reference: ModelLike | None = None, feature_samples: int | None = None,
            gates: "Gates | dict | None" = None, labels: str | os.PathLike | None = None,
            preprocess=None, stats: "Sequence[str | os.PathLike | Statistics] | None" = None, ray: bool = False,
            ray_address: str | None = None, extra_bar: str = "energy", readout: bool = True,
@@ -343,8 +345,10 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     passes; without data exactly one pass runs and eval_data is needed to validate. ray / ray_address:
     collect on Ray (see stats/ray.py).
 
-    Validation (on eval_data, else on the calibration data) gives accuracies and the verification metrics
-    of docs/metrics.md (membership inference only with eval_data; CKA only with a reference). gates
+    Validation (on eval_data, else on the held-out calibration images, which built nothing) gives accuracies
+    and the verification metrics of docs/metrics.md (membership inference only with eval_data; CKA only with a
+    reference). feature_samples: images per side for the per-layer metrics; None: 500 with eval_data or a
+    reference, else 0 (the calibration images are too few and too close to the edit to say more). gates
     (Gates or a dict of its fields) are checked on them: see ForgetResult.passed and .gates.
     data and eval_data: a Dataset, (x, y), an .npz, an image folder or a torchvision-format folder/file
     (see data.dataset.as_dataset); preprocess (Preprocess, dict or .json/.toml path) applies to the images.
@@ -360,6 +364,8 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     gates = _as_gates(gates)
     if default_gates:
         gates = tool_gates(gates, target_forget_accuracy)
+    if feature_samples is None:
+        feature_samples = FEATURE_SAMPLES if eval_data is not None or reference is not None else 0
     job = _prepare_forget(model, data, forget, output, eval_data, reference, feature_samples, gates, labels,
                           preprocess, stats, method, run, allow_missing_classes)
     outcome = _edit(job, method, run)
@@ -493,9 +499,11 @@ def _collector(run: RunOptions):
 
 
 def _edit(job: _ForgetJob, method: MethodOptions, run: RunOptions):
-    """Stage 2: the method (method.pipeline.damp_edit), one progress bar per phase."""
+    """Stage 2: the method (method.pipeline.damp_edit), one progress bar per phase. The whole calibration
+    set's outputs are predicted only with eval data (the membership attack's members)."""
     return damp_edit(job.proto, job.scan.editable, job.calib, job.forget, job.retain, method, run,
-                     first_stats=job.merged, phases=Phases(run.quiet), collector=_collector(run))
+                     first_stats=job.merged, phases=Phases(run.quiet), collector=_collector(run),
+                     outputs=job.has_eval)
 
 
 def _stamp(job: _ForgetJob, outcome, method: MethodOptions) -> list[str]:
@@ -530,23 +538,32 @@ def _calib_samples(job: _ForgetJob, outcome) -> int:
 
 def _validate_edit(job: _ForgetJob, outcome, method: MethodOptions, run: RunOptions, feature_samples: int,
                    notes: list[str]) -> ForgetResult:
-    """Stage 4: accuracies before/after, per stage, and the verification metrics; the typed result."""
+    """Stage 4: accuracies before/after, per stage, and the verification metrics; the typed result.
+
+    Without eval data the validation data are the held-out calibration images (their outputs come from the
+    held-out check); statistics without data have none, and are refused earlier."""
     calib, evald, f, k = job.calib, job.evald, job.forget, job.num_classes
     device, input_name, output_name = run.device, run.input_name, run.output_name
     edited = outcome.model
     protos = {"model": edited, "original": job.proto,
               **({"reference": job.ref_proto} if job.ref_proto is not None else {})}
-    _, eval_retain = _check_classes(f, evald, k, "the evaluation data")
     member = calib if job.has_eval else None  # membership attack: calibration data are members
     known = {"model": outcome.calib_outputs, "original": outcome.original_outputs}  # on calib, from the passes
     known = {n: o for n, o in known.items() if o is not None}
-    reuse = {n for n in protos if evald is calib and n in known}  # the passes already predicted calib with them
+    eval_known: dict = {}
+    validated_on = "evaluation data"
+    if not job.has_eval:
+        evald, eval_known = subset(calib, outcome.heldout), outcome.heldout_outputs
+        validated_on = ("held-out calibration images (no --eval-data given)" if len(outcome.heldout) < len(calib)
+                        else "calibration data (no --eval-data given; too few images to hold any out)")
+    _, eval_retain = _check_classes(f, evald, k, "the evaluation data")
+    reuse = {n for n in protos if n in eval_known}  # the held-out check already predicted them
     staged = outcome.readout is not None and outcome.readout.applied
     work = (len(evald) * (len(protos) - len(reuse)) + (int(np.isin(evald.y, f).sum()) if staged else 0))
     phases = Phases(run.quiet)
     with phases("validation", work) as bar:
-        probs = {n: to_probabilities(known[n] if n in reuse else predict(p, evald, 256, device, input_name,
-                                                                          output_name, bar))
+        probs = {n: to_probabilities(eval_known[n] if n in reuse else predict(p, evald, 256, device, input_name,
+                                                                               output_name, bar))
                  for n, p in protos.items()}
         before = summarize(probs["original"].argmax(1), evald.y, f)
         after = summarize(probs["model"].argmax(1), evald.y, f)
@@ -563,7 +580,7 @@ def _validate_edit(job: _ForgetJob, outcome, method: MethodOptions, run: RunOpti
                      output_name=output_name, progress=bar)
     result = ForgetResult(edited, f, job.retain, outcome.passes,
                           total_relative_change(job.proto, edited, job.scan.editable), before, after,
-                          "evaluation data" if job.has_eval else "calibration data (no --eval-data given)",
+                          validated_on,
                           _calib_samples(job, outcome), method.feature_mode, job.sha, not_editable=job.scan.skipped,
                           verification=ver, reference_js=_reference_js(probs, evald.y, f),
                           token_layouts={n: lay.describe() for n, lay in outcome.first_stats.token_layouts.items()},
@@ -839,7 +856,7 @@ def _original_warnings(proto: onnx.ModelProto, original) -> list[str]:
 def evaluate(model: ModelLike, data, forget: Sequence[int] | None = None, original: ModelLike | None = None,
              reference: ModelLike | None = None, batch_size: int = 256, device: str = "cpu",
              input_name: str | None = None, output_name: str | None = None, quiet: bool = True,
-             train_data=None, feature_samples: int = 500, gates: "Gates | dict | None" = None,
+             train_data=None, feature_samples: int | None = None, gates: "Gates | dict | None" = None,
              labels: str | os.PathLike | None = None, preprocess=None, default_gates: bool = True) -> EvaluateResult:
     """Accuracy per class, forget/retain accuracy; agreement and KL against the original; JS to a reference;
     the verification metrics of docs/metrics.md (membership inference needs train_data, the training images
@@ -848,6 +865,7 @@ def evaluate(model: ModelLike, data, forget: Sequence[int] | None = None, origin
     with an original, mean retain drop at most 1 point and no retain class down more than 3)."""
     proto, src = _load(model)
     names = _class_names(proto, labels)
+    feature_samples = FEATURE_SAMPLES if feature_samples is None else feature_samples
     if not forget:  # the edited model records what it forgot
         forget = forgotten_before(proto)
         if not forget:

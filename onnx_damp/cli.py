@@ -140,9 +140,11 @@ _device = click.option("--device", type=click.Choice(["cpu", "cuda"]), default="
                        help="onnxruntime execution provider.")
 _input_name = click.option("--input-name", default=None, help="Model input to feed (models with several inputs).")
 _output_name = click.option("--output-name", default=None, help="Model output holding the logits (default: first).")
-_feature_samples = click.option("--feature-samples", default=500, show_default=True, type=int,
+_feature_samples = click.option("--feature-samples", default=None, type=int,
                                 help="Forget-class (and as many retain) test samples for the per-layer metrics "
-                                     "(CKA, residual separability, bias shift); 0 skips them.")
+                                     "(CKA, residual separability, bias shift), each run one at a time; 0 skips "
+                                     "them. Default: 500 with --eval-data, --reference or (evaluate) --original, "
+                                     "else 0.")
 
 
 class _Fraction(click.ParamType):

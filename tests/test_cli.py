@@ -68,7 +68,7 @@ def test_forget_writes_model_report_and_metadata(tmp_path, small_calib):
     r = invoke("forget", MODEL, "--data", small_calib, "--forget", 3, "-o", out, "--report", rep, "-q", "-v")
     assert r.exit_code == 0, r.output
     assert "Per-layer edit" in r.output and "forget accuracy" in r.output
-    assert "calibration data (no --eval-data given)" in r.output
+    assert "held-out calibration images (no --eval-data given)" in r.output
     report = json.loads(rep.read_text())
     assert report["forget_classes"] == [3] and report["after"]["forget_accuracy"] < report["before"]["forget_accuracy"]
     edited, original = onnx.load(str(out)), onnx.load(str(MODEL))

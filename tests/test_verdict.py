@@ -116,3 +116,22 @@ def test_progress_in_a_log_is_one_line_per_phase(small, capsys):
     assert phases[:2] == ["statistics", "held-out check"] and phases[-2:] == ["validation", "verification"]
     assert all(m.group(2) == m.group(3) for m in counts), lines
     assert int(counts[0].group(3)) == len(np.load(small)["y"]) * 4 // 5   # statistics: the fit part only
+
+
+def test_without_eval_data_it_validates_on_the_held_out_images_only(small, capsys):
+    """Issue 14/15: no --eval-data: the verdict and gates read the held-out calibration images (which built
+    nothing), from outputs the held-out check already has; no extra pass over the calibration data and no
+    per-layer features (they need test images), unless asked for."""
+    import onnx_damp
+    from onnx_damp.method.selection import split_holdout
+
+    y = np.load(small)["y"]
+    capsys.readouterr()
+    res = onnx_damp.forget(MODEL, small, [3], quiet=False)
+    phases = [line.split(":")[0] for line in capsys.readouterr().err.splitlines()]
+    assert res.validated_on.startswith("held-out calibration images")
+    assert res.before.samples == len(split_holdout(y)[1]) < len(y)
+    assert "calibration outputs" not in phases and "verification" not in phases, phases
+    assert res.verification.layers == [] and res.verification.mia_reason
+    asked = onnx_damp.forget(MODEL, small, [3], feature_samples=20)
+    assert asked.verification.layers                   # asked for: computed on the held-out images

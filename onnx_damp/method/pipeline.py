@@ -94,6 +94,7 @@ class EditOutcome:
     readout: ReadoutRecord | None = None
     heldout: np.ndarray | None = None             # indices of the held-out calibration images
     heldout_score: HeldOutScore | None = None     # the returned model on them
+    heldout_outputs: "dict[str, np.ndarray] | None" = None  # output rows there: "original" and "model" (returned)
     notes: list[str] = field(default_factory=list)
 
 
@@ -178,6 +179,7 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
         if outcome.readout.applied:
             outcome.model, rep_out = outcome.readout.model, outcome.readout.outputs
             outcome.heldout_score = outcome.readout.after
+    outcome.heldout_outputs = {"original": orig_held, "model": rep_out}
     if not outputs:
         return outcome
     fit_known = stats.outputs if first_stats is None else None

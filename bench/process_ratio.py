@@ -1,0 +1,97 @@
+"""End to end, as a user runs it: `onnx-damp forget MODEL --data CALIB.npz --forget C -o OUT -q` (no
+--eval-data, every other option at its default) against a plain script that loads the same .npz and runs one
+onnxruntime inference pass over it at the same batch size, both as fresh processes, side by side in one run
+(issue 14's target: at most 1.5x). A second, non-quiet run of forget gives the per-phase breakdown from its
+progress lines.
+
+  python bench/process_ratio.py --zoo-data /tmp/zoo            # samples and zoo models
+  python bench/process_ratio.py --models mnist vit_mnist       # a subset
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = {"mnist": 3, "fashion_mnist": 0, "vit_mnist": 7, "vit_fashion": 6, "resnet18_fashion": 0}
+ZOO = {"mnist_cntk_zoo8": 3, "mnist_burn": 3, "cifar10_mlperftiny_resnet8": 3, "cifar10_winml": 3}
+PLAIN = """
+import sys, numpy as np, onnxruntime as ort
+from onnx_damp.runtime.session import make_session, input_spec
+with np.load(sys.argv[2], allow_pickle=False) as z:
+    x = z["x"]
+sess = make_session(__import__("onnx").load(sys.argv[1]), "cpu")
+spec = input_spec(sess, None)
+b = int(sys.argv[3]) if spec.fixed_batch is None else spec.fixed_batch
+for i in range(0, len(x) - len(x) % b if spec.fixed_batch else len(x), b):
+    sess.run(None, {spec.name: x[i:i + b].astype(spec.dtype)})
+"""
+
+
+def timed(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    return time.perf_counter() - t0, r
+
+
+def paths(name: str, zoo_data: Path | None) -> tuple[Path, Path] | None:
+    if name in SAMPLES:
+        return ROOT / "samples" / name / "model.onnx", ROOT / "samples" / name / "calib.npz"
+    if zoo_data is None or not (zoo_data / name / "calib.npz").exists():
+        return None
+    return ROOT / "zoo" / "models" / name / "model.onnx", zoo_data / name / "calib.npz"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="*", default=list(SAMPLES) + list(ZOO))
+    ap.add_argument("--zoo-data", type=Path, default=None)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    rows = []
+    print("| model | calib images | plain pass (s) | forget -q (s) | ratio | phases (s) |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            found = paths(name, args.zoo_data)
+            if found is None:
+                print(f"| {name} | skipped: no data (--zoo-data) | | | | |")
+                continue
+            model, calib = found
+            out = Path(tmp) / f"{name}.onnx"
+            forget = [sys.executable, "-m", "onnx_damp.cli", "forget", str(model), "--data", str(calib), "--forget",
+                      str(SAMPLES.get(name, ZOO.get(name))), "-o", str(out), "--batch-size", str(args.batch_size)]
+            plain = [sys.executable, "-c", PLAIN, str(model), str(calib), str(args.batch_size)]
+            t_plain = min(timed(plain)[0] for _ in range(args.repeats))
+            t_forget = []
+            for _ in range(args.repeats):
+                t, r = timed(forget + ["-q"])
+                if r.returncode not in (0, 3):
+                    raise SystemExit(f"{name}: forget failed ({r.returncode}): {r.stderr[-400:]}")
+                t_forget.append(t)
+            _, r = timed(forget)
+            phases = {m.group(1): float(m.group(2)) for m in re.finditer(r"^([a-z ,\d-]+): \d+/\d+ in ([\d.]+)s$",
+                                                                          r.stderr, re.M)}
+            import numpy as np
+            with np.load(calib, allow_pickle=False) as z:
+                n = len(z["y"])
+            row = {"model": name, "calibration_images": n, "plain_s": t_plain, "forget_s": min(t_forget),
+                   "ratio": min(t_forget) / t_plain, "phases_s": phases}
+            rows.append(row)
+            ph = ", ".join(f"{k} {v:.1f}" for k, v in phases.items())
+            print(f"| {name} | {n} | {t_plain:.2f} | {min(t_forget):.2f} | {row['ratio']:.2f}x | {ph} |", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
+                                         "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
