@@ -558,7 +558,7 @@ def _validate_edit(job: _ForgetJob, outcome, method: MethodOptions, run: RunOpti
                         else "calibration data (no --eval-data given; too few images to hold any out)")
     _, eval_retain = _check_classes(f, evald, k, "the evaluation data")
     reuse = {n for n in protos if n in eval_known}  # the held-out check already predicted them
-    staged = outcome.readout is not None and outcome.readout.applied
+    staged = job.has_eval and outcome.readout is not None and outcome.readout.applied
     work = (len(evald) * (len(protos) - len(reuse)) + (int(np.isin(evald.y, f).sum()) if staged else 0))
     phases = Phases(run.quiet)
     with phases("validation", work) as bar:
@@ -567,7 +567,8 @@ def _validate_edit(job: _ForgetJob, outcome, method: MethodOptions, run: RunOpti
                  for n, p in protos.items()}
         before = summarize(probs["original"].argmax(1), evald.y, f)
         after = summarize(probs["model"].argmax(1), evald.y, f)
-        stages = _stage_accuracies(outcome, evald, f, after, device, input_name, output_name, bar)
+        stages = _stage_accuracies(outcome, evald, f, after, device, input_name, output_name, bar,
+                                   known=not job.has_eval)
     work = (len(member) * sum(n not in known for n in protos) if member is not None else 0) \
         + feature_runs(evald, f, eval_retain, feature_samples, True, job.ref_proto is not None)
     with phases("verification", work) as bar:
@@ -608,11 +609,15 @@ def _save(job: _ForgetJob, result: ForgetResult) -> None:
 
 
 def _stage_accuracies(outcome, evald: Dataset, f: list[int], after: AccuracySummary, device, input_name,
-                      output_name, bar=None) -> dict:
-    """Forget accuracy on the validation data after the representation edit alone and after the readout."""
+                      output_name, bar=None, known: bool = False) -> dict:
+    """Forget accuracy on the validation data after the representation edit alone and after the readout.
+
+    known: the validation data are the held-out images, where the readout record has the first already."""
     final = {"forget_accuracy": after.forget_accuracy}
     if outcome.readout is None or not outcome.readout.applied:
         return {"representation": final, "readout": None}
+    if known:
+        return {"representation": {"forget_accuracy": outcome.readout.before.forget_accuracy}, "readout": final}
     idx = np.flatnonzero(np.isin(evald.y, f))
     pred = predict(outcome.representation, evald, 256, device, input_name, output_name, bar, indices=idx).argmax(1)
     return {"representation": {"forget_accuracy": float(np.mean(pred == evald.y[idx])) if len(idx) else None},

@@ -20,8 +20,9 @@ class Progress:
         self.interactive = sys.stderr.isatty()
 
     def grow(self, n: int) -> None:
-        """More work than first planned (e.g. a further candidate edit to check): the bar's total grows."""
-        self.total += max(n, 0)
+        """More (n > 0) or less (n < 0) work than first planned, e.g. a further candidate edit to check, or
+        one that need not be: the bar's total follows (never below the work done)."""
+        self.total = max(self.total + n, self.done)
 
     def __call__(self, n: int) -> None:
         self.done += n

@@ -219,13 +219,15 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
             plans_by_extra[extra] = dm.plan(ops, stats, forget, retain, extra, extra_bar)
         plans = [dataclasses.replace(p, alpha=_scaled(p.alpha, scale)) for p in plans_by_extra[extra]]
         edited = _applied(model, plans)
-        if len(tried) >= len(cands):
-            bar.grow(len(held))
+        bar.grow(max(0, bar.done + len(held) - bar.total))  # a candidate beyond those planned
         out = predict(edited, held, 256, run["device"], run["input_name"], run["output_name"], bar)
         tried.append((name, plans, edited, score(out.argmax(1), held.y, forget, base), out))
 
     for c in cands:
         attempt(*c)
+        if tried[-1][3].within_guards() and tried[-1][3].forget_accuracy == 0:
+            bar.grow(bar.done - bar.total)  # the rest was planned and is not needed
+            break  # nothing later can be picked over it (pick: lowest forget accuracy, earlier wins ties)
     if use_candidates and not any(t[3].within_guards() for t in tried):
         for c in FALLBACK_CANDIDATES:
             attempt(*c)
