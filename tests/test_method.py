@@ -255,3 +255,16 @@ def test_each_phase_has_its_own_bar_sized_to_its_work(setup):
     assert rec.bars[0].total == len(fit) and rec.bars[2].total == len(fit)
     tried = len(out.passes[0].candidates)
     assert rec.bars[1].total == len(held) * (1 + tried)     # the original and every candidate tried
+
+
+def test_a_second_plan_reuses_layer_separabilities_exactly(setup):
+    """plan(..., like=) skips the d x d probe per layer; the plans are the same as computed afresh."""
+    model, _, calib, _ = setup
+    ops = scan_graph(model).editable
+    stats = collect(model, ops, calib, [0])
+    retain = list(range(1, CLASSES))
+    first = plan(ops, stats, [0], retain, True)
+    fresh, reused = plan(ops, stats, [0], retain, False), plan(ops, stats, [0], retain, False, like=first)
+    for a, b in zip(fresh, reused):
+        assert a.layer_separability == b.layer_separability and a.alpha == b.alpha
+        np.testing.assert_array_equal(a.q, b.q)

@@ -216,7 +216,8 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
 
     def attempt(name, extra, scale):
         if extra not in plans_by_extra:
-            plans_by_extra[extra] = dm.plan(ops, stats, forget, retain, extra, extra_bar)
+            like = next(iter(plans_by_extra.values()), None)  # same statistics: layer separabilities reused
+            plans_by_extra[extra] = dm.plan(ops, stats, forget, retain, extra, extra_bar, like)
         plans = [dataclasses.replace(p, alpha=_scaled(p.alpha, scale)) for p in plans_by_extra[extra]]
         edited = _applied(model, plans)
         bar.grow(max(0, bar.done + len(held) - bar.total))  # a candidate beyond those planned

@@ -48,11 +48,13 @@ class LayerPlan:
 
 
 def plan_layer(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Sequence[int],
-               extra_directions: bool = True, extra_bar: str = "energy") -> LayerPlan:
+               extra_directions: bool = True, extra_bar: str = "energy",
+               layer_sep: float | None = None) -> LayerPlan:
     """Compute Q and alpha for one layer from its per-class statistics.
 
     alpha is the separability of the Fisher probe restricted to span(Q): how well forget and retain
-    rows can be told apart using only the directions the edit removes.
+    rows can be told apart using only the directions the edit removes. layer_sep: the layer's whole-space
+    probe separability when already known (another plan from the same statistics): a d x d solve saved.
     """
     if st.wide:
         return _plan_wide(op, st, forget, retain)
@@ -63,7 +65,8 @@ def plan_layer(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Se
     mf, sf, _ = st.group_moments(forget)
     mr, sr, _ = st.group_moments(retain)
     cf, cr = sf - np.outer(mf, mf), sr - np.outer(mr, mr)
-    layer_sep = pj.probe_separability(pj.mahalanobis_separation(mf, cf, mr, cr))
+    if layer_sep is None:
+        layer_sep = pj.probe_separability(pj.mahalanobis_separation(mf, cf, mr, cr))
     share = pj.residual_share(residuals, mu_f)
     if q.shape[1] == 0:
         return LayerPlan(op, q, 0.0, 0.0, 0.0, layer_separability=layer_sep, residual_share=share,
@@ -108,8 +111,13 @@ def _plan_wide(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Se
 
 
 def plan(ops: list[EditableOp], stats: Statistics, forget: Sequence[int], retain: Sequence[int],
-         extra_directions: bool = True, extra_bar: str = "energy") -> list[LayerPlan]:
-    return [plan_layer(op, stats.layers[op.node_name], forget, retain, extra_directions, extra_bar) for op in ops]
+         extra_directions: bool = True, extra_bar: str = "energy",
+         like: "list[LayerPlan] | None" = None) -> list[LayerPlan]:
+    """One LayerPlan per operator. like: plans from the same statistics and classes, whose layer
+    separabilities are reused (they do not depend on the extra directions)."""
+    seps = [p.layer_separability for p in like] if like is not None else [None] * len(ops)
+    return [plan_layer(op, stats.layers[op.node_name], forget, retain, extra_directions, extra_bar, sep)
+            for op, sep in zip(ops, seps)]
 
 
 def apply(model: onnx.ModelProto, plans: list[LayerPlan]) -> None:
