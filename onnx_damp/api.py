@@ -336,7 +336,7 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
            preprocess=None, stats: "Sequence[str | os.PathLike | Statistics] | None" = None, ray: bool = False,
            ray_address: str | None = None, extra_bar: str = "energy", readout: bool = True,
            holdout: float = HOLDOUT_FRACTION, candidates: bool = True, allow_missing_classes: bool = False,
-           strict: bool = False, default_gates: bool = True) -> ForgetResult:
+           strict: bool = False, default_gates: bool = True, head_rows: bool = False) -> ForgetResult:
     """Make model forget the given classes with DAMP; validate; optionally write the edited model.
 
     The method's keywords are the fields of options.MethodOptions, the run's those of options.RunOptions
@@ -359,7 +359,7 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     False checks only the gates given.
     """
     method = MethodOptions(feature_mode, extra_directions, max_passes, target_forget_accuracy, readout, holdout,
-                           candidates, extra_bar).check()
+                           candidates, extra_bar, head_rows).check()
     run = RunOptions(batch_size, device, input_name, output_name, quiet, ray, ray_address).check()
     gates = _as_gates(gates)
     if default_gates:

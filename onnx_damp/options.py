@@ -25,6 +25,7 @@ class MethodOptions:
     holdout: float = 0.2                # share of each class's calibration images held out of the statistics
     candidates: bool = True             # choose among candidate plans on the held-out images
     extra_bar: str = "energy"           # the bar extra directions must reach (an ablation; no CLI option)
+    head_rows: bool = False             # the last operator's edit on the forget classes' rows only (an ablation that lost)
 
     def check(self) -> "MethodOptions":
         """Raise DampError on a value the method cannot use; returns self."""

@@ -268,3 +268,16 @@ def test_a_second_plan_reuses_layer_separabilities_exactly(setup):
     for a, b in zip(fresh, reused):
         assert a.layer_separability == b.layer_separability and a.alpha == b.alpha
         np.testing.assert_array_equal(a.q, b.q)
+
+
+def test_head_rows_ablation_edits_only_the_forget_rows_of_the_head(setup):
+    from onnx import numpy_helper
+
+    model, _, calib, _ = setup
+    ops = scan_graph(model).editable
+    out = damp_edit(model, ops, calib, [0], list(range(1, CLASSES)), MethodOptions(head_rows=True, readout=False))
+    before = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    after = {t.name: numpy_helper.to_array(t) for t in out.model.graph.initializer}
+    assert out.passes[0].plans[-1].rows == (0,)
+    np.testing.assert_array_equal(after["w2"][1:], before["w2"][1:])     # retain rows of the head untouched
+    assert not np.array_equal(after["w2"][0], before["w2"][0])

@@ -142,3 +142,16 @@ def test_variance_bar_compares_variances_and_never_admits_a_retain_heavier_direc
     assert variance.shape[1] == 2 and abs(abs(variance[2, 1]) - 1.0) < 1e-9
     with pytest.raises(ValueError, match="unknown extra-direction bar"):
         pj.extend_subspace(q, retain, s_f, s_r, bar="other")
+
+
+def test_edit_rows_changes_only_the_given_rows():
+    """The head variant: W (I - alpha Q Q^T) on the forget rows; the other rows exactly as they were."""
+    from onnx_damp.method.projection import edit_matrix, edit_rows
+
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(5, 6))
+    q, _ = np.linalg.qr(rng.normal(size=(6, 2)))
+    out = edit_rows(w, q, 0.7, [1, 3])
+    full = edit_matrix(w, q, 0.7)
+    np.testing.assert_array_equal(out[[0, 2, 4]], w[[0, 2, 4]])
+    np.testing.assert_allclose(out[[1, 3]], full[[1, 3]])

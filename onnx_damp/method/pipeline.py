@@ -24,6 +24,7 @@ from onnx_damp.method import plan as dm
 from onnx_damp.method import readout as ro
 from onnx_damp.data.dataset import Dataset, subset
 from onnx_damp.ops.base import EditableOp
+from onnx_damp.ops.registry import adapter
 from onnx_damp.runtime.predict import predict
 from onnx_damp.verify.metrics import per_class_accuracy
 from onnx_damp.method.selection import HeldOutScore, pick, score, split_holdout
@@ -147,9 +148,10 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
     with phases("held-out check", len(held) * (1 + n_cands)) as bar:
         orig_held = predict(proto, held, 256, device, input_name, output_name, bar)
         base = per_class_accuracy(orig_held.argmax(1), held.y)
+        rows = head_rows(ops[-1], forget, orig_held.shape[1]) if method.head_rows else None
         rep_model, best, rec, rep_out = _best_candidate(proto, ops, stats, held, forget, retain, base,
                                                         extra_directions, extra_bar, candidates, rk,
-                                                        target_forget_accuracy, bar)
+                                                        target_forget_accuracy, bar, rows)
     outcome.passes.append(rec)
     for k in range(2, max_passes + 1):
         if best.forget_accuracy <= target_forget_accuracy:
@@ -158,7 +160,7 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
             st = _collect(rep_model, ops, fit, forget, stats.token_layouts, progress=bar, **rk)
         with phases(f"held-out check, pass {k}", len(held) * n_cands) as bar:
             model, sc, r, out = _best_candidate(rep_model, ops, st, held, forget, retain, base, extra_directions,
-                                                extra_bar, candidates, rk, target_forget_accuracy, bar)
+                                                extra_bar, candidates, rk, target_forget_accuracy, bar, rows)
         # kept when the held-out images prefer it, or rate it as good (a tie within the guards: a further pass
         # removes more of the class from the features, which the held-out accuracy alone cannot see)
         better = pick([best, sc]) == 1 or (sc.within_guards() and sc.forget_accuracy <= best.forget_accuracy)
@@ -205,8 +207,19 @@ def _applied(model: onnx.ModelProto, plans: list[dm.LayerPlan]) -> onnx.ModelPro
     return edited
 
 
+def head_rows(head: EditableOp, forget: Sequence[int], n_outputs: int) -> "tuple[int, ...] | None":
+    """The forget classes as rows of the last operator's weight, when that operator is a Gemm/MatMul whose
+    outputs are the model's class scores (one per output column); else None (every row is edited).
+
+    The paper's W (I - alpha Q Q^T) on the head moves every class's logit by -alpha W_c Q Q^T x; on the
+    forget rows only, retain logits are left to what the earlier layers' edits do (docs/method.md)."""
+    if not adapter(head).chunkable or adapter(head).output_channels(head) != n_outputs:
+        return None
+    return tuple(int(c) for c in forget)
+
+
 def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directions, extra_bar, use_candidates,
-                    run, target, bar) -> tuple[onnx.ModelProto, HeldOutScore, PassRecord, np.ndarray]:
+                    run, target, bar, rows=None) -> tuple[onnx.ModelProto, HeldOutScore, PassRecord, np.ndarray]:
     """Plan every candidate from the same statistics, score each on the held-out images, keep one (and its
     output rows there). bar: the held-out check's progress, sized for the first candidates (it grows when
     weaker or stronger ones are tried)."""
@@ -218,7 +231,8 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
         if extra not in plans_by_extra:
             like = next(iter(plans_by_extra.values()), None)  # same statistics: layer separabilities reused
             plans_by_extra[extra] = dm.plan(ops, stats, forget, retain, extra, extra_bar, like)
-        plans = [dataclasses.replace(p, alpha=_scaled(p.alpha, scale)) for p in plans_by_extra[extra]]
+        plans = [dataclasses.replace(p, alpha=_scaled(p.alpha, scale), rows=rows if p.op is ops[-1] else None)
+                 for p in plans_by_extra[extra]]
         edited = _applied(model, plans)
         bar.grow(max(0, bar.done + len(held) - bar.total))  # a candidate beyond those planned
         out = predict(edited, held, 256, run["device"], run["input_name"], run["output_name"], bar)

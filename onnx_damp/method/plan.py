@@ -31,6 +31,7 @@ class LayerPlan:
     note: str = ""
     quant_error: float | None = None  # QDQ weight: ||W_requant - W_edited||_F / ||W_edited - W||_F
     clipped: int | None = None        # QDQ weight: requantised values clipped to the integer range
+    rows: tuple[int, ...] | None = None  # edit only these output rows (the head's forget classes); None: all
 
     @property
     def rank(self) -> int:
@@ -44,7 +45,8 @@ class LayerPlan:
                 "layer_separability": self.layer_separability, "residual_share": self.residual_share,
                 "alpha": self.alpha,
                 "relative_change": self.relative_change, "own_copy": self.own_copy, "note": self.note,
-                "scope": self.op.scope, "quant_error": self.quant_error, "clipped": self.clipped}
+                "scope": self.op.scope, "quant_error": self.quant_error, "clipped": self.clipped,
+                "rows": list(self.rows) if self.rows is not None else None}
 
 
 def plan_layer(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Sequence[int],
@@ -134,11 +136,11 @@ def apply(model: onnx.ModelProto, plans: list[LayerPlan]) -> None:
             continue
         ref = weight_ref(gi, p.op)  # an earlier pass may have given the node its own copy
         w = effective_weight(gi, ref)
-        if ref.dequant is None and _chunkable(p.op, w, p.q):
+        if ref.dequant is None and p.rows is None and _chunkable(p.op, w, p.q):
             new, change, norm = edit_weight_chunked(p.op, w, p.q, p.alpha)
         else:
             mat = w.astype(np.float64)
-            new = edit_weight(p.op, mat, p.q, p.alpha)
+            new = edit_weight(p.op, mat, p.q, p.alpha, p.rows)
             change, norm = float(np.linalg.norm(new - mat)), float(np.linalg.norm(mat))
             del mat
         p.relative_change = change / max(norm, 1e-300)
@@ -186,10 +188,14 @@ def edit_weight_chunked(op: EditableOp, w: np.ndarray, q: np.ndarray, alpha: flo
     return new, change ** 0.5, norm ** 0.5
 
 
-def edit_weight(op: EditableOp, w: np.ndarray, q: np.ndarray, alpha: float) -> np.ndarray:
-    """W (I - alpha Q Q^T) on op's input features, in the weight's own layout (float64).
+def edit_weight(op: EditableOp, w: np.ndarray, q: np.ndarray, alpha: float,
+                rows: "Sequence[int] | None" = None) -> np.ndarray:
+    """W (I - alpha Q Q^T) on op's input features, in the weight's own layout (float64); rows: only those
+    output rows (Gemm/MatMul: rows of the [outputs, inputs] matrix), the rest unchanged.
 
     The operator's adapter lays the weight out as input-feature matrices (per group for a grouped Conv, in
     the unfolded patch space for a patch-mode Q; see OpAdapter.map_inputs) and puts the result back.
     """
+    if rows is not None:
+        return adapter(op).map_inputs(op, w, q, lambda mat, qq: pj.edit_rows(mat, qq, alpha, rows))
     return adapter(op).map_inputs(op, w, q, lambda mat, qq: pj.edit_matrix(mat, qq, alpha))

@@ -84,6 +84,16 @@ def edit_matrix(w: np.ndarray, q: np.ndarray, alpha: float) -> np.ndarray:
     return w64 - alpha * (w64 @ q) @ q.T
 
 
+def edit_rows(w: np.ndarray, q: np.ndarray, alpha: float, rows) -> np.ndarray:
+    """edit_matrix on the given rows of W only (the other rows unchanged), in float64."""
+    w64 = np.asarray(w, dtype=np.float64).copy()
+    if q.shape[1] == 0 or alpha == 0.0:
+        return w64
+    idx = np.asarray(list(rows), dtype=np.int64)
+    w64[idx] = w64[idx] - alpha * (w64[idx] @ q) @ q.T
+    return w64
+
+
 def energy_ratio(v: np.ndarray, s_f: np.ndarray, s_r: np.ndarray) -> float:
     """Forget-to-retain mean energy along unit direction v: (v^T S_f v) / (v^T S_r v)."""
     return float((v @ s_f @ v) / max(v @ s_r @ v, 1e-300))
