@@ -457,7 +457,7 @@ def evaluate_cmd(model, data, forget_classes, labels, original, reference, train
     """Per-class, forget and retain accuracy of MODEL; agreement with --original; JS and CKA to --reference;
     membership inference with --train-data; gates for pipelines."""
     from onnx_damp.api import evaluate
-    from onnx_damp.report.tables import pct, per_class_table, reference_js_rows, table
+    from onnx_damp.report.tables import class_label, goals, pct, per_class_table, reference_js_rows, table
 
     res = evaluate(model, data, _class_list(forget_classes) or None, original, reference, batch_size, device, input_name,
                    output_name, quiet, train_data=train_data, feature_samples=feature_samples,
@@ -474,14 +474,19 @@ def evaluate_cmd(model, data, forget_classes, labels, original, reference, train
     if verbose:
         click.echo(per_class_table(s, res.original))
         click.echo()
-    rows = [["forget accuracy", pct(s.forget_accuracy)], ["retain accuracy (mean of classes)", pct(s.retain_accuracy)],
-            ["worst retain class", f"{s.worst_retain_class} ({pct(s.worst_retain_accuracy)})"]]
+    goal = goals(res.gates)
+    rows = [["forget accuracy", pct(s.forget_accuracy), goal["forget"]],
+            ["retain accuracy (mean of classes)", pct(s.retain_accuracy), "higher is better"],
+            ["worst retain class", f"{class_label(s.worst_retain_class, res.class_names)} "
+                                   f"({pct(s.worst_retain_accuracy)})", ""]]
     if res.original is not None:
-        rows += [["retain agreement with original", pct(res.retain_agreement)],
-                 ["retain KL(original || model)", f"{res.retain_kl:.4f}"]]
+        drop = res.original.retain_accuracy - s.retain_accuracy
+        rows += [["retain accuracy change vs original", f"{-100 * drop:+.2f} pts", goal["retain"]],
+                 ["retain agreement with original", pct(res.retain_agreement), "higher is better"],
+                 ["retain KL(original || model)", f"{res.retain_kl:.4f}", "lower is better"]]
     if res.reference_js is not None:
-        rows += reference_js_rows(res.reference_js)
-    click.echo(table(["metric", "value"], rows, title=f"Summary ({s.samples} samples)"))
+        rows += [r + ["lower is better"] for r in reference_js_rows(res.reference_js)]
+    click.echo(table(["metric", "value", "goal"], rows, title=f"Summary ({s.samples} samples)"))
     _echo_verification(res, verbose)
     for line in res.warnings:
         click.echo(f"warning: {line}", err=True)
