@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import tempfile
@@ -28,8 +29,13 @@ PROTO_LIMIT = 1_800_000_000  # protobuf cannot serialise a message of 2 GiB or m
 def tensor_nbytes(t: onnx.TensorProto) -> int:
     """Size of a tensor's values from its dims and type: reading raw_data would copy the bytes, and
     ByteSize() raises on a tensor above protobuf's 2 GiB limit."""
-    itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-    return int(np.prod(t.dims, dtype=np.int64)) * itemsize
+    itemsize = _ITEMSIZE.get(t.data_type)
+    if itemsize is None:
+        itemsize = _ITEMSIZE[t.data_type] = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    return math.prod(t.dims) * itemsize  # Python ints: no overflow, and fast for the few dims of a tensor
+
+
+_ITEMSIZE: dict[int, int] = {}  # ONNX data type -> bytes per element
 
 
 def _tensor_payload(t: onnx.TensorProto) -> int:
