@@ -248,13 +248,14 @@ def test_each_phase_has_its_own_bar_sized_to_its_work(setup):
     out = damp_edit(model, ops, calib, [0], list(range(1, CLASSES)), MethodOptions(max_passes=2,
                     target_forget_accuracy=-1.0), phases=rec)
     labels = [b.label for b in rec.bars]
-    assert labels == ["statistics", "held-out check", "statistics, pass 2", "held-out check, pass 2", "readout",
-                      "calibration outputs"], labels
+    assert labels == ["statistics", "planning", "held-out check", "statistics, pass 2", "planning, pass 2",
+                      "held-out check, pass 2", "readout", "calibration outputs"], labels
     assert all(b.done == b.total > 0 for b in rec.bars), [(b.label, b.done, b.total) for b in rec.bars]
     fit, held = split_holdout(calib.y)
-    assert rec.bars[0].total == len(fit) and rec.bars[2].total == len(fit)
+    assert rec.bars[0].total == len(fit) and rec.bars[3].total == len(fit)
+    assert rec.bars[1].total == len(ops)                    # one unit per layer planned
     tried = len(out.passes[0].candidates)
-    assert rec.bars[1].total == len(held) * (1 + tried)     # the original and every candidate tried
+    assert rec.bars[2].total == len(held) * (1 + tried)     # the original and every candidate tried
 
 
 def test_a_second_plan_reuses_layer_separabilities_exactly(setup):

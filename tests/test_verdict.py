@@ -113,7 +113,7 @@ def test_progress_in_a_log_is_one_line_per_phase(small, capsys):
     counts = [re.fullmatch(r"([a-z ,\d-]+): (\d+)/(\d+) in [\d.]+s", line) for line in lines]
     assert all(counts), lines
     phases = [m.group(1) for m in counts]
-    assert phases[:2] == ["statistics", "held-out check"] and phases[-2:] == ["validation", "verification"]
+    assert phases[:3] == ["statistics", "planning", "held-out check"] and phases[-2:] == ["validation", "verification"]
     assert all(m.group(2) == m.group(3) for m in counts), lines
     assert int(counts[0].group(3)) == len(np.load(small)["y"]) * 4 // 5   # statistics: the fit part only
 

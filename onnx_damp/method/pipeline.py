@@ -145,22 +145,27 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
             stats = _collect(proto, ops, fit, forget, None, progress=bar, **rk)
     outcome.first_stats = stats
     n_cands = len(CANDIDATES) if candidates else 1
+    first_extra = CANDIDATES[0][1] if candidates else extra_directions
+    with phases("planning", len(ops)) as bar:  # the first candidate's plan: the d x d solves (the others reuse)
+        plans = {first_extra: dm.plan(ops, stats, forget, retain, first_extra, extra_bar, progress=bar)}
     with phases("held-out check", len(held) * (1 + n_cands)) as bar:
         orig_held = predict(proto, held, 256, device, input_name, output_name, bar)
         base = per_class_accuracy(orig_held.argmax(1), held.y)
         rows = head_rows(ops[-1], forget, orig_held.shape[1]) if method.head_rows else None
         rep_model, best, rec, rep_out = _best_candidate(proto, ops, stats, held, forget, retain, base,
                                                         extra_directions, extra_bar, candidates, rk,
-                                                        target_forget_accuracy, bar, rows)
+                                                        target_forget_accuracy, bar, rows, plans)
     outcome.passes.append(rec)
     for k in range(2, max_passes + 1):
         if best.forget_accuracy <= target_forget_accuracy:
             break
         with phases(f"statistics, pass {k}", len(fit)) as bar:
             st = _collect(rep_model, ops, fit, forget, stats.token_layouts, progress=bar, **rk)
+        with phases(f"planning, pass {k}", len(ops)) as bar:
+            plans = {first_extra: dm.plan(ops, st, forget, retain, first_extra, extra_bar, progress=bar)}
         with phases(f"held-out check, pass {k}", len(held) * n_cands) as bar:
             model, sc, r, out = _best_candidate(rep_model, ops, st, held, forget, retain, base, extra_directions,
-                                                extra_bar, candidates, rk, target_forget_accuracy, bar, rows)
+                                                extra_bar, candidates, rk, target_forget_accuracy, bar, rows, plans)
         # kept when the held-out images prefer it, or rate it as good (a tie within the guards: a further pass
         # removes more of the class from the features, which the held-out accuracy alone cannot see)
         better = pick([best, sc]) == 1 or (sc.within_guards() and sc.forget_accuracy <= best.forget_accuracy)
@@ -219,13 +224,14 @@ def head_rows(head: EditableOp, forget: Sequence[int], n_outputs: int) -> "tuple
 
 
 def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directions, extra_bar, use_candidates,
-                    run, target, bar, rows=None) -> tuple[onnx.ModelProto, HeldOutScore, PassRecord, np.ndarray]:
+                    run, target, bar, rows=None, plans=None
+                    ) -> tuple[onnx.ModelProto, HeldOutScore, PassRecord, np.ndarray]:
     """Plan every candidate from the same statistics, score each on the held-out images, keep one (and its
     output rows there). bar: the held-out check's progress, sized for the first candidates (it grows when
-    weaker or stronger ones are tried)."""
+    weaker or stronger ones are tried); plans: plans already made, by their extra-directions flag."""
     cands = CANDIDATES if use_candidates else (("damp", extra_directions, 1.0),)
     tried: list[tuple[str, list, onnx.ModelProto, HeldOutScore, np.ndarray]] = []
-    plans_by_extra: dict[bool, list[dm.LayerPlan]] = {}
+    plans_by_extra: dict[bool, list[dm.LayerPlan]] = dict(plans or {})  # planned already (the planning phase)
 
     def attempt(name, extra, scale):
         if extra not in plans_by_extra:

@@ -114,12 +114,16 @@ def _plan_wide(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Se
 
 def plan(ops: list[EditableOp], stats: Statistics, forget: Sequence[int], retain: Sequence[int],
          extra_directions: bool = True, extra_bar: str = "energy",
-         like: "list[LayerPlan] | None" = None) -> list[LayerPlan]:
+         like: "list[LayerPlan] | None" = None, progress=None) -> list[LayerPlan]:
     """One LayerPlan per operator. like: plans from the same statistics and classes, whose layer
-    separabilities are reused (they do not depend on the extra directions)."""
+    separabilities are reused (they do not depend on the extra directions). progress(1) after each layer."""
     seps = [p.layer_separability for p in like] if like is not None else [None] * len(ops)
-    return [plan_layer(op, stats.layers[op.node_name], forget, retain, extra_directions, extra_bar, sep)
-            for op, sep in zip(ops, seps)]
+    out = []
+    for op, sep in zip(ops, seps):
+        out.append(plan_layer(op, stats.layers[op.node_name], forget, retain, extra_directions, extra_bar, sep))
+        if progress is not None:
+            progress(1)
+    return out
 
 
 def apply(model: onnx.ModelProto, plans: list[LayerPlan]) -> None:
