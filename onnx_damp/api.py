@@ -28,8 +28,6 @@ from onnx_damp.runtime.batching import free_batch_verdict
 from onnx_damp.runtime.tokens import token_probe_note
 from onnx_damp.runtime.predict import predict
 from onnx_damp.progress import Phases, Progress
-
-FEATURE_SAMPLES = 500  # images per side for the per-layer verification metrics (with eval data or a reference)
 from onnx_damp.options import MethodOptions, RunOptions
 from onnx_damp.stats.collector import collect as collect_stats
 from onnx_damp.stats.shards import merge
@@ -42,6 +40,7 @@ from onnx_damp.verify.measures import GATE_SPECS, GateResult, Gates, check_gates
 from onnx_damp.ops.weights import index_graph, read_weight
 
 ModelLike = "str | os.PathLike | onnx.ModelProto"
+FEATURE_SAMPLES = 500  # images per side for the per-layer verification metrics (with eval data or a reference)
 
 
 def _load(model) -> tuple[onnx.ModelProto, str | None]:
@@ -843,9 +842,14 @@ class EvaluateResult:
         return d
 
 
+def recorded_source(proto: onnx.ModelProto) -> str:
+    """The sha256 of the model an onnx-damp edit was made from, as the edit records it ('' when none)."""
+    return next((p.value for p in proto.metadata_props if p.key == "onnx_damp.source_sha256"), "")
+
+
 def _original_warnings(proto: onnx.ModelProto, original) -> list[str]:
     """A warning when --original is a file whose sha256 is not the source the edited model records."""
-    recorded = next((p.value for p in proto.metadata_props if p.key == "onnx_damp.source_sha256"), "")
+    recorded = recorded_source(proto)
     if not recorded or original is None or isinstance(original, onnx.ModelProto):
         return []
     try:
@@ -901,10 +905,9 @@ def evaluate(model: ModelLike, data, forget: Sequence[int] | None = None, origin
     work = ((n_models * len(train) if train is not None else 0)
             + feature_runs(ds, f, retain, feature_samples, "original" in protos, "reference" in protos))
     with phases("verification", work) as bar:
-        recorded = next((p.value for p in proto.metadata_props if p.key == "onnx_damp.source_sha256"), "")
         res = EvaluateResult(summarize(outs["model"].argmax(1), ds.y, f), class_names=names,
                              forget_confusion=forget_confusion({n: o.argmax(1) for n, o in outs.items()}, ds.y, f, k),
-                             warnings=warnings, model_path=src, source_sha256=recorded or None,
+                             warnings=warnings, model_path=src, source_sha256=recorded_source(proto) or None,
                              reference=(summarize(outs["reference"].argmax(1), ds.y, f) if "reference" in outs
                                         else None))
         fmask = np.isin(ds.y, f)

@@ -249,7 +249,8 @@ def _make_preprocess(path, **overrides):
 def _gates(max_forget_acc, max_retain_drop, max_class_drop, min_cka_gain, max_mia):
     from onnx_damp.verify.measures import Gates
 
-    return Gates(max_forget_acc, max_retain_drop, min_cka_gain, max_mia, max_class_drop)
+    return Gates(max_forget_acc=max_forget_acc, max_retain_drop=max_retain_drop, max_class_drop=max_class_drop,
+                 min_cka_gain=min_cka_gain, max_mia=max_mia)
 
 
 def _finish_gates(res) -> None:

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from onnx_damp.report import plots
 from onnx_damp.report.glossary import GLOSSARY
+from onnx_damp.report.tables import class_label
 
 MAX_BARS = 40          # per-class accuracy bars at most (forget classes + the retain classes that moved most)
 MAX_DESTINATIONS = 20  # predicted classes at most in the forget-sample confusion plot
@@ -110,9 +111,8 @@ class _View:
         return str(c)
 
     def label(self, c: int) -> str:
-        """'3' or '4 (Coat)': the index, and the name when it says more."""
-        n = self.name(c)
-        return str(c) if n == str(c) else f"{c} ({n})"
+        """'3' or '4 (Coat)': the index, and the name when it says more (as the terminal tables write it)."""
+        return class_label(c, self.names)
 
     @property
     def forget_label(self) -> str:

@@ -114,9 +114,10 @@ def token_probe_note(model: onnx.ModelProto, ops: list[EditableOp], input_name: 
     """Why token layouts could not be probed (a batch fixed at a size other than 1 with token-sequence
     operators), or None: without layouts their inputs are read row by row, not by the class token."""
     from onnx_damp.runtime.batching import fixed_batch_of
+    from onnx_damp.runtime.instrument import TOKEN_MODES  # instrument imports this module
 
     n = fixed_batch_of(model, input_name)
-    if feature_mode not in ("auto", "patch") or n in (None, 1):
+    if feature_mode not in TOKEN_MODES or n in (None, 1):
         return None
     cands = [op for op in ops if adapter(op).token_candidate(op)]
     if not cands:
