@@ -484,3 +484,35 @@ def test_scope_of_a_fused_operator_follows_its_weight_parameter(weight, scope):
     entry = node.metadata_props.add()
     entry.key, entry.value = "pkg.torch.onnx.name_scopes", "['', 'block', 'block.1', 'batch_norm']"
     assert node_scope(node, weight) == scope
+
+
+# ------------------------------------------------------------------------------------ 6. scikit-learn exports
+def sklearn_style_model(rng, d=6, classes=3):
+    """skl2onnx's layout: MatMul -> Add -> Softmax, then a label output (ArgMax) first and a ZipMap second."""
+    w = (3.0 * np.eye(d, classes) + 0.1 * rng.normal(size=(d, classes))).astype(np.float32)  # a fair classifier
+    b = 0.1 * rng.normal(size=classes).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="matmul"),
+             helper.make_node("Add", ["m", "b"], ["z"], name="bias"),
+             helper.make_node("Softmax", ["z"], ["probabilities"], name="softmax", axis=1),
+             helper.make_node("ArgMax", ["probabilities"], ["label"], name="argmax", axis=1, keepdims=0),
+             helper.make_node("ZipMap", ["probabilities"], ["output_probability"], name="zipmap",
+                              domain="ai.onnx.ml", classlabels_int64s=list(range(classes)))]
+    zip_type = helper.make_sequence_type_proto(helper.make_map_type_proto(
+        TensorProto.INT64, helper.make_tensor_type_proto(F32, None)))
+    outputs = [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+               helper.make_value_info("output_probability", zip_type)]
+    return make_model(nodes, [helper.make_tensor_value_info("x", F32, ["N", d])], outputs,
+                      {"w": w, "b": b}, domains={"ai.onnx.ml": 1})
+
+
+def test_sklearn_label_and_zipmap_outputs_are_passed_over_for_the_probabilities(rng):
+    model = sklearn_style_model(rng)
+    y = np.arange(150) % 3
+    x = (rng.normal(size=(150, 6)) + 2.0 * np.eye(3, 6)[y]).astype(np.float32)
+    result = onnx_damp.forget(model, (x, y), [1])
+    assert [o.SerializeToString() for o in result.model.graph.output] == \
+        [o.SerializeToString() for o in model.graph.output]  # the written model keeps its outputs
+    assert same_nodes(result.model, model)
+    before, labels = run(model, x), run(result.model, x)
+    assert np.mean(before[y == 1] == 1) > 0.8 and np.mean(labels[y == 1] == 1) < 0.1
+    assert np.mean(labels[y != 1] == y[y != 1]) > np.mean(before[y != 1] == y[y != 1]) - 0.1

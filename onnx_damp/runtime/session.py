@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 import onnx
@@ -98,6 +98,7 @@ def make_session(model: onnx.ModelProto, device: str = "cpu", basic_optimization
     if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
         raise DampError("--device cuda: this onnxruntime has no CUDA execution provider (install "
                         "onnx-damp[gpu], which brings onnxruntime-gpu, and uninstall the CPU-only onnxruntime)")
+    model = expose_zipmap_inputs(model)
     try:
         if serialise_whole(model):
             sess = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
@@ -151,10 +152,39 @@ def input_spec(sess, input_name: str | None = None) -> InputSpec:
     return InputSpec(inp.name, shape, np.dtype(dtype))
 
 
-def output_name(sess, name: str | None = None) -> str:
-    outs = [o.name for o in sess.get_outputs()]
+def expose_zipmap_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """model, or a copy whose graph also outputs the tensor each output ZipMap reads (the tool's sessions only).
+
+    scikit-learn exports (skl2onnx) end in ZipMap: a sequence of maps onnxruntime returns as Python dicts.
+    Its input is the [batch, classes] probability tensor the tool needs; the written model is never touched.
+    """
+    outs = {o.name for o in model.graph.output}
+    extra = [n.input[0] for n in model.graph.node if n.op_type == "ZipMap" and n.output[0] in outs
+             and n.input[0] not in outs]
+    if not extra:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # ZipMap comes from scikit-learn converters: small models
+    for name in dict.fromkeys(extra):
+        copy.graph.output.add().name = name  # no type: onnxruntime takes it from the graph
+    return copy
+
+
+_FLOAT_OUTPUTS = ("tensor(float)", "tensor(double)", "tensor(float16)")
+
+
+def output_name(sess, name: str | None = None, skip: Collection[str] = ()) -> str:
+    """The output read as logits or probabilities: name, else the first float [batch, classes] output.
+
+    A first output that is a label (int64 [batch]) or a ZipMap is passed over, as scikit-learn and Keras
+    exports put one first; with no such output the first one is returned (and its shape error names it).
+    skip: outputs the tool added (its statistics taps), never picked.
+    """
+    outs = [o.name for o in sess.get_outputs() if o.name not in skip]
     if name is None:
-        return outs[0]
+        rows = [o.name for o in sess.get_outputs() if o.name not in skip
+                and o.type in _FLOAT_OUTPUTS and len(o.shape or ()) == 2]
+        return rows[0] if rows else outs[0]
     if name not in outs:
         raise DampError(f"model has no output {name!r}; outputs: {outs}")
     return name

@@ -98,8 +98,8 @@ def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size
     spec = input_spec(sess, input_name)
     x = data.x.astype(spec.dtype, copy=False)
     unique = {t.key: t for t in taps.values()}
-    out_name = output_name(sess, output) if outputs else None
     fetch = [name for t in unique.values() for name in (t.sum_name, t.gram_name, t.shape_name, t.shift_name) if name]
+    out_name = output_name(sess, output, skip=set(fetch)) if outputs else None
     fetch += [out_name] if out_name else []
     kept: np.ndarray | None = None
     per_tap = {key: LayerStats(t.feature_dim) for key, t in unique.items()}

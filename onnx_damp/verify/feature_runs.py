@@ -88,8 +88,8 @@ def extract(model: onnx.ModelProto, ops: Sequence[EditableOp], data: Dataset, in
     sess = make_session(inst, device, basic_optimizations=True)
     spec = input_spec(sess, input_name)
     x = check_against_input(data, spec.shape, spec.dtype, spec.name)
-    out_name = output_name(sess, output)
     unique = list(dict.fromkeys(names))
+    out_name = output_name(sess, output, skip=set(unique))
     fetch = unique + [out_name]
     reps = spec.fixed_batch or 1
     cols: dict[str, list] = {n: [] for n in unique}
