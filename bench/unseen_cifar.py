@@ -85,7 +85,7 @@ def build_torch(name, out, tar, epochs):
         x = u8.astype(np.float32) / 255.0
         return np.ascontiguousarray(x if keras else ((x - MEAN) / STD).transpose(0, 3, 1, 2))
 
-    # training always runs NCHW-normalised-free tensors in the model's own layout
+    # trained on exactly what the exported model reads: its own layout and scaling
     Xtr, Xte = torch.from_numpy(prep(xtr)), torch.from_numpy(prep(xte))
     Ytr = torch.from_numpy(ytr)
     opt = torch.optim.Adam(net.parameters(), 2e-3)

@@ -170,7 +170,7 @@ def expose_zipmap_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-_FLOAT_OUTPUTS = ("tensor(float)", "tensor(double)", "tensor(float16)")
+_FLOAT_OUTPUTS = frozenset(k for k, v in _ORT_TYPES.items() if np.issubdtype(v, np.floating))
 
 
 def output_name(sess, name: str | None = None, skip: Collection[str] = ()) -> str:
