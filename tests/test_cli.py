@@ -225,6 +225,14 @@ def test_help_imports_nothing_heavy():
     assert set(loaded) <= {"onnx_damp", "onnx_damp.cli", "onnx_damp.errors", "onnx_damp.options"}, loaded
 
 
+def test_the_api_import_leaves_out_scipy_stats():
+    """scipy.stats takes about 3 s to import on these machines, more than a small model's whole edit."""
+    import subprocess
+    import sys
+    code = "import sys, onnx_damp.api, onnx_damp.method.pipeline\nprint('scipy.stats' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
 def test_options_are_one_source_of_defaults_for_the_api_and_the_cli():
     """MethodOptions / RunOptions fields: forget's keyword defaults and the CLI's defaults are theirs."""
     import inspect

@@ -90,6 +90,18 @@ def test_readout_shift_formula():
     assert ro.readout_shift(np.array([[-3.0]]), np.array([[-2.0]]))[0] == 0.0  # already below: no shift
 
 
+def test_readout_tail_term_covers_unseen_forget_images_beyond_the_held_out_max():
+    assert ro.tolerance_factor(60, 0.01) == pytest.approx(2.80, abs=0.01)  # tables: n=60, 99% coverage, 95%
+    assert ro.tolerance_factor(10 ** 6, 0.01) == pytest.approx(2.326, abs=0.01)  # tends to the normal quantile
+    assert ro.tolerance_factor(60, 0.0) == float("inf")
+    rng = np.random.default_rng(0)
+    m_f, m_r = rng.normal(-1.5, 1.0, (60, 1)), rng.normal(-0.5, 1.0, (200, 1))  # gap < 0: the tail decides
+    t = ro.readout_shift(m_f, m_r, 0.01)[0]
+    assert t > ro.readout_shift(m_f, m_r)[0] == pytest.approx(m_f.max())
+    unseen = rng.normal(-1.5, 1.0, 100_000)
+    assert np.mean(unseen > m_f.max()) > 0.02 and np.mean(unseen > t) < 0.005  # this draw: the max leaves 2.5%
+
+
 def test_log_scores_treat_logits_and_probabilities_alike():
     logits = np.array([[2.0, 0.0, -1.0]])
     probs = np.exp(logits) / np.exp(logits).sum()
@@ -111,6 +123,26 @@ def test_readout_keeps_retain_logits_on_retain_prototypes_and_removes_the_class(
     # the representation edit alone (the paper's form) is a different, weaker model
     rep = run(out.representation, test.x).argmax(1)
     assert np.mean(rep[test.y == 0] == 0) >= np.mean(pred[test.y == 0] == 0)
+
+
+def test_readout_widens_the_shift_until_no_held_out_forget_image_reads_as_the_class():
+    """The shift is doubled while a held-out forget image keeps its class (not only until the target is met)."""
+    from onnx_damp.method.pipeline import _widened
+    from onnx_damp.ops.weights import BiasRef
+
+    model = make_model([helper.make_node("Gemm", ["x", "w", "b"], ["y"])],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+                       {"w": np.eye(3, dtype=np.float32), "b": np.zeros(3, np.float32)})
+    x = np.array([[2, 0, 0]] * 98 + [[4, 0, 0], [0.5, 0, 0], [0, 2, 0], [0, 0, 2]], np.float32)  # margins 2, 4, 0.5
+    y = np.array([0] * 100 + [1, 2])
+    held, ref = Dataset(x, y), BiasRef("b", 1.0, 3)
+    base = {0: 1.0, 1: 1.0, 2: 1.0}
+    _, _, sc, shift = _widened(model, ref, [0], np.array([2.5]), held, base, "cpu", None, None)
+    assert sc.forget_accuracy == 0.0 and shift[0] == pytest.approx(5.0)  # 2.5 leaves 1% (the 4.0): doubled once
+    assert sc.worst[1] == 0.0
+    _, _, sc, shift = _widened(model, ref, [0], np.array([2.5]), held, base, "cpu", None, None, tries=1)
+    assert sc.forget_accuracy == pytest.approx(0.01) and shift[0] == 2.5
 
 
 def test_readout_off_returns_the_representation_edit(setup):
