@@ -102,6 +102,22 @@ def test_readout_tail_term_covers_unseen_forget_images_beyond_the_held_out_max()
     assert np.mean(unseen > m_f.max()) > 0.02 and np.mean(unseen > t) < 0.005  # this draw: the max leaves 2.5%
 
 
+def test_class_shifts_read_each_forget_class_from_its_own_images():
+    rng = np.random.default_rng(1)
+    own = rng.normal(0.0, 1.0, 60)       # class 1's images on channel 1
+    other = rng.normal(-6.0, 3.0, 60)    # class 2's images on channel 1: never counted as 1
+    m = np.zeros((220, 2))
+    m[:60, 0], m[60:120, 0] = own, other
+    m[:120, 1] = rng.normal(0.0, 1.0, 120)
+    m[120:] = -10.0                      # retain images
+    y = np.array([1] * 60 + [2] * 60 + [0] * 100)
+    t = ro.class_shifts(m, y, [1, 2], 0.01)
+    assert t[0] == pytest.approx(ro.readout_shift(own[:, None], m[120:, [0]], 0.01)[0])
+    assert t[0] > ro.readout_shift(m[:120, [0]], m[120:, [0]], 0.01)[0]  # mixed in, class 2 would lower it
+    absent = ro.class_shifts(m[60:], y[60:], [1, 2], 0.01)  # no image of class 1: every forget image decides
+    assert absent[0] == pytest.approx(ro.readout_shift(m[60:120, [0]], m[120:, [0]], 0.01)[0])
+
+
 def test_log_scores_treat_logits_and_probabilities_alike():
     logits = np.array([[2.0, 0.0, -1.0]])
     probs = np.exp(logits) / np.exp(logits).sum()

@@ -289,7 +289,7 @@ def _readout(model: onnx.ModelProto, out: np.ndarray, head: EditableOp, held: Da
     if not fmask.any():
         return ReadoutRecord(False, "no held-out forget images", head.node_name, ref.name, before=before)
     m = ro.forget_margins(ro.log_scores(out), forget, retain)
-    t = ro.readout_shift(m[fmask], m[~fmask], target)
+    t = ro.class_shifts(m, held.y, forget, target)
     fidx = np.flatnonzero(fmask)
     probe = _shifted(model, ref, forget, np.full(len(forget), PROBE_SHIFT))
     m_probe = ro.forget_margins(ro.log_scores(predict(probe, held, 256, device, input_name, output_name, bar,
