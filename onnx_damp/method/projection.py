@@ -127,6 +127,15 @@ def extend_subspace(q: np.ndarray, retain_means: np.ndarray, s_f: np.ndarray, s_
     q^T C_f q / q^T C_r q), i.e. the residual directions' variance ratio without the forget mean's
     square; every class mean is 0 along the complement, so lam there is a variance ratio too.
     """
+    d = q.shape[0]
+    base = orthonormal_basis(np.hstack([retain_means, q]))
+    if base.shape[1] >= d:
+        return q
+    u, _, _ = np.linalg.svd(base, full_matrices=True)
+    comp = u[:, base.shape[1]:]
+    a = comp.T @ s_f @ comp
+    c = comp.T @ s_r @ comp
+    lam, vecs = generalized_eigh(a, c, ridge)
     if bar == "variance":
         if c_f is None or c_r is None:
             raise ValueError("the variance bar needs the covariances c_f and c_r")
@@ -135,53 +144,7 @@ def extend_subspace(q: np.ndarray, retain_means: np.ndarray, s_f: np.ndarray, s_
         lam0 = min(energy_ratio(q[:, i], s_f, s_r) for i in range(q.shape[1]))
     else:
         raise ValueError(f"unknown extra-direction bar {bar!r}")
-    base = orthonormal_basis(np.hstack([retain_means, q]))
-    if base.shape[1] >= q.shape[0]:
-        return q
-    try:
-        chosen = complement_directions(base, s_f, s_r, lam0, ridge)
-    except np.linalg.LinAlgError:  # the factorisation failed (a degenerate S_r): the complement-basis solve
-        chosen = complement_directions_reference(base, s_f, s_r, lam0, ridge)
+    chosen = vecs[:, lam >= lam0]
     if chosen.shape[1] == 0:
         return q
-    return np.hstack([q, orthonormal_basis(chosen)])
-
-
-def complement_directions(base: np.ndarray, s_f: np.ndarray, s_r: np.ndarray, lam0: float,
-                          ridge: float = 1e-6) -> np.ndarray:
-    """Directions v orthogonal to span(base) with P S_f P v = lam (P S_r P + eps I) v and lam >= lam0.
-
-    The same eigenpairs as complement_directions_reference without forming a basis of the complement:
-    with P = I - B B^T, span(B) gets eigenvalue 0 (P S_f P vanishes there) and the complement gets the
-    regularised problem, eps = ridge * trace(P S_r P) / (d - k). One generalized symmetric solve that
-    computes only the eigenvectors above lam0 (a handful): about 4x faster at d = 2,400.
-    """
-    from scipy.linalg import eigh
-
-    d, k = base.shape
-    a, c = _project_out(s_f, base), _project_out(s_r, base)
-    c[np.diag_indices(d)] += ridge * max(float(np.trace(c)) / (d - k), 1e-300)
-    if lam0 <= 0:  # every positive eigenvalue qualifies: the complement's directions, not span(base)'s zeros
-        lam0 = np.finfo(float).tiny
-    try:
-        lam, vecs = eigh(a, c, subset_by_value=(np.nextafter(lam0, -np.inf), np.inf), driver="gvx")
-    except ValueError as exc:  # scipy reports a factorisation failure as LinAlgError, bad input as ValueError
-        raise np.linalg.LinAlgError(str(exc)) from exc
-    vecs = vecs[:, lam >= lam0]
-    return vecs - base @ (base.T @ vecs)  # exactly in the complement (rounding leaves ~1e-9 of span(base))
-
-
-def _project_out(s: np.ndarray, base: np.ndarray) -> np.ndarray:
-    """P S P (symmetrised) for P = I - B B^T, in O(d^2 k)."""
-    sb = s @ base
-    out = s - base @ sb.T - sb @ base.T + base @ (base.T @ sb) @ base.T
-    return 0.5 * (out + out.T)
-
-
-def complement_directions_reference(base: np.ndarray, s_f: np.ndarray, s_r: np.ndarray, lam0: float,
-                                    ridge: float = 1e-6) -> np.ndarray:
-    """complement_directions through an explicit basis of the complement (two d x d eigen-solves)."""
-    u, _, _ = np.linalg.svd(base, full_matrices=True)
-    comp = u[:, base.shape[1]:]
-    lam, vecs = generalized_eigh(comp.T @ s_f @ comp, comp.T @ s_r @ comp, ridge)
-    return comp @ vecs[:, lam >= lam0]
+    return np.hstack([q, orthonormal_basis(comp @ chosen)])
