@@ -66,9 +66,6 @@ def margins(name: str, zoo_data: Path, holdout: float = 0.2) -> list[dict]:
 
 
 def rules(target: float) -> dict:
-    def gap(h, r):
-        return h.mean() - r.mean()
-
     def tail(h):
         return h.mean() + ro.tolerance_factor(len(h), target) * h.std(ddof=1)
 

@@ -18,9 +18,10 @@ i.e. class c then scores on its own images as it scores on images of other class
 held-out forget image lose class c. The max of n held-out margins leaves, in expectation, 1/(n+1) of unseen
 forget images above it (60 held-out images: 1.6%, and a 45% chance of more than 1%), so the third term is a
 one-sided normal tolerance bound: k (tolerance_factor) is chosen so that, were the margins normal, a share of
-at most the target forget accuracy lies above it with 95% confidence. Lowering one output channel never changes the prediction of a sample
-that was not predicted as that channel, so retain accuracy cannot fall (it rises where a retain image was
-misread as the forget class). No free parameter.
+at most the target forget accuracy lies above it with 95% confidence (the conventional level). Lowering one
+output channel never changes the prediction of a sample that was not predicted as that channel, so retain
+accuracy cannot fall (it rises where a retain image was misread as the forget class). No free parameter
+beyond the target the tool is asked to meet.
 """
 from __future__ import annotations
 
