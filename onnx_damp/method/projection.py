@@ -99,18 +99,64 @@ def energy_ratio(v: np.ndarray, s_f: np.ndarray, s_r: np.ndarray) -> float:
     return float((v @ s_f @ v) / max(v @ s_r @ v, 1e-300))
 
 
-def generalized_eigh(a: np.ndarray, c: np.ndarray, ridge: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+def generalized_eigh(a: np.ndarray, c: np.ndarray, ridge: float = 1e-6, lam_min: float | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Solve a v = lam c v for symmetric a and symmetric positive semi-definite c (numpy only).
 
     c is regularised as c + ridge * trace(c)/d * I, after clamping its eigenvalues at 0: rounding (float32
-    in-graph Grams) or rank deficiency (few rows) can leave it slightly indefinite. Whitening by c^(-1/2)
-    turns the problem into an ordinary symmetric one; eigenvectors are c-orthonormal, as scipy's are.
+    in-graph Grams) or rank deficiency (few rows) can leave it slightly indefinite. Whitening by
+    W = V diag(w)^(-1/2) (W^T c W = I) turns the problem into an ordinary symmetric one, W^T a W u = lam u,
+    and v = W u; eigenvectors are c-orthonormal, as scipy's are. lam_min: return only the eigenvectors with
+    lam >= lam_min (every eigenvalue is still returned first, and the vectors' columns match lam[lam >= lam_min]).
     """
     w, v = np.linalg.eigh(0.5 * (c + c.T))
     w = np.maximum(w, 0.0) + ridge * max(float(np.mean(w)), 1e-300)
-    inv_sqrt = (v / np.sqrt(w)) @ v.T
-    lam, u = np.linalg.eigh(inv_sqrt @ (0.5 * (a + a.T)) @ inv_sqrt)
-    return lam, inv_sqrt @ u
+    whiten = v / np.sqrt(w)
+    lam, u = np.linalg.eigh(whiten.T @ (0.5 * (a + a.T)) @ whiten)
+    if lam_min is not None:
+        u = u[:, lam >= lam_min]
+    return lam, whiten @ u
+
+
+def householder_complement(base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Compact form Q = I - V T V^T of the orthogonal matrix whose first k columns span base (d, k, full
+    column rank) and whose other d - k columns are an orthonormal basis of the complement.
+
+    From numpy's Householder QR (LAPACK geqrf, O(d k^2)) and LAPACK larft's recurrence for T, so that Q^T M Q
+    costs O(d^2 k) (complement_moments) where an explicit complement basis costs two d x d x d products.
+    """
+    h, tau = np.linalg.qr(base, mode="raw")
+    k = base.shape[1]
+    vv = np.tril(h.T, -1)[:, :k]
+    vv[np.arange(k), np.arange(k)] = 1.0
+    t = np.zeros((k, k))
+    for i in range(k):
+        t[:i, i] = -tau[i] * (t[:i, :i] @ (vv[:, :i].T @ vv[:, i]))
+        t[i, i] = tau[i]
+    return vv, t
+
+
+def complement_moments(vv: np.ndarray, t: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """comp^T m comp, comp the last d - k columns of Q = I - V T V^T (householder_complement), for symmetric m.
+
+    Q^T m Q = m - V T^T (V^T m) - (m V) T V^T + V T^T (V^T m V) T V^T, in O(d^2 k); the trailing block is kept.
+    """
+    k = vv.shape[1]
+    mv = m @ vv
+    vmv = vv.T @ mv
+    left = mv @ t                       # m V T
+    full_k = vv[k:]                     # rows of V (and of Q's identity part) for the complement coordinates
+    # rows/columns k: of Q^T m Q without forming it: (m - V T^T V^T m - m V T V^T + V T^T V^T m V T V^T)[k:, k:]
+    inner = t.T @ vmv @ t
+    return (m[k:, k:] - full_k @ left[k:].T - left[k:] @ full_k.T + full_k @ inner @ full_k.T)
+
+
+def from_complement(vv: np.ndarray, t: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """comp @ x for comp the complement columns of Q = I - V T V^T: Q @ [0; x], in O(d k m)."""
+    k = vv.shape[1]
+    full = np.zeros((vv.shape[0], x.shape[1]))
+    full[k:] = x
+    return full - vv @ (t @ (vv.T @ full))
 
 
 def extend_subspace(q: np.ndarray, retain_means: np.ndarray, s_f: np.ndarray, s_r: np.ndarray,
@@ -126,16 +172,10 @@ def extend_subspace(q: np.ndarray, retain_means: np.ndarray, s_f: np.ndarray, s_
     bar "variance" (an ablation, needs the covariances c_f, c_r): lam_0 = max(1, the smallest ratio
     q^T C_f q / q^T C_r q), i.e. the residual directions' variance ratio without the forget mean's
     square; every class mean is 0 along the complement, so lam there is a variance ratio too.
+    The complement basis is the Householder one (householder_complement): the chosen span does not depend
+    on which orthonormal complement basis is used, and this one costs O(d^2 k) instead of O(d^3).
     """
     d = q.shape[0]
-    base = orthonormal_basis(np.hstack([retain_means, q]))
-    if base.shape[1] >= d:
-        return q
-    u, _, _ = np.linalg.svd(base, full_matrices=True)
-    comp = u[:, base.shape[1]:]
-    a = comp.T @ s_f @ comp
-    c = comp.T @ s_r @ comp
-    lam, vecs = generalized_eigh(a, c, ridge)
     if bar == "variance":
         if c_f is None or c_r is None:
             raise ValueError("the variance bar needs the covariances c_f and c_r")
@@ -144,7 +184,13 @@ def extend_subspace(q: np.ndarray, retain_means: np.ndarray, s_f: np.ndarray, s_
         lam0 = min(energy_ratio(q[:, i], s_f, s_r) for i in range(q.shape[1]))
     else:
         raise ValueError(f"unknown extra-direction bar {bar!r}")
-    chosen = vecs[:, lam >= lam0]
+    base = orthonormal_basis(np.hstack([retain_means, q]))
+    if base.shape[1] >= d:
+        return q
+    vv, t = householder_complement(base)
+    a = complement_moments(vv, t, s_f)
+    c = complement_moments(vv, t, s_r)
+    _, chosen = generalized_eigh(a, c, ridge, lam_min=lam0)
     if chosen.shape[1] == 0:
         return q
-    return np.hstack([q, orthonormal_basis(comp @ chosen)])
+    return np.hstack([q, orthonormal_basis(from_complement(vv, t, chosen))])

@@ -9,7 +9,7 @@ import onnx
 from onnx_damp.data.dataset import Dataset, class_batches, prefetch
 from onnx_damp.ops.base import EditableOp
 from onnx_damp.runtime.batching import batch_free_model
-from onnx_damp.runtime.instrument import TOKEN_MODES, instrument, restore_shift
+from onnx_damp.runtime.instrument import TOKEN_MODES, instrument, shift_terms
 from onnx_damp.runtime.tokens import TokenLayout, probe_token_layouts
 from onnx_damp.runtime.predict import output_rows
 from onnx_damp.runtime.session import input_spec, make_session, output_name, run_checked
@@ -106,7 +106,11 @@ def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size
     keep = None if gram_classes is None else set(int(c) for c in gram_classes)
     samples: dict[int, int] = {}
     batches = class_batches(data.y, batch_size, fixed_batch=spec.fixed_batch)
+    pending = _ShiftCorrections()
     for (c, idx, real), xb in prefetch(batches, lambda b: x[b[1]]):
+        if c != pending.cls:  # batches come class by class: the previous class's Grams are complete
+            pending.flush(per_tap, keep)
+            pending.cls = c
         got = dict(zip(fetch, run_checked(sess, fetch, {spec.name: xb})))
         if out_name:
             rows = output_rows(got[out_name], out_name, len(idx))
@@ -119,12 +123,37 @@ def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size
             if t.gram_name is None:
                 per_tap[key].add(c, got[t.sum_name], None, n, False)
                 continue
-            s, gram = restore_shift(got[t.sum_name], got[t.gram_name], n, got.get(t.shift_name))
+            s, gram = got[t.sum_name], got[t.gram_name]
+            if t.shift_name is not None:
+                s, m, u = shift_terms(s, n, got[t.shift_name])
+                pending.add(key, m, u)
             per_tap[key].add(c, s, gram, n, keep is None or c in keep)
         samples[c] = samples.get(c, 0) + real
         if progress:
             progress(real)
+    pending.flush(per_tap, keep)
     if keep is None:
         for st in per_tap.values():
             st.canonical_total()
     return per_tap, samples, kept
+
+
+class _ShiftCorrections:
+    """The shift terms m_b, u_b of one class's batches per tap; flush adds sum_b (m_b u_b^T + u_b m_b^T) to the
+    class's Gram (and the total), so float32 reductions cost one product per class on the host."""
+
+    def __init__(self) -> None:
+        self.cls: int | None = None
+        self.terms: dict[str, tuple[list, list]] = {}
+
+    def add(self, key: str, m: np.ndarray, u: np.ndarray) -> None:
+        ms, us = self.terms.setdefault(key, ([], []))
+        ms.append(m)
+        us.append(u)
+
+    def flush(self, per_tap: dict, keep: set | None) -> None:
+        for key, (ms, us) in self.terms.items():
+            corr = np.stack(ms, axis=1) @ np.stack(us, axis=0)
+            per_tap[key].add_gram(self.cls, corr + corr.T, keep is None or self.cls in keep)
+        self.terms = {}
+

@@ -183,11 +183,21 @@ class LayerStats:
             self.sums[c], self.rows[c] = np.zeros(d), 0
         self.sums[c] += s
         self.rows[c] += n
-        if gram is None:
-            return
+        if gram is not None:
+            self.add_gram(c, gram, keep_gram)
+
+    def add_gram(self, c: int, gram: np.ndarray, keep_gram: bool) -> None:
+        """Add a second-moment term of class c's rows (no rows or sums): to its Gram if kept, and to the total
+        (in place: on wide layers a new d x d array per batch was a large share of the host's work)."""
         if keep_gram:
-            self.grams[c] = self.grams.get(c, np.zeros((d, d))) + gram
-        self.total_gram = gram.copy() if self.total_gram is None else self.total_gram + gram
+            if c in self.grams:
+                self.grams[c] += gram
+            else:
+                self.grams[c] = np.array(gram, dtype=np.float64)
+        if self.total_gram is None:
+            self.total_gram = np.array(gram, dtype=np.float64)
+        else:
+            self.total_gram += gram
 
     def canonical_total(self) -> None:
         """total_gram as the sum of the per-class Grams in class order, when every class has one.
