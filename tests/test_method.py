@@ -302,8 +302,31 @@ def test_each_phase_has_its_own_bar_sized_to_its_work(setup):
     fit, held = split_holdout(calib.y)
     assert rec.bars[0].total == len(fit) and rec.bars[3].total == len(fit)
     assert rec.bars[1].total == len(ops)                    # one unit per layer planned
-    tried = len(out.passes[0].candidates)
-    assert rec.bars[2].total == len(held) * (1 + tried)     # the original and every candidate tried
+    cands = out.passes[0].candidates
+    full = sum(c.get("retain_scored", True) for c in cands)
+    n_forget = int(np.isin(calib.y[held], [0]).sum())
+    # the original and every candidate tried; one that cannot be picked ran on the forget images only
+    assert rec.bars[2].total == len(held) * (1 + full) + n_forget * (len(cands) - full)
+
+
+def test_a_candidate_that_cannot_win_skips_the_retain_images(setup):
+    """A candidate whose held-out forget accuracy is not below that of one already within the guards
+    cannot be picked (ties go to the earlier): it is scored on the forget images only, and never kept."""
+    from onnx_damp.method.selection import HeldOutScore, forget_only, pick
+
+    model, _, calib, _ = setup
+    ops = scan_graph(model).editable
+    out = damp_edit(model, ops, calib, [0], list(range(1, CLASSES)), MethodOptions(max_passes=1))
+    cands = out.passes[0].candidates
+    kept = next(c for c in cands if c["candidate"] == out.passes[0].candidate)
+    assert kept.get("retain_scored", True)
+    assert any(not c.get("retain_scored", True) for c in cands)  # this fixture's second candidate ties the first
+    for c in cands:
+        if not c.get("retain_scored", True):
+            assert c["retain_accuracy"] is None and c["forget_accuracy"] >= kept["forget_accuracy"]
+    good = HeldOutScore(0.2, 0.9, {1: 0.0})
+    assert pick([good, forget_only(0.0)]) == 0          # never picked, even with a lower forget accuracy
+    assert pick([HeldOutScore(0.2, 0.9, {1: 0.5}), forget_only(0.0)]) == 0  # nor when nothing is within the guards
 
 
 def test_a_second_plan_reuses_layer_separabilities_exactly(setup):

@@ -25,9 +25,9 @@ from onnx_damp.method import readout as ro
 from onnx_damp.data.dataset import Dataset, subset
 from onnx_damp.ops.base import EditableOp
 from onnx_damp.ops.registry import adapter
-from onnx_damp.runtime.predict import predict
+from onnx_damp.runtime.predict import predict, prediction_session
 from onnx_damp.verify.metrics import per_class_accuracy
-from onnx_damp.method.selection import HeldOutScore, pick, score, split_holdout
+from onnx_damp.method.selection import HeldOutScore, forget_only, pick, score, split_holdout
 from onnx_damp.options import MethodOptions, RunOptions
 from onnx_damp.progress import QUIET, Phases
 from onnx_damp.stats.collector import Collector, collect
@@ -234,7 +234,13 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
     tried: list[tuple[str, list, onnx.ModelProto, HeldOutScore, np.ndarray]] = []
     plans_by_extra: dict[bool, list[dm.LayerPlan]] = dict(plans or {})  # planned already (the planning phase)
 
-    def attempt(name, extra, scale):
+    fidx = np.flatnonzero(np.isin(held.y, forget))
+    ridx = np.flatnonzero(~np.isin(held.y, forget))
+
+    def attempt(name, extra, scale, beat: float | None = None):
+        """Plan (or reuse), apply and score one candidate. beat: the lowest forget accuracy of a candidate
+        already within the guards; a candidate that does not go below it on the forget images cannot be
+        picked, and its retain images are not run."""
         if extra not in plans_by_extra:
             like = next(iter(plans_by_extra.values()), None)  # same statistics: layer separabilities reused
             plans_by_extra[extra] = dm.plan(ops, stats, forget, retain, extra, extra_bar, like)
@@ -242,11 +248,27 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
                  for p in plans_by_extra[extra]]
         edited = _applied(model, plans)
         bar.grow(max(0, bar.done + len(held) - bar.total))  # a candidate beyond those planned
-        out = predict(edited, held, 256, run["device"], run["input_name"], run["output_name"], bar)
+        pred = dict(device=run["device"], input_name=run["input_name"], output=run["output_name"], progress=bar)
+        if beat is None or not len(fidx) or not len(ridx):
+            out = predict(edited, held, 256, **pred)
+        else:
+            sess = prediction_session(edited, held, run["input_name"], run["device"])
+            f_out = predict(edited, held, 256, indices=fidx, session=sess, **pred)
+            f_acc = float(np.mean(f_out.argmax(1) == held.y[fidx]))
+            if f_acc >= beat:
+                bar.grow(-len(ridx))
+                tried.append((name, plans, edited, forget_only(f_acc), None))
+                return
+            out = np.zeros((len(held), f_out.shape[1]))
+            out[fidx], out[ridx] = f_out, predict(edited, held, 256, indices=ridx, session=sess, **pred)
         tried.append((name, plans, edited, score(out.argmax(1), held.y, forget, base), out))
 
+    def best_within() -> float | None:
+        accs = [t[3].forget_accuracy for t in tried if t[3].within_guards()]
+        return min(accs) if accs else None
+
     for c in cands:
-        attempt(*c)
+        attempt(*c, beat=best_within())
         if tried[-1][3].within_guards() and tried[-1][3].forget_accuracy == 0:
             bar.grow(bar.done - bar.total)  # the rest was planned and is not needed
             break  # nothing later can be picked over it (pick: lowest forget accuracy, earlier wins ties)

@@ -52,6 +52,7 @@ class HeldOutScore:
     forget_accuracy: float
     retain_accuracy: float                 # mean over retain classes
     class_drops: dict[int, float] = field(default_factory=dict)  # original - edited accuracy per retain class
+    retain_scored: bool = True             # False: run on the forget images only (it could not be picked)
 
     @property
     def mean_drop(self) -> float:
@@ -66,9 +67,13 @@ class HeldOutScore:
         return c, self.class_drops[c]
 
     def within_guards(self, max_mean_drop: float = MAX_MEAN_DROP, max_class_drop: float = MAX_CLASS_DROP) -> bool:
-        return self.mean_drop <= max_mean_drop + 1e-12 and self.worst[1] <= max_class_drop + 1e-12
+        return (self.retain_scored and self.mean_drop <= max_mean_drop + 1e-12
+                and self.worst[1] <= max_class_drop + 1e-12)
 
     def to_dict(self) -> dict:
+        if not self.retain_scored:
+            return {"forget_accuracy": self.forget_accuracy, "retain_accuracy": None, "mean_retain_drop": None,
+                    "worst_retain_class": None, "worst_retain_drop": None, "retain_scored": False}
         c, d = self.worst
         return {"forget_accuracy": self.forget_accuracy, "retain_accuracy": self.retain_accuracy,
                 "mean_retain_drop": self.mean_drop, "worst_retain_class": c, "worst_retain_drop": d}
@@ -90,4 +95,11 @@ def pick(scores: list[HeldOutScore]) -> int:
     ok = [i for i, s in enumerate(scores) if s.within_guards()]
     if ok:
         return min(ok, key=lambda i: (scores[i].forget_accuracy, i))
-    return min(range(len(scores)), key=lambda i: (scores[i].worst[1], scores[i].mean_drop, i))
+    scored = [i for i, s in enumerate(scores) if s.retain_scored] or list(range(len(scores)))
+    return min(scored, key=lambda i: (scores[i].worst[1], scores[i].mean_drop, i))
+
+
+def forget_only(forget_accuracy: float) -> HeldOutScore:
+    """The score of a candidate run on the held-out forget images only: its forget accuracy was not below
+    that of a candidate already within the guards, so pick could never choose it (ties go to the earlier)."""
+    return HeldOutScore(forget_accuracy, float("nan"), {}, retain_scored=False)

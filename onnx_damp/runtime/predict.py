@@ -22,10 +22,7 @@ def predict(model: onnx.ModelProto, data: Dataset, batch_size: int = 256, device
     session: an onnxruntime session of model (from runtime.make_session) to reuse across calls; it is
     trusted to be model's (model is not read then).
     """
-    if session is None:
-        free, _ = batch_free_model(model, data.x, input_name, device)  # batch fixed at 1: run a symbolic batch
-        session = make_session(free if free is not None else model, device)
-    sess = session
+    sess = prediction_session(model, data, input_name, device) if session is None else session
     spec = input_spec(sess, input_name)
     x = check_against_input(data, spec.shape, spec.dtype, spec.name)
     out_name = output_name(sess, output)
@@ -43,6 +40,13 @@ def predict(model: onnx.ModelProto, data: Dataset, batch_size: int = 256, device
         if progress:
             progress(real)
     return np.concatenate(rows)
+
+
+def prediction_session(model: onnx.ModelProto, data: Dataset, input_name: str | None = None, device: str = "cpu"):
+    """The onnxruntime session predict runs: on a symbolic-batch copy when the batch is fixed at 1 and the
+    copy's outputs equal the original's (runtime.batching), else on model itself."""
+    free, _ = batch_free_model(model, data.x, input_name, device)
+    return make_session(free if free is not None else model, device)
 
 
 def output_rows(out, out_name: str, batch: int) -> np.ndarray:
