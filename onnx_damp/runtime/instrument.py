@@ -191,9 +191,9 @@ def restore_shift(s: np.ndarray, gram: np.ndarray, n: int, shift: np.ndarray | N
     """
     if shift is None:
         return s, gram
-    m, s = np.asarray(shift, dtype=np.float64), np.asarray(s, dtype=np.float64)
-    mc = np.outer(m, s)
-    return s + n * m, np.asarray(gram, dtype=np.float64) + mc + mc.T + n * np.outer(m, m)
+    total, m, u = shift_terms(s, n, shift)
+    mu = np.outer(m, u)
+    return total, np.asarray(gram, dtype=np.float64) + mu + mu.T
 
 
 def shift_terms(s: np.ndarray, n: int, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

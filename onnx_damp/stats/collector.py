@@ -156,4 +156,3 @@ class _ShiftCorrections:
             corr = np.stack(ms, axis=1) @ np.stack(us, axis=0)
             per_tap[key].add_gram(self.cls, corr + corr.T, keep is None or self.cls in keep)
         self.terms = {}
-
