@@ -26,7 +26,7 @@ from onnx_damp.verify.metrics import (AccuracySummary, forget_confusion, js_dive
 from onnx_damp.runtime.modelio import check_output_path, data_input, fits_in_proto, has_external_data, load_model, save_model_atomic, sha256_file
 from onnx_damp.runtime.batching import free_batch_verdict
 from onnx_damp.runtime.tokens import token_probe_note
-from onnx_damp.runtime.predict import predict
+from onnx_damp.runtime.predict import SessionPool, pooled, predict
 from onnx_damp.progress import Phases, Progress
 from onnx_damp.options import MethodOptions, RunOptions
 from onnx_damp.stats.collector import collect as collect_stats
@@ -170,11 +170,14 @@ def _check_present_classes(forget: Sequence[int], present: set[int], num_outputs
     return f, retain
 
 
-def _num_outputs(proto: onnx.ModelProto, data: Dataset, input_name, output_name, device) -> int:
-    """Run the model on one sample: checks that the data fit its input and returns the number of classes."""
+def _num_outputs(proto: onnx.ModelProto, data: Dataset, input_name, output_name, device,
+                 pool: SessionPool | None = None) -> int:
+    """Run the model on one sample: checks that the data fit its input and returns the number of classes.
+    pool: where the session is kept for the job's later predictions with the same model."""
     check_fits_model(data, proto, input_name)  # images: the preprocessing's shape, before decoding any
     one = Dataset(data.x[:1], data.y[:1], data.source)
-    return int(predict(proto, one, 1, device, input_name, output_name).shape[1])
+    sess = pooled(pool, proto, one, input_name, device)
+    return int(predict(proto, one, 1, device, input_name, output_name, session=sess).shape[1])
 
 
 def _check_gates_inputs(gates: Gates | None, has_original: bool, has_reference: bool, has_train: bool,
@@ -402,6 +405,7 @@ class _ForgetJob:
     requested: list[int] = field(default_factory=list)  # the classes this request named (forget adds earlier ones)
     warnings: list[str] = field(default_factory=list)  # suspicious input found before editing
     in_memory: bool = True      # small enough to check in memory (set by _stamp)
+    sessions: SessionPool = field(default_factory=SessionPool)  # the original's prediction session, made once
 
 
 def _prepare_forget(model, data, forget, output, eval_data, reference, feature_samples, gates, labels, preprocess,
@@ -420,7 +424,8 @@ def _prepare_forget(model, data, forget, output, eval_data, reference, feature_s
     calib = as_dataset(data, preprocess, names) if data is not None else None
     evald = as_dataset(eval_data, preprocess, names) if eval_data is not None else calib
     io = (run.input_name, run.output_name, run.device)
-    k = _num_outputs(proto, calib if calib is not None else evald, *io)  # the data fit the model?
+    sessions = SessionPool()
+    k = _num_outputs(proto, calib if calib is not None else evald, *io, pool=sessions)  # the data fit the model?
     merged = _merged_stats(stats, proto, src, run.input_name, method.feature_mode, k) if stats is not None else None
     _check_labels(names, labels, k)
     present = set(merged.samples) if merged is not None else set(calib.classes.tolist())
@@ -446,7 +451,7 @@ def _prepare_forget(model, data, forget, output, eval_data, reference, feature_s
     if merged is not None:
         _check_merged_against(merged, calib, f, k)
     if eval_data is not None:
-        _num_outputs(proto, evald, *io)
+        _num_outputs(proto, evald, *io, pool=sessions)
         _check_classes(f, evald, k, "the evaluation data")
     gates = _as_gates(gates)
     _check_gates_inputs(gates, True, reference is not None, eval_data is not None and calib is not None,
@@ -467,7 +472,7 @@ def _prepare_forget(model, data, forget, output, eval_data, reference, feature_s
                          "selection and no readout stage (both judge on calibration images, which statistics do "
                          "not hold)")
     job = _ForgetJob(proto, src, out_path, scan, names, calib, evald, eval_data is not None, k, merged, f, retain,
-                     gates, ref_proto, notes)
+                     gates, ref_proto, notes, sessions=sessions)
     job.requested = sorted({int(c) for c in _class_indices(names, forget, calib)})
     tokens = token_probe_note(proto, scan.editable, run.input_name, method.feature_mode)
     job.warnings += [tokens] if tokens else []
@@ -502,7 +507,7 @@ def _edit(job: _ForgetJob, method: MethodOptions, run: RunOptions):
     set's outputs are predicted only with eval data (the membership attack's members)."""
     return damp_edit(job.proto, job.scan.editable, job.calib, job.forget, job.retain, method, run,
                      first_stats=job.merged, phases=Phases(run.quiet), collector=_collector(run),
-                     outputs=job.has_eval)
+                     outputs=job.has_eval, sessions=job.sessions)
 
 
 def _stamp(job: _ForgetJob, outcome, method: MethodOptions) -> list[str]:
@@ -561,8 +566,9 @@ def _validate_edit(job: _ForgetJob, outcome, method: MethodOptions, run: RunOpti
     work = (len(evald) * (len(protos) - len(reuse)) + (int(np.isin(evald.y, f).sum()) if staged else 0))
     phases = Phases(run.quiet)
     with phases("validation", work) as bar:
-        probs = {n: to_probabilities(eval_known[n] if n in reuse else predict(p, evald, 256, device, input_name,
-                                                                               output_name, bar))
+        probs = {n: to_probabilities(eval_known[n] if n in reuse else predict(
+                     p, evald, 256, device, input_name, output_name, bar,
+                     session=pooled(job.sessions, p, evald, input_name, device) if n == "original" else None))
                  for n, p in protos.items()}
         before = summarize(probs["original"].argmax(1), evald.y, f)
         after = summarize(probs["model"].argmax(1), evald.y, f)

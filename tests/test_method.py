@@ -353,3 +353,54 @@ def test_head_rows_ablation_edits_only_the_forget_rows_of_the_head(setup):
     assert out.passes[0].plans[-1].rows == (0,)
     np.testing.assert_array_equal(after["w2"][1:], before["w2"][1:])     # retain rows of the head untouched
     assert not np.array_equal(after["w2"][0], before["w2"][0])
+
+
+def _head(tail_softmax: bool, bias_type=TensorProto.FLOAT):
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["z" if tail_softmax else "y"])]
+    if tail_softmax:
+        nodes.append(helper.make_node("Softmax", ["z"], ["y"], axis=1))
+    b = np.array([0.0, 0.3, -0.2], np.float16 if bias_type == TensorProto.FLOAT16 else np.float32)
+    w = np.array([[1.0, 0.2, 0.0], [0.1, 1.0, 0.3], [0.0, 0.2, 1.0]], np.float32)
+    if bias_type == TensorProto.FLOAT16:
+        nodes = [helper.make_node("Cast", ["b16"], ["b"], to=TensorProto.FLOAT)] + nodes
+        return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], {"w": w, "b16": b})
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], {"w": w, "b": b})
+
+
+def test_readout_probe_follows_from_the_outputs_when_the_output_is_the_biased_tensor():
+    """Logits straight out of the head: the probe's outputs are the held-out outputs lowered, no run; with a
+    Softmax after the head the probe runs, and both find the same gain and shift."""
+    from onnx_damp.method.pipeline import _bias_is_output, _readout
+    from onnx_damp.ops.weights import index_graph, output_bias
+    from onnx_damp.runtime.predict import predict
+
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(90, 3)) + np.repeat(np.eye(3) * 3, 30, axis=0)).astype(np.float32)
+    held = Dataset(x, np.repeat(np.arange(3), 30))
+    direct, soft = _head(False), _head(True)
+    results = []
+    for model in (direct, soft):
+        head = scan_graph(model).editable[-1]
+        ref = output_bias(index_graph(model.graph), head)
+        results.append(_bias_is_output(model, ref, None))
+        out = predict(model, held)
+        base = {c: float(np.mean(out.argmax(1)[held.y == c] == c)) for c in range(3)}
+        before = score(out.argmax(1), held.y, [0], base)
+        results.append(_readout(model, out, head, held, [0], [1, 2], base, before, 0.01, "cpu", None, None))
+    is_direct, rec_direct, is_soft, rec_soft = results
+    assert is_direct and not is_soft
+    assert rec_direct.gain == [1.0] and rec_soft.gain == pytest.approx([1.0], abs=1e-5)
+    assert rec_direct.applied and rec_direct.shift == pytest.approx(rec_soft.shift, rel=1e-4)
+
+
+def test_an_fp16_bias_is_not_taken_as_lowering_the_output_exactly():
+    from onnx_damp.method.pipeline import _bias_is_output
+    from onnx_damp.ops.weights import BiasRef
+
+    model = _head(False)
+    assert _bias_is_output(model, BiasRef("b", 1.0, 3, "y"), None)
+    assert not _bias_is_output(model, BiasRef("b", 1.0, 3, "y"), "other")
+    half = _head(False, TensorProto.FLOAT16)
+    assert not _bias_is_output(half, BiasRef("b16", 1.0, 3, "y"), None)

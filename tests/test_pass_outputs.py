@@ -91,3 +91,16 @@ def test_forget_takes_the_variance_bar_and_refuses_an_unknown_one():
 def test_predict_of_no_samples_keeps_the_class_axis(shuffled):
     out = predict(load_model(MODEL), shuffled, indices=np.array([], dtype=np.int64))
     assert out.shape == (0, 10)
+
+
+def test_session_pool_makes_one_session_per_model(shuffled):
+    from onnx_damp.runtime.predict import SessionPool, pooled
+
+    proto = load_model(MODEL)
+    pool = SessionPool()
+    first = pool.session(proto, shuffled)
+    assert pool.session(proto, shuffled) is first
+    other = load_model(MODEL)  # an equal model, another object: its own session
+    assert pool.session(other, shuffled) is not first
+    assert pooled(None, proto, shuffled, None, "cpu") is None
+    np.testing.assert_allclose(predict(proto, shuffled, session=first), predict(proto, shuffled), rtol=1e-6)

@@ -155,3 +155,42 @@ def test_edit_rows_changes_only_the_given_rows():
     full = edit_matrix(w, q, 0.7)
     np.testing.assert_array_equal(out[[0, 2, 4]], w[[0, 2, 4]])
     np.testing.assert_allclose(out[[1, 3]], full[[1, 3]])
+
+
+def test_low_rank_factor_rebuilds_a_low_rank_second_moment(rng):
+    rows = rng.normal(size=(7, 90))
+    a = rows.T @ rows / 7
+    f = pj.low_rank_factor(a, 7)
+    assert f.shape[0] == 90 and f.shape[1] <= 7 + pj.LOW_RANK_OVERSAMPLE
+    np.testing.assert_allclose(f @ f.T, a, atol=1e-10)
+
+
+def test_generalized_eigh_low_rank_path_finds_the_full_paths_eigenpairs(rng):
+    """With a of rank 6 in 120 dimensions the thin-SVD path returns the same nonzero eigenpairs as the dense
+    one, and the vectors above a bar span the same space."""
+    d = 120
+    rows = rng.normal(size=(6, d)) * 3.0
+    a = rows.T @ rows / 6
+    b = rng.normal(size=(d, 400))
+    c = b @ b.T / 400
+    lam_full, v_full = pj.generalized_eigh(a, c, lam_min=1.0)
+    lam_low, v_low = pj.generalized_eigh(a, c, lam_min=1.0, a_rank=6)
+    assert len(lam_low) < d // 3  # the low-rank path ran
+    np.testing.assert_allclose(lam_low[-6:], lam_full[-6:], rtol=1e-8)
+    assert v_low.shape[1] == v_full.shape[1] >= 1
+    proj = lambda v: v @ np.linalg.pinv(v)  # noqa: E731 (span projector; the vectors are c-orthonormal)
+    np.testing.assert_allclose(proj(v_low), proj(v_full), atol=1e-7)
+
+
+def test_extend_subspace_with_a_rank_bound_picks_the_same_span(rng):
+    d, k = 150, 3
+    retain = rng.normal(size=(d, k))
+    forget_rows = 3.0 * rng.normal(size=(8, d)) + 0.5 * rng.normal(size=(1, d))  # spread beyond the mean
+    s_f = forget_rows.T @ forget_rows / 8
+    r = rng.normal(size=(600, d))
+    s_r = r.T @ r / 600
+    q = pj.residual_basis(pj.retain_residuals(forget_rows.mean(0)[:, None], retain), forget_rows.mean(0)[:, None])
+    dense = pj.extend_subspace(q, retain, s_f, s_r)
+    bounded = pj.extend_subspace(q, retain, s_f, s_r, forget_rows=8)
+    assert dense.shape == bounded.shape and dense.shape[1] > 1
+    np.testing.assert_allclose(dense @ dense.T, bounded @ bounded.T, atol=1e-7)

@@ -25,7 +25,7 @@ from onnx_damp.method import readout as ro
 from onnx_damp.data.dataset import Dataset, subset
 from onnx_damp.ops.base import EditableOp
 from onnx_damp.ops.registry import adapter
-from onnx_damp.runtime.predict import predict, prediction_session
+from onnx_damp.runtime.predict import SessionPool, pooled, predict, prediction_session
 from onnx_damp.verify.metrics import per_class_accuracy
 from onnx_damp.method.selection import HeldOutScore, forget_only, pick, score, split_holdout
 from onnx_damp.options import MethodOptions, RunOptions
@@ -103,7 +103,8 @@ class EditOutcome:
 def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | None, forget: Sequence[int],
               retain: Sequence[int], method: MethodOptions = MethodOptions(), run: RunOptions = RunOptions(), *,
               first_stats: Statistics | None = None, phases: Phases = QUIET,
-              collector: Collector = collect, outputs: bool = True) -> EditOutcome:
+              collector: Collector = collect, outputs: bool = True,
+              sessions: SessionPool | None = None) -> EditOutcome:
     """Edit a copy of proto: DAMP representation edit chosen on held-out calibration images, then readout.
 
     method: what the edit does (options.MethodOptions: extra_directions=False and candidates=False fix the
@@ -113,7 +114,8 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
     exactly one pass of the default plan and no readout stage (nothing to check it on). phases: one
     progress bar per phase (progress.Phases; statistics, held-out check, readout, calibration outputs). collector:
     stats.collector.collect or another Collector (the Ray backend). outputs=False skips predicting the whole
-    calibration set with the original and the edited model.
+    calibration set with the original and the edited model. sessions: where proto's prediction session is
+    kept (runtime.predict.SessionPool; the caller may have made it already).
     """
     feature_mode, extra_directions, extra_bar = method.feature_mode, method.extra_directions, method.extra_bar
     max_passes, target_forget_accuracy = method.max_passes, method.target_forget_accuracy
@@ -150,7 +152,8 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
     with phases("planning", len(ops)) as bar:  # the first candidate's plan: the d x d solves (the others reuse)
         plans = {first_extra: dm.plan(ops, stats, forget, retain, first_extra, extra_bar, progress=bar)}
     with phases("held-out check", len(held) * (1 + n_cands)) as bar:
-        orig_held = predict(proto, held, 256, device, input_name, output_name, bar)
+        orig_held = predict(proto, held, 256, device, input_name, output_name, bar,
+                            session=pooled(sessions, proto, held, input_name, device))
         base = per_class_accuracy(orig_held.argmax(1), held.y)
         rows = head_rows(ops[-1], forget, orig_held.shape[1]) if method.head_rows else None
         rep_model, best, rec, rep_out = _best_candidate(proto, ops, stats, held, forget, retain, base,
@@ -193,7 +196,7 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
     fit_known = stats.outputs if first_stats is None else None
     with phases("calibration outputs", len(fit_idx) * (1 + int(fit_known is None))) as bar:
         outcome.original_outputs = _all_outputs(proto, calib, fit_idx, held_idx, fit_known, orig_held, device,
-                                                input_name, output_name, bar)
+                                                input_name, output_name, bar, sessions)
         outcome.calib_outputs = _all_outputs(outcome.model, calib, fit_idx, held_idx, None, rep_out, device,
                                              input_name, output_name, bar)
     return outcome
@@ -313,9 +316,16 @@ def _readout(model: onnx.ModelProto, out: np.ndarray, head: EditableOp, held: Da
     m = ro.forget_margins(ro.log_scores(out), forget, retain)
     t = ro.class_shifts(m, held.y, forget, target)
     fidx = np.flatnonzero(fmask)
-    probe = _shifted(model, ref, forget, np.full(len(forget), PROBE_SHIFT))
-    m_probe = ro.forget_margins(ro.log_scores(predict(probe, held, 256, device, input_name, output_name, bar,
-                                                      indices=fidx)), forget, retain)
+    lowered = np.full(len(forget), PROBE_SHIFT)
+    if _bias_is_output(model, ref, output_name):  # the output is the biased tensor itself: its rows, lowered
+        probe_out = out[fidx].copy()
+        probe_out[:, forget] -= lowered
+        if bar is not None:
+            bar(len(fidx))
+    else:
+        probe_out = predict(_shifted(model, ref, forget, lowered), held, 256, device, input_name, output_name, bar,
+                            indices=fidx)
+    m_probe = ro.forget_margins(ro.log_scores(probe_out), forget, retain)
     gain = ro.margin_gain(m[fmask], m_probe, PROBE_SHIFT)
     rec = ReadoutRecord(False, "", head.node_name, ref.name, list(forget), score_shift=t.tolist(),
                         gain=gain.tolist(), before=before)
@@ -331,6 +341,19 @@ def _readout(model: onnx.ModelProto, out: np.ndarray, head: EditableOp, held: Da
         return rec
     rec.applied, rec.shift, rec.after, rec.model, rec.outputs = True, (-shift).tolist(), after, edited, edited_out
     return rec
+
+
+def _bias_is_output(model: onnx.ModelProto, ref: BiasRef, output_name: str | None) -> bool:
+    """Whether the model output read as scores is the tensor ref's bias is added into, as float32/float64 with a
+    float32/float64 bias: lowering the bias by s then lowers those output columns by exactly s (to the
+    output's rounding), and the probe's outputs follow from the ones already predicted, without a run."""
+    g = model.graph
+    out = next((o for o in g.output if o.name == output_name), None) if output_name else (g.output[0] if g.output
+                                                                                         else None)
+    bias = next((t for t in g.initializer if t.name == ref.name), None)
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
+    return (out is not None and out.name == ref.output and out.type.tensor_type.elem_type in floats
+            and bias is not None and bias.data_type in floats)
 
 
 def _widened(model: onnx.ModelProto, ref: BiasRef, forget: list[int], shift: np.ndarray, held: Dataset,
@@ -365,14 +388,20 @@ def _shifted(model: onnx.ModelProto, ref: BiasRef, forget: list[int], amount: np
 
 
 def _all_outputs(model, calib: Dataset, fit_idx, held_idx, fit_out, held_out, device, input_name,
-                 output_name, bar: Callable[[int], None] | None = None) -> np.ndarray:
-    """Output rows of model on every calibration image, reusing rows already computed for fit or held-out."""
+                 output_name, bar: Callable[[int], None] | None = None,
+                 sessions: SessionPool | None = None) -> np.ndarray:
+    """Output rows of model on every calibration image, reusing rows already computed for fit or held-out.
+    sessions: where model's prediction session is kept, if anywhere."""
+    session = None
+    if fit_out is None or held_out is None:
+        session = pooled(sessions, model, calib, input_name, device)
     if fit_out is None:
-        fit_out = predict(model, calib, 256, device, input_name, output_name, bar, indices=fit_idx)
+        fit_out = predict(model, calib, 256, device, input_name, output_name, bar, indices=fit_idx,
+                          session=session)
     if held_out is None:
         same = len(held_idx) == len(fit_idx) and np.array_equal(held_idx, fit_idx)
         held_out = fit_out if same else predict(model, calib, 256, device, input_name, output_name, bar,
-                                                indices=held_idx)
+                                                indices=held_idx, session=session)
     full = np.zeros((len(calib), fit_out.shape[1]), dtype=np.float64)
     full[fit_idx] = fit_out
     full[held_idx] = held_out

@@ -64,7 +64,7 @@ def plan_layer(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Se
     mu_r = np.stack([st.mean(c) for c in retain], axis=1)
     residuals = pj.retain_residuals(mu_f, mu_r)
     q = pj.residual_basis(residuals, mu_f)
-    mf, sf, _ = st.group_moments(forget)
+    mf, sf, n_f = st.group_moments(forget)
     mr, sr, _ = st.group_moments(retain)
     cf, cr = sf - np.outer(mf, mf), sr - np.outer(mr, mr)
     if layer_sep is None:
@@ -75,7 +75,7 @@ def plan_layer(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Se
                          note="forget prototype lies in the retain span: nothing to remove")
     extra = 0
     if extra_directions:
-        q2 = pj.extend_subspace(q, mu_r, sf, sr, bar=extra_bar, c_f=cf, c_r=cr)
+        q2 = pj.extend_subspace(q, mu_r, sf, sr, bar=extra_bar, c_f=cf, c_r=cr, forget_rows=n_f)
         extra, q = q2.shape[1] - q.shape[1], q2
     delta = pj.mahalanobis_separation(q.T @ mf, q.T @ cf @ q, q.T @ mr, q.T @ cr @ q)
     sep = pj.probe_separability(delta)

@@ -99,8 +99,25 @@ def energy_ratio(v: np.ndarray, s_f: np.ndarray, s_r: np.ndarray) -> float:
     return float((v @ s_f @ v) / max(v @ s_r @ v, 1e-300))
 
 
-def generalized_eigh(a: np.ndarray, c: np.ndarray, ridge: float = 1e-6, lam_min: float | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
+LOW_RANK_SHARE = 1 / 3   # generalized_eigh takes the low-rank path when a's rank bound is at most this share of d
+LOW_RANK_OVERSAMPLE = 16  # extra columns of the range finder beyond the rank bound
+
+
+def low_rank_factor(a: np.ndarray, rank: int, oversample: int = LOW_RANK_OVERSAMPLE) -> np.ndarray:
+    """L (d, <= rank + oversample) with L L^T = a, for symmetric positive semi-definite a of rank at most rank
+    (a second moment of that many rows), to a's rounding: a range finder (Halko, Martinsson & Tropp 2011,
+    seeded) spans range(a), a's compression onto it is decomposed, and its non-positive part (rounding) dropped.
+    O(d^2 rank) instead of an O(d^3) eigen-decomposition."""
+    d = a.shape[0]
+    omega = np.random.default_rng(0).standard_normal((d, min(d, rank + oversample)))
+    basis, _ = np.linalg.qr(a @ omega)
+    w, e = np.linalg.eigh(basis.T @ a @ basis)
+    keep = w > 0
+    return (basis @ e[:, keep]) * np.sqrt(w[keep])
+
+
+def generalized_eigh(a: np.ndarray, c: np.ndarray, ridge: float = 1e-6, lam_min: float | None = None,
+                     a_rank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Solve a v = lam c v for symmetric a and symmetric positive semi-definite c (numpy only).
 
     c is regularised as c + ridge * trace(c)/d * I, after clamping its eigenvalues at 0: rounding (float32
@@ -108,11 +125,19 @@ def generalized_eigh(a: np.ndarray, c: np.ndarray, ridge: float = 1e-6, lam_min:
     W = V diag(w)^(-1/2) (W^T c W = I) turns the problem into an ordinary symmetric one, W^T a W u = lam u,
     and v = W u; eigenvectors are c-orthonormal, as scipy's are. lam_min: return only the eigenvectors with
     lam >= lam_min (every eigenvalue is still returned first, and the vectors' columns match lam[lam >= lam_min]).
+    a_rank: a bound on the rank of a (positive semi-definite, the second moment of that many rows); when it is
+    small against d, a = L L^T (low_rank_factor) and the nonzero eigenpairs of W^T a W = (W^T L)(W^T L)^T come
+    from the thin SVD of W^T L: the same eigenpairs in O(d^2 a_rank) instead of two d x d x d products and a
+    second d x d eigen-decomposition; only those eigenvalues (ascending) are returned.
     """
     w, v = np.linalg.eigh(0.5 * (c + c.T))
     w = np.maximum(w, 0.0) + ridge * max(float(np.mean(w)), 1e-300)
     whiten = v / np.sqrt(w)
-    lam, u = np.linalg.eigh(whiten.T @ (0.5 * (a + a.T)) @ whiten)
+    if a_rank is not None and a_rank + LOW_RANK_OVERSAMPLE <= LOW_RANK_SHARE * a.shape[0]:
+        u, sv, _ = np.linalg.svd(whiten.T @ low_rank_factor(0.5 * (a + a.T), a_rank), full_matrices=False)
+        lam, u = sv[::-1] ** 2, u[:, ::-1]
+    else:
+        lam, u = np.linalg.eigh(whiten.T @ (0.5 * (a + a.T)) @ whiten)
     if lam_min is not None:
         u = u[:, lam >= lam_min]
     return lam, whiten @ u
@@ -161,7 +186,7 @@ def from_complement(vv: np.ndarray, t: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def extend_subspace(q: np.ndarray, retain_means: np.ndarray, s_f: np.ndarray, s_r: np.ndarray,
                     ridge: float = 1e-6, bar: str = "energy", c_f: np.ndarray | None = None,
-                    c_r: np.ndarray | None = None) -> np.ndarray:
+                    c_r: np.ndarray | None = None, forget_rows: int | None = None) -> np.ndarray:
     """Add forget-variance directions that are at least as forget-specific as the prototype residuals.
 
     Within the orthogonal complement of [retain prototypes, Q] solve S_f v = lam S_r v (S_f, S_r:
@@ -174,6 +199,8 @@ def extend_subspace(q: np.ndarray, retain_means: np.ndarray, s_f: np.ndarray, s_
     square; every class mean is 0 along the complement, so lam there is a variance ratio too.
     The complement basis is the Householder one (householder_complement): the chosen span does not depend
     on which orthonormal complement basis is used, and this one costs O(d^2 k) instead of O(d^3).
+    forget_rows: the number of rows behind s_f, a bound on its rank (generalized_eigh's a_rank: one row per
+    image on a wide Gemm input leaves S_f of low rank).
     """
     d = q.shape[0]
     if bar == "variance":
@@ -190,7 +217,7 @@ def extend_subspace(q: np.ndarray, retain_means: np.ndarray, s_f: np.ndarray, s_
     vv, t = householder_complement(base)
     a = complement_moments(vv, t, s_f)
     c = complement_moments(vv, t, s_r)
-    _, chosen = generalized_eigh(a, c, ridge, lam_min=lam0)
+    _, chosen = generalized_eigh(a, c, ridge, lam_min=lam0, a_rank=forget_rows)
     if chosen.shape[1] == 0:
         return q
     return np.hstack([q, orthonormal_basis(from_complement(vv, t, chosen))])

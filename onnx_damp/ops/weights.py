@@ -489,6 +489,7 @@ class BiasRef:
     name: str        # the initializer holding the bias
     scale: float     # the operator's output moves by scale * (change of the initializer), Gemm's beta
     channels: int    # number of output channels (the bias holds one value per channel)
+    output: str = ""  # the tensor the bias is added into (the operator's output, or the following Add's)
 
 
 def output_bias(gi: GraphIndex, op: "EditableOp") -> "BiasRef | str":
@@ -501,6 +502,7 @@ def output_bias(gi: GraphIndex, op: "EditableOp") -> "BiasRef | str":
     ad = adapter(op)
     channels = ad.output_channels(op)
     own = ad.bias_input(node)
+    out = node.output[0]
     if own is not None:
         name, scale = own
     else:
@@ -508,6 +510,7 @@ def output_bias(gi: GraphIndex, op: "EditableOp") -> "BiasRef | str":
         if len(readers) != 1 or readers[0].op_type != "Add" or gi.uses[node.output[0]] != 1:
             return f"{op.node_name} (MatMul) is not followed by a single Add of a constant bias"
         name, scale = next((i for i in readers[0].input if i != node.output[0]), ""), 1.0
+        out = readers[0].output[0]
     if not name:
         return f"{op.node_name} has no bias input (a bias cannot be added without changing the graph)"
     t = gi.inits.get(name)
@@ -520,7 +523,7 @@ def output_bias(gi: GraphIndex, op: "EditableOp") -> "BiasRef | str":
         return f"the bias {name!r} of {op.node_name} has shape {dims}, not one value per output channel ({channels})"
     if scale == 0.0:
         return f"{op.node_name} has beta = 0: its bias does not reach the output"
-    return BiasRef(name, scale, channels)
+    return BiasRef(name, scale, channels, out)
 
 
 def shift_bias(model: onnx.ModelProto, ref: BiasRef, delta: np.ndarray) -> None:

@@ -9,7 +9,7 @@ import onnx
 from onnx_damp.data.dataset import Dataset, check_against_input, plain_batches, prefetch
 from onnx_damp.errors import DampError
 from onnx_damp.runtime.batching import batch_free_model
-from onnx_damp.runtime.session import input_spec, make_session, output_name, run_checked
+from onnx_damp.runtime.session import input_spec, make_session, output_name, run_checked, serialise_whole
 
 
 def predict(model: onnx.ModelProto, data: Dataset, batch_size: int = 256, device: str = "cpu",
@@ -47,6 +47,34 @@ def prediction_session(model: onnx.ModelProto, data: Dataset, input_name: str | 
     copy's outputs equal the original's (runtime.batching), else on model itself."""
     free, _ = batch_free_model(model, data.x, input_name, device)
     return make_session(free if free is not None else model, device)
+
+
+class SessionPool:
+    """Prediction sessions of the models one job runs several times (the original: its class count, held-out
+    check, validation), made once per model object and kept while the pool lives.
+
+    Only models whose weights take the in-memory path (session.serialise_whole: at most SERIALISE_LIMIT bytes)
+    are kept: a larger model's session would otherwise stay in memory through the statistics pass."""
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple, tuple] = {}
+
+    def session(self, model: onnx.ModelProto, data: Dataset, input_name: str | None = None, device: str = "cpu"):
+        """A session of model (prediction_session's), the kept one when model was seen before."""
+        key = (id(model), input_name, device)
+        hit = self._kept.get(key)
+        if hit is not None and hit[0] is model:
+            return hit[1]
+        sess = prediction_session(model, data, input_name, device)
+        if serialise_whole(model):
+            self._kept[key] = (model, sess)  # the model is held too, so its id is not reused while kept
+        return sess
+
+
+def pooled(pool: "SessionPool | None", model: onnx.ModelProto, data: Dataset, input_name: str | None,
+           device: str):
+    """pool's session of model, or None (predict then makes its own) when there is no pool."""
+    return pool.session(model, data, input_name, device) if pool is not None else None
 
 
 def output_rows(out, out_name: str, batch: int) -> np.ndarray:
