@@ -176,7 +176,8 @@ def _num_outputs(proto: onnx.ModelProto, data: Dataset, input_name, output_name,
     pool: where the session is kept for the job's later predictions with the same model."""
     check_fits_model(data, proto, input_name)  # images: the preprocessing's shape, before decoding any
     one = Dataset(data.x[:1], data.y[:1], data.source)
-    sess = pooled(pool, proto, one, input_name, device)
+    sess = pooled(pool, proto, data, input_name, device)  # the data, not the one sample: a batch fixed at 1 is
+    # checked for its symbolic-batch twin on a few rows, and the kept session serves the job's larger runs
     return int(predict(proto, one, 1, device, input_name, output_name, session=sess).shape[1])
 
 

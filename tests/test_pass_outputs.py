@@ -104,3 +104,22 @@ def test_session_pool_makes_one_session_per_model(shuffled):
     assert pool.session(other, shuffled) is not first
     assert pooled(None, proto, shuffled, None, "cpu") is None
     np.testing.assert_allclose(predict(proto, shuffled, session=first), predict(proto, shuffled), rtol=1e-6)
+
+
+def test_the_kept_original_session_runs_a_fixed_batch_model_at_a_free_batch(tmp_path):
+    """The class-count check keeps the original's session for the job: for a model whose batch is fixed at 1 it
+    must be the symbolic-batch twin's (checked on the data's first rows), not the one-image-at-a-time original."""
+    from onnx_damp.api import _num_outputs
+    from onnx_damp.runtime.batching import fixed_batch_of
+    from onnx_damp.runtime.predict import SessionPool
+
+    proto = load_model(MODEL)
+    for v in (proto.graph.input[0], proto.graph.output[0]):
+        v.type.tensor_type.shape.dim[0].Clear()
+        v.type.tensor_type.shape.dim[0].dim_value = 1
+    assert fixed_batch_of(proto, None) == 1
+    x, y = first_per_class(MODEL.parent / "calib.npz", 3)
+    pool = SessionPool()
+    assert _num_outputs(proto, Dataset(x, y), None, None, "cpu", pool=pool) == 10
+    sess = pool.session(proto, Dataset(x, y))
+    assert sess.get_inputs()[0].shape[0] != 1  # symbolic: batches of any size
