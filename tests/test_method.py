@@ -384,7 +384,7 @@ def test_readout_probe_follows_from_the_outputs_when_the_output_is_the_biased_te
     for model in (direct, soft):
         head = scan_graph(model).editable[-1]
         ref = output_bias(index_graph(model.graph), head)
-        results.append(_bias_is_output(model, ref, None))
+        results.append(_bias_is_output(index_graph(model.graph), ref, None))
         out = predict(model, held)
         base = {c: float(np.mean(out.argmax(1)[held.y == c] == c)) for c in range(3)}
         before = score(out.argmax(1), held.y, [0], base)
@@ -397,10 +397,10 @@ def test_readout_probe_follows_from_the_outputs_when_the_output_is_the_biased_te
 
 def test_an_fp16_bias_is_not_taken_as_lowering_the_output_exactly():
     from onnx_damp.method.pipeline import _bias_is_output
-    from onnx_damp.ops.weights import BiasRef
+    from onnx_damp.ops.weights import BiasRef, index_graph
 
-    model = _head(False)
+    model = index_graph(_head(False).graph)
     assert _bias_is_output(model, BiasRef("b", 1.0, 3, "y"), None)
     assert not _bias_is_output(model, BiasRef("b", 1.0, 3, "y"), "other")
-    half = _head(False, TensorProto.FLOAT16)
+    half = index_graph(_head(False, TensorProto.FLOAT16).graph)
     assert not _bias_is_output(half, BiasRef("b16", 1.0, 3, "y"), None)

@@ -32,7 +32,7 @@ from onnx_damp.options import MethodOptions, RunOptions
 from onnx_damp.progress import QUIET, Phases
 from onnx_damp.stats.collector import Collector, collect
 from onnx_damp.stats.statistics import Statistics
-from onnx_damp.ops.weights import BiasRef, index_graph, output_bias, shift_bias
+from onnx_damp.ops.weights import BiasRef, GraphIndex, index_graph, output_bias, shift_bias
 
 # (name, extra directions, alpha scale; see _scaled): tried in this order; the weaker ones only when no
 # full one keeps the retain guards on the held-out images, the stronger ones only when the best one within
@@ -304,7 +304,8 @@ def _readout(model: onnx.ModelProto, out: np.ndarray, head: EditableOp, held: Da
 
     out: model's output rows on the held-out images (from its candidate's score). bar: progress (a Progress,
     sized for the probe and one try; it grows with each further try)."""
-    ref = output_bias(index_graph(model.graph), head)
+    gi = index_graph(model.graph)
+    ref = output_bias(gi, head)
     if isinstance(ref, str):
         return ReadoutRecord(False, ref, head.node_name, before=before)
     if out.shape[1] != ref.channels:
@@ -317,7 +318,7 @@ def _readout(model: onnx.ModelProto, out: np.ndarray, head: EditableOp, held: Da
     t = ro.class_shifts(m, held.y, forget, target)
     fidx = np.flatnonzero(fmask)
     lowered = np.full(len(forget), PROBE_SHIFT)
-    if _bias_is_output(model, ref, output_name):  # the output is the biased tensor itself: its rows, lowered
+    if _bias_is_output(gi, ref, output_name):  # the output is the biased tensor itself: its rows, lowered
         probe_out = out[fidx].copy()
         probe_out[:, forget] -= lowered
         if bar is not None:
@@ -343,14 +344,15 @@ def _readout(model: onnx.ModelProto, out: np.ndarray, head: EditableOp, held: Da
     return rec
 
 
-def _bias_is_output(model: onnx.ModelProto, ref: BiasRef, output_name: str | None) -> bool:
+def _bias_is_output(gi: GraphIndex, ref: BiasRef, output_name: str | None) -> bool:
     """Whether the model output read as scores is the tensor ref's bias is added into, as float32/float64 with a
     float32/float64 bias: lowering the bias by s then lowers those output columns by exactly s (to the
-    output's rounding), and the probe's outputs follow from the ones already predicted, without a run."""
-    g = model.graph
+    output's rounding), and the probe's outputs follow from the ones already predicted, without a run.
+    gi: the index of the model's graph (output_bias's)."""
+    g = gi.graph
     out = next((o for o in g.output if o.name == output_name), None) if output_name else (g.output[0] if g.output
                                                                                          else None)
-    bias = next((t for t in g.initializer if t.name == ref.name), None)
+    bias = gi.inits.get(ref.name)
     floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
     return (out is not None and out.name == ref.output and out.type.tensor_type.elem_type in floats
             and bias is not None and bias.data_type in floats)
