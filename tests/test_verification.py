@@ -221,3 +221,19 @@ def test_a_reference_that_still_knows_the_forget_class_is_flagged():
     assert "retrained without" in reference_recognises_forget(knows, y, [1])
     assert reference_recognises_forget(forgot, y, [1]) is None
     assert reference_recognises_forget(None, y, [1]) is None
+
+
+def test_mia_direction_keeps_a_chance_attack_from_calling_far_targets_members():
+    """Members and non-members alike, non-members a hair more confident: a free slope is negative (noise) and
+    extrapolates to call every near-zero-confidence target a member; members' side fixed, none are."""
+    rng = np.random.default_rng(8)
+    members = rng.uniform(0.90, 1.00, 2000)
+    non_members = members + 0.002
+    targets = rng.uniform(0.0, 1e-6, 100)
+    free = membership_attack(members, non_members, targets, "p", "confidence")
+    assert free.member_rate == 1.0
+    held = membership_attack(members, non_members, targets, "p", "confidence", direction=1)
+    assert held.member_rate == 0.0 and held.attack_balanced_accuracy == pytest.approx(0.5)
+    # a real signal is kept: members more confident than non-members, targets like members
+    real = membership_attack(members, members - 0.3, rng.uniform(0.9, 1.0, 100), "p", "confidence", direction=1)
+    assert real.member_rate > 0.9

@@ -144,17 +144,22 @@ class LogisticModel:
         return self.a * (np.asarray(t, dtype=np.float64) - self.mean) / self.std + self.b
 
     def predict(self, t: np.ndarray) -> np.ndarray:
-        """1 (member) where the decision is positive (probability above 1/2), else 0."""
+        """1 (member) where the decision is positive (probability above 1/2), else 0; a slope of 0 (a fit held
+        at its direction bound: the feature says nothing) calls no sample a member."""
+        if self.a == 0:
+            return np.zeros(np.shape(t), dtype=np.int64)
         return (self.decision(t) > 0).astype(np.int64)
 
 
-def fit_logistic_1d(t: np.ndarray, labels: np.ndarray, balanced: bool = True, l2: float = 1.0) -> LogisticModel:
+def fit_logistic_1d(t: np.ndarray, labels: np.ndarray, balanced: bool = True, l2: float = 1.0,
+                    direction: int = 0) -> LogisticModel:
     """Fit a 1-D logistic regression with scipy.optimize (L-BFGS-B, exact gradient).
 
     The feature is standardised (mean 0, std 1; a constant feature keeps std 1). Loss:
     sum_i w_i [log(1 + e^{s_i}) - y_i s_i] + l2/2 a^2 with s_i = a z_i + b; the intercept b is not
     penalised (sklearn's LogisticRegression with C = 1/l2). balanced: w_i = n / (2 n_{y_i}) so both
-    classes weigh the same (sklearn's class_weight="balanced"); else w_i = 1.
+    classes weigh the same (sklearn's class_weight="balanced"); else w_i = 1. direction: +1 holds a >= 0
+    (label 1 is the side of larger t), -1 holds a <= 0, 0 leaves a free.
     """
     from scipy.optimize import minimize
     from scipy.special import expit
@@ -182,7 +187,9 @@ def fit_logistic_1d(t: np.ndarray, labels: np.ndarray, balanced: bool = True, l2
         g = w * (expit(s) - y)
         return float(np.sum(w * ls) + 0.5 * l2 * a * a), np.array([np.sum(g * z) + l2 * a, np.sum(g)])
 
-    res = minimize(loss, np.zeros(2), jac=True, method="L-BFGS-B", options={"maxiter": 500, "gtol": 1e-10})
+    bound = {1: (0.0, None), -1: (None, 0.0)}.get(int(np.sign(direction)), (None, None))
+    res = minimize(loss, np.zeros(2), jac=True, method="L-BFGS-B", bounds=[bound, (None, None)],
+                   options={"maxiter": 500, "gtol": 1e-10})
     a, b = (float(v) for v in res.x)
     return LogisticModel(a, b, mean, std)
 
@@ -207,12 +214,16 @@ class MiaResult:
 
 
 def membership_attack(members: np.ndarray, non_members: np.ndarray, targets: np.ndarray,
-                      protocol: str, feature: str) -> MiaResult:
-    """Train a balanced 1-D logistic attack on members (label 1) vs non-members (label 0); apply it to targets."""
+                      protocol: str, feature: str, direction: int = 0) -> MiaResult:
+    """Train a balanced 1-D logistic attack on members (label 1) vs non-members (label 0); apply it to targets.
+
+    direction: the side members are on (+1: larger feature, -1: smaller, 0: learnt). A fixed side keeps an
+    attack at chance from extrapolating a slope of the wrong sign, fitted to noise, to targets far outside
+    its training range (a forgotten class's confidences near 0 would all be called members)."""
     members, non_members, targets = (np.asarray(v, dtype=np.float64).ravel() for v in (members, non_members, targets))
     t = np.concatenate([members, non_members])
     y = np.concatenate([np.ones(len(members)), np.zeros(len(non_members))])
-    clf = fit_logistic_1d(t, y, balanced=True)
+    clf = fit_logistic_1d(t, y, balanced=True, direction=direction)
     tpr = float(clf.predict(members).mean())
     tnr = float(1.0 - clf.predict(non_members).mean())
     rate = float(clf.predict(targets).mean())
@@ -223,7 +234,7 @@ def membership_attack(members: np.ndarray, non_members: np.ndarray, targets: np.
 def mia_entropy(p_retain_train: np.ndarray, p_test: np.ndarray, p_forget_train: np.ndarray) -> MiaResult:
     """Entropy attack (Chundawat et al. 2023): logistic regression on H(p), retain-train vs test."""
     return membership_attack(entropy(p_retain_train), entropy(p_test), entropy(p_forget_train),
-                             "entropy, retain-train vs test (Chundawat et al. 2023)", "entropy")
+                             "entropy, retain-train vs test (Chundawat et al. 2023)", "entropy", direction=-1)
 
 
 def mia_confidence(p_retain_train: np.ndarray, y_retain_train: np.ndarray, p_test: np.ndarray, y_test: np.ndarray,
@@ -232,7 +243,8 @@ def mia_confidence(p_retain_train: np.ndarray, y_retain_train: np.ndarray, p_tes
     return membership_attack(true_class_probability(p_retain_train, y_retain_train),
                              true_class_probability(p_test, y_test),
                              true_class_probability(p_forget_train, y_forget_train),
-                             "true-class confidence, retain-train vs test (Jia et al. 2023)", "confidence")
+                             "true-class confidence, retain-train vs test (Jia et al. 2023)", "confidence",
+                             direction=1)
 
 
 # ----------------------------------------------------------------------------------------- bias shift
