@@ -20,6 +20,11 @@ from onnx_damp.runtime.tokens import TokenLayout
 FEATURE_MODES = ("auto", "position", "pooled", "patch")
 TOKEN_MODES = ("auto", "patch")  # modes that read the class token of token-sequence inputs
 PRECISIONS = ("float32", "float64")  # in-graph arithmetic of the per-batch sum and Gram
+# Conv inputs read position by position: every s-th position of each image, s the first of these coprime with
+# the image width that still leaves MIN_ROWS_PER_IMAGE positions (a lattice over rows and columns; position_rows);
+# no such s, or sizes shape inference cannot find: every position
+POSITION_STRIDES = (5, 7, 11, 13)
+MIN_ROWS_PER_IMAGE = 16
 
 
 @dataclass(frozen=True)
@@ -58,14 +63,16 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 def instrument(model: onnx.ModelProto, ops: list[EditableOp], mode: str = "position",
                layouts: dict[str, TokenLayout] | None = None,
-               precision: str = "float32", wide: "dict[str, np.ndarray | None] | None" = None
-               ) -> tuple[onnx.ModelProto, dict[str, Tap]]:
+               precision: str = "float32", wide: "dict[str, np.ndarray | None] | None" = None,
+               strided: bool = True) -> tuple[onnx.ModelProto, dict[str, Tap]]:
     """Return an instrumented copy of model and the tap of every editable operator (by node name).
 
     layouts (mode "auto"): operators whose input is a token sequence contribute only the first token
     (the class token) of each sample; every other operator contributes every position/token row.
     wide: operators whose input is too wide for a d x d Gram, by node name: None taps the feature sum
     only; a basis U [d, k] taps the sum and Gram of the rows projected on it, x U (k-dimensional).
+    strided: Conv inputs read position by position (position and patch modes, not wide) keep every s-th row
+    of a batch (position_rows); False keeps every row.
     """
     if mode not in FEATURE_MODES:
         raise ValueError(f"unknown feature mode {mode!r}")
@@ -77,6 +84,7 @@ def instrument(model: onnx.ModelProto, ops: list[EditableOp], mode: str = "posit
     opset = default_opset(model)
     taps: dict[str, Tap] = {}
     by_key: dict[str, Tap] = {}
+    sizes = spatial_sizes(model, [op for op in ops if adapter(op).spatial]) if strided else {}
     for op in ops:
         layout = (layouts or {}).get(op.node_name) if mode in TOKEN_MODES else None
         key = tap_key(op, layout, mode)
@@ -86,7 +94,8 @@ def instrument(model: onnx.ModelProto, ops: list[EditableOp], mode: str = "posit
             key += f"|wide:{op.node_name}" + ("|sum" if basis is None else "|proj")
         if key not in by_key:
             by_key[key] = _add_tap(g, op, len(by_key), opset, mode, layout, precision,
-                                   wide=wide is not None and op.node_name in wide, basis=basis)
+                                   wide=wide is not None and op.node_name in wide, basis=basis, strided=strided,
+                                   spatial=sizes.get(op.node_name + ("|out" if unfolds(op, mode) else "")))
         taps[op.node_name] = by_key[key]
     return out, taps
 
@@ -219,11 +228,12 @@ def _reduce_sum64(g: onnx.GraphProto, p: str, opset: int) -> list:
 
 def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str,
              layout: TokenLayout | None = None, precision: str = "float32", wide: bool = False,
-             basis: np.ndarray | None = None) -> Tap:
+             basis: np.ndarray | None = None, strided: bool = True, spatial: tuple[int, ...] | None = None) -> Tap:
     p = f"__damp_tap{k}_"
     d = op.feature_dim
     nodes: list = []
     x = op.input_name
+    positions = None  # the [N, spatial..., C] tensor whose positions become rows (Conv inputs, patches)
     if layout is not None:
         nodes, x = _class_token(g, x, p, d, layout)
     elif adapter(op).spatial and mode == "pooled":
@@ -231,8 +241,10 @@ def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str,
         x = p + "gap"
     elif unfolds(op, mode):
         nodes, x, d = _unfold(g, op, x, p)
+        positions = x
     else:
         nodes, x = adapter(op).features_last(op, x, p)
+        positions = x if adapter(op).spatial else None
     g.initializer.append(numpy_helper.from_array(np.array([-1, d], dtype=np.int64), p + "shape_const"))
     if wide:
         nodes.append(helper.make_node("Reshape", [x, p + "shape_const"], [p + "rows_full"]))
@@ -246,12 +258,75 @@ def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str,
                   helper.make_node("MatMul", [p + "rows_full64", p + "basis"], [p + "rows"])]
         return _finish_tap(g, op, layout, mode, p, nodes, int(basis.shape[1]), gram=True, shift=False,
                            reduce=_reduce_float64(g, p, opset))
-    nodes.append(helper.make_node("Reshape", [x, p + "shape_const"], [p + "rows"]))
+    step = position_stride(spatial) if strided and positions is not None and spatial and opset >= 10 else 1
+    if step > 1:  # Slice steps: opset 10
+        nodes += position_rows(g, positions, p + "rows", p, d, step)
+    else:
+        nodes.append(helper.make_node("Reshape", [x, p + "shape_const"], [p + "rows"]))
     # class token and pooled taps (one row per image): float64 costs nothing there; the rest: centred float32
     few_rows = layout is not None or (adapter(op).spatial and mode == "pooled")
     shift = precision == "float32" and opset >= 10 and not few_rows and not _double_weight(g, op)  # Slice steps: 10
     reduce = _reduce_float32(g, p, opset) if shift else _reduce_float64(g, p, opset)
     return _finish_tap(g, op, layout, mode, p, nodes, d, gram=True, shift=shift, reduce=reduce)
+
+
+def position_stride(spatial: tuple[int, ...]) -> int:
+    """s for a Conv input of these spatial sizes: the first of POSITION_STRIDES coprime with the last size
+    that keeps MIN_ROWS_PER_IMAGE positions of each image, else 1 (every position)."""
+    n = int(np.prod(spatial))
+    return next((q for q in POSITION_STRIDES if spatial[-1] % q and n >= q * MIN_ROWS_PER_IMAGE), 1)
+
+
+def spatial_sizes(model: onnx.ModelProto, ops: list[EditableOp]) -> dict[str, tuple[int, ...]]:
+    """Spatial sizes of each Conv's input (key: node name) and output (node name + "|out", the positions
+    patch mode reads) where shape inference finds them all.
+
+    Inference runs on the graph with its large initializers declared as inputs, so no weight is copied."""
+    g = model.graph
+    if not ops:
+        return {}
+    small = [t for t in g.initializer if t.ByteSize() <= 4096]
+    declared = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in g.initializer
+                if t.ByteSize() > 4096]
+    lite = helper.make_model(helper.make_graph(list(g.node), g.name or "g", list(g.input) + declared,
+                                               list(g.output), small, value_info=list(g.value_info)),
+                             opset_imports=list(model.opset_import), ir_version=model.ir_version,
+                             functions=list(model.functions))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(lite, strict_mode=False, data_prop=True).graph
+    except Exception:  # not inferable: every position is read
+        return {}
+    found = {}
+    for vi in list(inferred.value_info) + list(inferred.input) + list(inferred.output):
+        dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else []
+        if len(dims) >= 3 and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims[2:]):
+            found[vi.name] = tuple(int(d.dim_value) for d in dims[2:])
+    out = {}
+    for op in ops:
+        node = g.node[op.node_index]
+        if op.input_name in found:
+            out[op.node_name] = found[op.input_name]
+        if node.output and node.output[0] in found:
+            out[op.node_name + "|out"] = found[node.output[0]]
+    return out
+
+
+def position_rows(g: onnx.GraphProto, positions: str, out: str, p: str, d: int, step: int) -> list:
+    """Nodes turning positions [N, spatial..., d] into rows [-1, d] of every step-th position of each image.
+
+    Position j = (h, w) (flattened) is kept when j = 0 mod step; as step is coprime with the width W, row h
+    keeps the columns w = -h W mod step + k step, so the kept positions form a lattice that meets every row
+    and every column equally often. The same positions of every image, whatever the batch: statistics do not
+    depend on how the data is batched or sharded, and sums and Grams estimate the per-position means from
+    1/step of the rows (a CNN's statistics otherwise cost the centring and Gram of every position)."""
+    g.initializer.append(numpy_helper.from_array(np.array([0, -1, d], dtype=np.int64), p + "pos_shape"))
+    for name, value in (("pos_start", 0), ("pos_end", np.iinfo(np.int64).max), ("pos_axis", 1),
+                        ("pos_step", step)):
+        g.initializer.append(numpy_helper.from_array(np.array([value], dtype=np.int64), p + name))
+    return [helper.make_node("Reshape", [positions, p + "pos_shape"], [p + "per_image"]),
+            helper.make_node("Slice", [p + "per_image", p + "pos_start", p + "pos_end", p + "pos_axis",
+                                       p + "pos_step"], [p + "kept"]),
+            helper.make_node("Reshape", [p + "kept", p + "shape_const"], [out])]
 
 
 def _finish_tap(g: onnx.GraphProto, op: EditableOp, layout, mode: str, p: str, nodes: list, d: int, *, gram: bool,
