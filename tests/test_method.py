@@ -355,10 +355,14 @@ def test_head_rows_ablation_edits_only_the_forget_rows_of_the_head(setup):
     assert not np.array_equal(after["w2"][0], before["w2"][0])
 
 
-def _head(tail_softmax: bool, bias_type=TensorProto.FLOAT):
-    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["z" if tail_softmax else "y"])]
-    if tail_softmax:
-        nodes.append(helper.make_node("Softmax", ["z"], ["y"], axis=1))
+def _head(tail: "bool | str", bias_type=TensorProto.FLOAT):
+    """x -> Gemm(w, b) -> y, or -> z -> tail (True: Softmax) -> y."""
+    tail = "Softmax" if tail is True else tail
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["z" if tail else "y"])]
+    if tail == "Relu":
+        nodes.append(helper.make_node("Relu", ["z"], ["y"]))
+    elif tail:
+        nodes.append(helper.make_node(tail, ["z"], ["y"], axis=1))
     b = np.array([0.0, 0.3, -0.2], np.float16 if bias_type == TensorProto.FLOAT16 else np.float32)
     w = np.array([[1.0, 0.2, 0.0], [0.1, 1.0, 0.3], [0.0, 0.2, 1.0]], np.float32)
     if bias_type == TensorProto.FLOAT16:
@@ -369,38 +373,69 @@ def _head(tail_softmax: bool, bias_type=TensorProto.FLOAT):
                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], {"w": w, "b": b})
 
 
-def test_readout_probe_follows_from_the_outputs_when_the_output_is_the_biased_tensor():
-    """Logits straight out of the head: the probe's outputs are the held-out outputs lowered, no run; with a
-    Softmax after the head the probe runs, and both find the same gain and shift."""
-    from onnx_damp.method.pipeline import _bias_is_output, _readout
+def _held(rng):
+    x = (rng.normal(size=(90, 3)) + np.repeat(np.eye(3) * 3, 30, axis=0)).astype(np.float32)
+    return Dataset(x, np.repeat(np.arange(3), 30))
+
+
+@pytest.mark.parametrize("tail", [False, "Softmax", "LogSoftmax"])
+def test_shifted_outputs_equal_a_run_of_the_shifted_model(tail):
+    """Lowering the forget channels of the bias: the rows computed from the unlowered ones are the rows
+    the lowered model gives (identity, Softmax and LogSoftmax tails)."""
+    from onnx_damp.method import readout as ro
+    from onnx_damp.method.pipeline import _output_tail, _shifted
     from onnx_damp.ops.weights import index_graph, output_bias
     from onnx_damp.runtime.predict import predict
 
-    rng = np.random.default_rng(3)
-    x = (rng.normal(size=(90, 3)) + np.repeat(np.eye(3) * 3, 30, axis=0)).astype(np.float32)
-    held = Dataset(x, np.repeat(np.arange(3), 30))
-    direct, soft = _head(False), _head(True)
-    results = []
-    for model in (direct, soft):
+    model, held = _head(tail), _held(np.random.default_rng(4))
+    gi = index_graph(model.graph)
+    ref = output_bias(gi, scan_graph(model).editable[-1])
+    kind = _output_tail(model, gi, ref, None)
+    assert kind == (tail.lower() if tail else "identity")
+    amount = np.array([2.5, 0.7])
+    ran = predict(_shifted(model, ref, [0, 2], amount), held)
+    got = ro.shifted_outputs(predict(model, held), [0, 2], amount, kind)
+    np.testing.assert_allclose(got, ran, rtol=1e-5, atol=1e-6)
+
+
+def test_shifted_outputs_refuse_underflowed_probabilities():
+    from onnx_damp.method import readout as ro
+
+    p = np.array([[1.0, 0.0, 0.0], [0.5, 0.25, 0.25]], np.float32)
+    assert ro.shifted_outputs(p, [0], np.array([1.0]), "softmax") is None
+    assert ro.shifted_outputs(p[1:], [0], np.array([1.0]), "softmax") is not None
+    with np.errstate(divide="ignore"):
+        assert ro.shifted_outputs(np.log(p), [0], np.array([1.0]), "logsoftmax") is None
+
+
+def test_readout_computes_what_a_run_finds_without_running():
+    """Logits or softmax straight out of the head: probe and tries follow from the held-out outputs; the
+    readout that runs the model instead (analytic=False) finds the same gain and shift."""
+    from onnx_damp.method.pipeline import _readout
+    from onnx_damp.runtime.predict import predict
+
+    held = _held(np.random.default_rng(3))
+    for model in (_head(False), _head(True)):
         head = scan_graph(model).editable[-1]
-        ref = output_bias(index_graph(model.graph), head)
-        results.append(_bias_is_output(index_graph(model.graph), ref, None))
         out = predict(model, held)
         base = {c: float(np.mean(out.argmax(1)[held.y == c] == c)) for c in range(3)}
         before = score(out.argmax(1), held.y, [0], base)
-        results.append(_readout(model, out, head, held, [0], [1, 2], base, before, 0.01, "cpu", None, None))
-    is_direct, rec_direct, is_soft, rec_soft = results
-    assert is_direct and not is_soft
-    assert rec_direct.gain == [1.0] and rec_soft.gain == pytest.approx([1.0], abs=1e-5)
-    assert rec_direct.applied and rec_direct.shift == pytest.approx(rec_soft.shift, rel=1e-4)
+        recs = [_readout(model, out, head, held, [0], [1, 2], base, before, 0.01, "cpu", None, None, analytic=a)
+                for a in (True, False)]
+        assert all(r.applied for r in recs)
+        assert recs[0].gain == pytest.approx(recs[1].gain, abs=1e-5)
+        assert recs[0].shift == pytest.approx(recs[1].shift, rel=1e-4)
+        np.testing.assert_allclose(recs[0].outputs, recs[1].outputs, rtol=1e-4, atol=1e-5)
 
 
-def test_an_fp16_bias_is_not_taken_as_lowering_the_output_exactly():
-    from onnx_damp.method.pipeline import _bias_is_output
+def test_output_tail_only_where_rows_follow_from_the_outputs():
+    from onnx_damp.method.pipeline import _output_tail
     from onnx_damp.ops.weights import BiasRef, index_graph
 
-    model = index_graph(_head(False).graph)
-    assert _bias_is_output(model, BiasRef("b", 1.0, 3, "y"), None)
-    assert not _bias_is_output(model, BiasRef("b", 1.0, 3, "y"), "other")
-    half = index_graph(_head(False, TensorProto.FLOAT16).graph)
-    assert not _bias_is_output(half, BiasRef("b16", 1.0, 3, "y"), None)
+    direct = _head(False)
+    assert _output_tail(direct, index_graph(direct.graph), BiasRef("b", 1.0, 3, "y"), None) == "identity"
+    assert _output_tail(direct, index_graph(direct.graph), BiasRef("b", 1.0, 3, "y"), "other") is None
+    half = _head(False, TensorProto.FLOAT16)
+    assert _output_tail(half, index_graph(half.graph), BiasRef("b16", 1.0, 3, "y"), None) is None
+    relu = _head("Relu")
+    assert _output_tail(relu, index_graph(relu.graph), BiasRef("b", 1.0, 3, "z"), None) is None

@@ -299,11 +299,12 @@ def _scaled(alpha: float, scale: float) -> float:
 
 def _readout(model: onnx.ModelProto, out: np.ndarray, head: EditableOp, held: Dataset, forget: list[int],
              retain: list[int], base: dict[int, float], before: HeldOutScore, target: float, device, input_name,
-             output_name, bar: Callable[[int], None] | None = None) -> ReadoutRecord:
+             output_name, bar: Callable[[int], None] | None = None, analytic: bool = True) -> ReadoutRecord:
     """Lower the forget channels of the last operator's bias by the shift readout.readout_shift measures.
 
     out: model's output rows on the held-out images (from its candidate's score). bar: progress (a Progress,
-    sized for the probe and one try; it grows with each further try)."""
+    sized for the probe and one try; it grows with each further try). analytic: where the output's rows after
+    a bias change follow from out (_output_tail), compute them instead of running the model (False: run)."""
     gi = index_graph(model.graph)
     ref = output_bias(gi, head)
     if isinstance(ref, str):
@@ -318,9 +319,9 @@ def _readout(model: onnx.ModelProto, out: np.ndarray, head: EditableOp, held: Da
     t = ro.class_shifts(m, held.y, forget, target)
     fidx = np.flatnonzero(fmask)
     lowered = np.full(len(forget), PROBE_SHIFT)
-    if _bias_is_output(gi, ref, output_name):  # the output is the biased tensor itself: its rows, lowered
-        probe_out = out[fidx].copy()
-        probe_out[:, forget] -= lowered
+    tail = _output_tail(model, gi, ref, output_name) if analytic else None
+    probe_out = None if tail is None else ro.shifted_outputs(out[fidx], forget, lowered, tail)
+    if probe_out is not None:  # the output's rows after the change follow from those before: no run
         if bar is not None:
             bar(len(fidx))
     else:
@@ -335,7 +336,7 @@ def _readout(model: onnx.ModelProto, out: np.ndarray, head: EditableOp, held: Da
                       f"{[c for c, g in zip(forget, gain) if g <= 1e-6]} (gain {np.round(gain, 4).tolist()})")
         return rec
     edited, edited_out, after, shift = _widened(model, ref, forget, t / gain, held, base, device, input_name,
-                                                output_name, bar)
+                                                output_name, bar, out=out if tail else None, tail=tail)
     if after.mean_drop > before.mean_drop + 1e-9 or after.worst[1] > before.worst[1] + 1e-9:
         rec.reason = (f"lowering the forget channels of {head.node_name} lowered retain accuracy on the held-out "
                       "images: the output is not a per-channel increasing function of that operator")
@@ -344,32 +345,51 @@ def _readout(model: onnx.ModelProto, out: np.ndarray, head: EditableOp, held: Da
     return rec
 
 
-def _bias_is_output(gi: GraphIndex, ref: BiasRef, output_name: str | None) -> bool:
-    """Whether the model output read as scores is the tensor ref's bias is added into, as float32/float64 with a
-    float32/float64 bias: lowering the bias by s then lowers those output columns by exactly s (to the
-    output's rounding), and the probe's outputs follow from the ones already predicted, without a run.
-    gi: the index of the model's graph (output_bias's)."""
+def _output_tail(model: onnx.ModelProto, gi: GraphIndex, ref: BiasRef, output_name: str | None) -> str | None:
+    """What the model output read as scores is of the tensor ref's bias is added into, when its rows after a
+    bias change follow from the rows before (readout.shifted_outputs): "identity" (that tensor itself),
+    "softmax" or "logsoftmax" (of it, over the classes of a [N, classes] output, its only reader); float32/64
+    output and bias. None otherwise (a run is needed). gi: the index of the model's graph (output_bias's)."""
     g = gi.graph
     out = next((o for o in g.output if o.name == output_name), None) if output_name else (g.output[0] if g.output
                                                                                          else None)
     bias = gi.inits.get(ref.name)
     floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
-    return (out is not None and out.name == ref.output and out.type.tensor_type.elem_type in floats
-            and bias is not None and bias.data_type in floats)
+    if out is None or out.type.tensor_type.elem_type not in floats or bias is None or bias.data_type not in floats:
+        return None
+    if out.name == ref.output:
+        return "identity"
+    node = g.node[gi.producer[out.name]] if out.name in gi.producer else None
+    if node is None or node.op_type not in ("Softmax", "LogSoftmax") or node.domain not in ("", "ai.onnx"):
+        return None
+    opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 13)
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 1 if opset < 13 else -1)
+    rank = len(out.type.tensor_type.shape.dim) if out.type.tensor_type.HasField("shape") else 0
+    if node.input[0] != ref.output or gi.uses[ref.output] != 1 or rank != 2 or axis not in (1, -1):
+        return None
+    return node.op_type.lower()
 
 
 def _widened(model: onnx.ModelProto, ref: BiasRef, forget: list[int], shift: np.ndarray, held: Dataset,
-             base: dict[int, float], device, input_name, output_name, bar=None, tries: int = READOUT_TRIES):
+             base: dict[int, float], device, input_name, output_name, bar=None, tries: int = READOUT_TRIES,
+             out: np.ndarray | None = None, tail: str | None = None):
     """The bias shift, doubled while held-out forget images still read as a forget class (at most tries
     times): scores clipped by a saturated softmax can hide part of the margin, and with several forget
     classes an image can move from one lowered channel to another. Returns (model, its held-out outputs,
-    score, shift) of the try with the lowest held-out forget accuracy (the smallest shift on ties)."""
+    score, shift) of the try with the lowest held-out forget accuracy (the smallest shift on ties).
+    out, tail: the model's held-out rows and its output tail (_output_tail): each try's rows are computed
+    from them (readout.shifted_outputs) where they can be, instead of run."""
     best = None
+    base_out = out
     for attempt in range(tries):
         edited = _shifted(model, ref, forget, shift)
         if attempt and bar is not None and hasattr(bar, "grow"):
             bar.grow(len(held))
-        out = predict(edited, held, 256, device, input_name, output_name, bar)
+        out = None if tail is None else ro.shifted_outputs(base_out, forget, shift, tail)
+        if out is None:
+            out = predict(edited, held, 256, device, input_name, output_name, bar)
+        elif bar is not None:
+            bar(len(held))
         sc = score(out.argmax(1), held.y, forget, base)
         if best is None or sc.forget_accuracy < best[2].forget_accuracy:
             best = (edited, out, sc, shift)

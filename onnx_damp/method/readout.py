@@ -96,3 +96,34 @@ def margin_gain(before: np.ndarray, after: np.ndarray, probe: float) -> np.ndarr
     rescales the shift; a gain <= 0 means the bias does not lower the class's score.
     """
     return np.median(-(after - before) / probe, axis=0)
+
+
+OUTPUT_TAILS = ("identity", "softmax", "logsoftmax")  # what the model output is of the tensor the bias enters
+SOFTMAX_FLOOR = 1e-30  # smallest probability whose log is exact enough (float32 normals start at 1.2e-38)
+
+
+def shifted_outputs(out: np.ndarray, forget: list[int], amount: np.ndarray, tail: str) -> "np.ndarray | None":
+    """Output rows of the model whose forget channels of the biased tensor z are lowered by amount, from the
+    rows out it gives unlowered, where out is z (identity), softmax(z) or log softmax(z) over the classes:
+    z + d = log softmax(z) + d + const per row, and both softmaxes ignore a per-row constant. None when a
+    probability is below SOFTMAX_FLOOR (or a log-probability is infinite): its log no longer recovers z."""
+    x = np.asarray(out, dtype=np.float64)
+    if tail == "identity":
+        lowered = x.copy()
+        lowered[:, forget] -= np.asarray(amount, dtype=np.float64)
+        return lowered.astype(out.dtype)
+    if tail not in ("softmax", "logsoftmax"):
+        raise ValueError(f"unknown output tail {tail!r}")
+    if tail == "softmax":
+        if x.size and x.min() < SOFTMAX_FLOOR:
+            return None
+        z = np.log(x)
+    else:
+        if not np.isfinite(x).all():
+            return None
+        z = x.copy()
+    z[:, forget] -= np.asarray(amount, dtype=np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return (np.exp(z - lse) if tail == "softmax" else z - lse).astype(out.dtype)
+
