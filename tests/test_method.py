@@ -67,6 +67,15 @@ def test_split_holdout_is_per_class_disjoint_and_deterministic():
     assert np.array_equal(fit, again[0]) and np.array_equal(held, again[1])
 
 
+def test_split_holdout_caps_the_held_out_images_of_a_large_class():
+    y = np.repeat(np.arange(2), [5000, 400])
+    fit, held = split_holdout(y, 0.2, max_holdout=256)
+    assert [int(np.sum(y[held] == c)) for c in range(2)] == [256, 80]
+    assert len(fit) + len(held) == len(y)
+    first = np.flatnonzero(y[held] == 0)
+    assert held[first].min() < 50 and held[first].max() > 4950   # spread over the whole class
+
+
 def test_pick_prefers_lowest_forget_accuracy_within_the_guards():
     ok = HeldOutScore(0.05, 0.9, {1: 0.0, 2: 0.01})
     stronger_but_costly = HeldOutScore(0.0, 0.8, {1: 0.0, 2: 0.2})  # forgets more, costs class 2 20 points

@@ -1,8 +1,8 @@
 """The forget pipeline: hold out part of the calibration data, collect statistics on the rest, plan and
 apply candidate DAMP edits, keep the best on the held-out images, then the readout stage.
 
-1. Split: every fifth calibration image of each class is held out (selection.split_holdout); statistics
-   come from the rest, every choice below from the held-out images, which built nothing.
+1. Split: every fifth calibration image of each class (at most 256) is held out (selection.split_holdout);
+   statistics come from the rest, every choice below from the held-out images, which built nothing.
 2. Representation edit (DAMP): one statistics pass; candidate plans from the same statistics (with and
    without extra directions; weaker ones only when neither keeps the retain guards, stronger ones, up to a
    full projection, only when the best within the guards leaves held-out forget accuracy above the target);
@@ -282,7 +282,7 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
                 break
     elif use_candidates and tried[pick([t[3] for t in tried])][3].forget_accuracy > target:
         for c in STRONGER_CANDIDATES:  # the held-out images still read the class: a stronger edit, if they allow it
-            attempt(*c)
+            attempt(*c, beat=best_within())  # one that does not lower forget accuracy ends the search unscored
             if not tried[-1][3].within_guards() or tried[-1][3].forget_accuracy <= target:
                 break
     k = pick([t[3] for t in tried])

@@ -16,13 +16,16 @@ from onnx_damp.verify.metrics import per_class_accuracy
 
 HOLDOUT_FRACTION = MethodOptions.holdout  # share of each class's calibration images held out of the statistics
 MIN_HOLDOUT = 5          # a class with fewer than 2 * this many images is not split (all go to the fit part)
+# at most this many images of a class are held out (the rest build statistics): a 1% forget target is then
+# still 2.5 images of each class, and a large calibration set does not multiply the cost of every check
+MAX_HOLDOUT = 256
 MAX_MEAN_DROP = 0.01     # the retain guards: mean retain accuracy down at most 1 point ...
 MAX_CLASS_DROP = 0.03    # ... and no retain class down more than 3 points
 
 
 def split_holdout(y: np.ndarray, fraction: float = HOLDOUT_FRACTION,
-                  min_holdout: int = MIN_HOLDOUT) -> tuple[np.ndarray, np.ndarray]:
-    """(fit, held-out) sample indices: every k-th image of each class (k = 1/fraction) is held out.
+                  min_holdout: int = MIN_HOLDOUT, max_holdout: int = MAX_HOLDOUT) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, held-out) sample indices: fraction of each class's images, at most max_holdout, evenly spread.
 
     Deterministic and spread over the file order; a class with fewer than 2 * min_holdout images is kept
     whole in the fit part (its prototype matters more than a check on a handful of images).
@@ -33,7 +36,7 @@ def split_holdout(y: np.ndarray, fraction: float = HOLDOUT_FRACTION,
         return np.arange(len(y)), np.zeros(0, dtype=np.int64)
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
-        n_held = int(round(len(idx) * fraction))
+        n_held = min(int(round(len(idx) * fraction)), max_holdout)
         if len(idx) < 2 * min_holdout or n_held < min_holdout:
             fit.append(idx)
             continue
