@@ -149,3 +149,20 @@ def test_a_batch_fixed_at_another_size_warns_that_tokens_are_read_as_rows(tmp_pa
     res = onnx_damp.forget(str(tmp_path / "m.onnx"), (x, np.repeat(np.arange(OUT), 14)[:40]), [0], feature_samples=0,
                            default_gates=False, holdout=0, readout=False)
     assert any("cannot be probed" in w for w in res.warnings)
+
+
+def test_rows_shape_inference_shows_to_be_one_per_sample_are_not_probed():
+    """A Gemm reading [N, d] (the data's own batch) needs no probe; flattened token rows ([N*T, d]) do."""
+    from onnx_damp.runtime.tokens import batch_rows
+
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(D, OUT)).astype(np.float32)
+    plain = lambda: make_model([helper.make_node("Gemm", ["x", "w"], ["y"], name="mm")],  # noqa: E731
+                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", D])],
+                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", OUT])], {"w": w})
+    assert batch_rows(plain(), ["x"]) == {"x"}
+    assert batch_rows(fixed(plain(), 1), ["x"]) == {"x"}
+    assert batch_rows(fixed(plain(), 2), ["x"]) == set()        # a batch fixed at 2: not claimed
+    for layout in ("token_major", "batch_major"):
+        assert batch_rows(token_model(layout, rng), ["rows"]) == set()
+        assert batch_rows(fixed(token_model(layout, rng), 1), ["rows"]) == set()

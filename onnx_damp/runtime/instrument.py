@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_damp.ops.base import EditableOp
 from onnx_damp.ops.registry import adapter
+from onnx_damp.runtime.shapes import inferred_dims
 from onnx_damp.runtime.tokens import TokenLayout
 
 FEATURE_MODES = ("auto", "position", "pooled", "patch")
@@ -279,31 +280,15 @@ def position_stride(spatial: tuple[int, ...]) -> int:
 
 def spatial_sizes(model: onnx.ModelProto, ops: list[EditableOp]) -> dict[str, tuple[int, ...]]:
     """Spatial sizes of each Conv's input (key: node name) and output (node name + "|out", the positions
-    patch mode reads) where shape inference finds them all.
-
-    Inference runs on the graph with its large initializers declared as inputs, so no weight is copied."""
-    g = model.graph
+    patch mode reads) where shape inference finds them all (runtime.shapes)."""
     if not ops:
         return {}
-    small = [t for t in g.initializer if t.ByteSize() <= 4096]
-    declared = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in g.initializer
-                if t.ByteSize() > 4096]
-    lite = helper.make_model(helper.make_graph(list(g.node), g.name or "g", list(g.input) + declared,
-                                               list(g.output), small, value_info=list(g.value_info)),
-                             opset_imports=list(model.opset_import), ir_version=model.ir_version,
-                             functions=list(model.functions))
-    try:
-        inferred = onnx.shape_inference.infer_shapes(lite, strict_mode=False, data_prop=True).graph
-    except Exception:  # not inferable: every position is read
-        return {}
-    found = {}
-    for vi in list(inferred.value_info) + list(inferred.input) + list(inferred.output):
-        dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else []
-        if len(dims) >= 3 and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims[2:]):
-            found[vi.name] = tuple(int(d.dim_value) for d in dims[2:])
+    dims = inferred_dims(model)
+    found = {name: tuple(d[2:]) for name, d in dims.items()
+             if len(d) >= 3 and all(isinstance(v, int) and v > 0 for v in d[2:])}
     out = {}
     for op in ops:
-        node = g.node[op.node_index]
+        node = model.graph.node[op.node_index]
         if op.input_name in found:
             out[op.node_name] = found[op.input_name]
         if node.output and node.output[0] in found:

@@ -91,6 +91,9 @@ def probe_token_layouts(model: onnx.ModelProto, ops: list[EditableOp], x: np.nda
 
     cands = [op for op in ops if adapter(op).token_candidate(op)]
     names = list(dict.fromkeys(op.input_name for op in cands))
+    if names:
+        names = [n for n in names if n not in batch_rows(model, names, input_name)]
+        cands = [op for op in cands if op.input_name in names]
     if not names or len(x) < 3:
         return {}
     sess = make_session(_probe_model(model, names), device, basic_optimizations=True)
@@ -107,6 +110,21 @@ def probe_token_layouts(model: onnx.ModelProto, ops: list[EditableOp], x: np.nda
     r2, r2b, r3 = run(x[[0, 1]]), run(x[[0, 2]]), run(x[[0, 1, 2]])
     found = {name: _layout_from_runs(r2[name], r2b[name], r3[name]) for name in names}
     return {op.node_name: found[op.input_name] for op in cands if found[op.input_name] is not None}
+
+
+def batch_rows(model: onnx.ModelProto, names: list[str], input_name: str | None = None) -> set[str]:
+    """The names among names that shape inference shows to be [batch, d], one row per sample: the first dim
+    is the data input's symbolic batch (or 1 with a batch fixed at 1). They carry no token axis, so they
+    need no probe."""
+    from onnx_damp.runtime.shapes import inferred_dims
+
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights and input_name in (None, i.name)]
+    dims = inferred_dims(model) if inputs else {}
+    batch = dims.get(inputs[0].name, [None])[:1] if inputs else [None]
+    if not batch or batch[0] in (None, 0) or (isinstance(batch[0], int) and batch[0] != 1):
+        return set()
+    return {n for n in names if len(dims.get(n, [])) == 2 and dims[n][0] == batch[0]}
 
 
 def token_probe_note(model: onnx.ModelProto, ops: list[EditableOp], input_name: str | None,
