@@ -1,7 +1,7 @@
 """Build a copy of the graph that also outputs per-batch statistics of every editable operator's input.
 
-For each tapped activation the copy reshapes it to rows of input features ([rows, d]; every spatial
-position or token is a row), casts to float64 and reduces inside the graph to a feature sum [d], an
+For each tapped activation the copy reshapes it to rows of input features ([rows, d]; every token, and
+every spatial position on a lattice of Conv inputs (position_rows), is a row) and reduces inside the graph to a feature sum [d], an
 uncentred Gram matrix [d, d] and the row count, so no activation ever leaves onnxruntime and memory
 does not grow with the number of samples.
 """
@@ -72,8 +72,8 @@ def instrument(model: onnx.ModelProto, ops: list[EditableOp], mode: str = "posit
     (the class token) of each sample; every other operator contributes every position/token row.
     wide: operators whose input is too wide for a d x d Gram, by node name: None taps the feature sum
     only; a basis U [d, k] taps the sum and Gram of the rows projected on it, x U (k-dimensional).
-    strided: Conv inputs read position by position (position and patch modes, not wide) keep every s-th row
-    of a batch (position_rows); False keeps every row.
+    strided: Conv inputs read position by position (position and patch modes, not wide) keep every s-th
+    position of each image (position_rows); False keeps every position.
     """
     if mode not in FEATURE_MODES:
         raise ValueError(f"unknown feature mode {mode!r}")
