@@ -25,6 +25,7 @@ from onnx_damp.method import readout as ro
 from onnx_damp.data.dataset import Dataset, subset
 from onnx_damp.ops.base import EditableOp
 from onnx_damp.ops.registry import adapter
+from onnx_damp.runtime.instrument import default_opset
 from onnx_damp.runtime.predict import SessionPool, pooled, predict, prediction_session
 from onnx_damp.verify.metrics import per_class_accuracy
 from onnx_damp.method.selection import HeldOutScore, forget_only, pick, score, split_holdout
@@ -362,8 +363,7 @@ def _output_tail(model: onnx.ModelProto, gi: GraphIndex, ref: BiasRef, output_na
     node = g.node[gi.producer[out.name]] if out.name in gi.producer else None
     if node is None or node.op_type not in ("Softmax", "LogSoftmax") or node.domain not in ("", "ai.onnx"):
         return None
-    opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 13)
-    axis = next((a.i for a in node.attribute if a.name == "axis"), 1 if opset < 13 else -1)
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 1 if default_opset(model) < 13 else -1)
     rank = len(out.type.tensor_type.shape.dim) if out.type.tensor_type.HasField("shape") else 0
     if node.input[0] != ref.output or gi.uses[ref.output] != 1 or rank != 2 or axis not in (1, -1):
         return None

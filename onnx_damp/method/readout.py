@@ -107,13 +107,13 @@ def shifted_outputs(out: np.ndarray, forget: list[int], amount: np.ndarray, tail
     rows out it gives unlowered, where out is z (identity), softmax(z) or log softmax(z) over the classes:
     z + d = log softmax(z) + d + const per row, and both softmaxes ignore a per-row constant. None when a
     probability is below SOFTMAX_FLOOR (or a log-probability is infinite): its log no longer recovers z."""
+    if tail not in OUTPUT_TAILS:
+        raise ValueError(f"unknown output tail {tail!r}")
     x = np.asarray(out, dtype=np.float64)
     if tail == "identity":
         lowered = x.copy()
         lowered[:, forget] -= np.asarray(amount, dtype=np.float64)
         return lowered.astype(out.dtype)
-    if tail not in ("softmax", "logsoftmax"):
-        raise ValueError(f"unknown output tail {tail!r}")
     if tail == "softmax":
         if x.size and x.min() < SOFTMAX_FLOOR:
             return None

@@ -1,9 +1,9 @@
 """Build a copy of the graph that also outputs per-batch statistics of every editable operator's input.
 
 For each tapped activation the copy reshapes it to rows of input features ([rows, d]; every token, and
-every spatial position on a lattice of Conv inputs (position_rows), is a row) and reduces inside the graph to a feature sum [d], an
-uncentred Gram matrix [d, d] and the row count, so no activation ever leaves onnxruntime and memory
-does not grow with the number of samples.
+every spatial position on a lattice of Conv inputs (position_rows), is a row) and reduces inside the graph
+to a feature sum [d], an uncentred Gram matrix [d, d] and the row count, so no activation ever leaves
+onnxruntime and memory does not grow with the number of samples.
 """
 from __future__ import annotations
 

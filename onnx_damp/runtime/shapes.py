@@ -4,8 +4,6 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-Dim = "int | str | None"  # a size, a symbolic name, or unknown
-
 
 def inferred_dims(model: onnx.ModelProto) -> dict[str, list]:
     """The dims of every tensor shape inference can type (value infos, inputs, outputs), by name: an int

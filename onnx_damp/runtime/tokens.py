@@ -140,13 +140,10 @@ def token_probe_note(model: onnx.ModelProto, ops: list[EditableOp], input_name: 
     cands = [op for op in ops if adapter(op).token_candidate(op)]
     if not cands:
         return None
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model).graph
-    except Exception:  # too large or not inferable: no claim either way
-        return None
-    ranks = {vi.name: len(vi.type.tensor_type.shape.dim) for vi in list(inferred.value_info) + list(inferred.input)
-             if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
-    seq = [op.node_name for op in cands if ranks.get(op.input_name) == 3]
+    from onnx_damp.runtime.shapes import inferred_dims
+
+    dims = inferred_dims(model)  # empty when not inferable: no claim either way
+    seq = [op.node_name for op in cands if len(dims.get(op.input_name, [])) == 3]
     if not seq:
         return None
     return (f"the model's batch is fixed at {n}: the token layout of {len(seq)} token-sequence operator(s) "
