@@ -351,6 +351,24 @@ def test_a_second_plan_reuses_layer_separabilities_exactly(setup):
         np.testing.assert_array_equal(a.q, b.q)
 
 
+def test_plan_variants_equal_separate_plans(setup):
+    """plan_variants computes each layer's moments once for both extra-directions flags; every plan equals
+    the one plan() makes alone."""
+    from onnx_damp.method.plan import plan_variants
+
+    model, _, calib, _ = setup
+    ops = scan_graph(model).editable
+    stats = collect(model, ops, calib, [0])
+    retain = list(range(1, CLASSES))
+    both = plan_variants(ops, stats, [0], retain, (True, False))
+    for extra in (True, False):
+        for a, b in zip(both[extra], plan(ops, stats, [0], retain, extra)):
+            assert (a.alpha, a.separation, a.layer_separability, a.extra_rank) == \
+                (b.alpha, b.separation, b.layer_separability, b.extra_rank)
+            np.testing.assert_array_equal(a.q, b.q)
+    assert len(both[True]) == len(both[False]) == len(ops)
+
+
 def test_head_rows_ablation_edits_only_the_forget_rows_of_the_head(setup):
     from onnx import numpy_helper
 

@@ -194,3 +194,37 @@ def test_extend_subspace_with_a_rank_bound_picks_the_same_span(rng):
     bounded = pj.extend_subspace(q, retain, s_f, s_r, forget_rows=8)
     assert dense.shape == bounded.shape and dense.shape[1] > 1
     np.testing.assert_allclose(dense @ dense.T, bounded @ bounded.T, atol=1e-7)
+
+
+def test_cholesky_paths_match_the_eigen_paths(rng):
+    """Above dense_max the low-rank generalized eigenproblem is whitened by a Cholesky factor and the
+    Mahalanobis delta solved by one: the same eigenpairs and span, and the same delta on a well-posed sigma."""
+    d = 90
+    rows = rng.normal(size=(5, d)) * 2.0
+    a = rows.T @ rows / 5
+    b = rng.normal(size=(d, 300))
+    c = b @ b.T / 300
+    lam_e, v_e = pj.generalized_eigh(a, c, lam_min=1.0, a_rank=5, dense_max=10 ** 9)
+    lam_c, v_c = pj.generalized_eigh(a, c, lam_min=1.0, a_rank=5, dense_max=0)
+    np.testing.assert_allclose(lam_c[-5:], lam_e[-5:], rtol=1e-8)
+    assert v_c.shape == v_e.shape and v_c.shape[1] >= 1
+    c_reg = c + 1e-6 * np.trace(c) / d * np.eye(d)  # the default ridge
+    np.testing.assert_allclose(v_c.T @ c_reg @ v_c, np.eye(v_c.shape[1]), atol=1e-8)  # c-orthonormal
+    proj = lambda v: v @ np.linalg.pinv(v)  # noqa: E731
+    np.testing.assert_allclose(proj(v_c), proj(v_e), atol=1e-7)
+    m = rng.normal(size=d) * 0.1
+    eig = pj.mahalanobis_separation(m, c, np.zeros(d), c, dense_max=10 ** 9)
+    chol = pj.mahalanobis_separation(m, c, np.zeros(d), c, dense_max=0)
+    assert chol == pytest.approx(eig, rel=1e-4)
+
+
+def test_cholesky_path_falls_back_to_the_eigen_path_on_an_indefinite_moment(rng):
+    b = rng.normal(size=(40, 3))
+    c = b @ b.T
+    c[39, 39] -= 1.0  # clearly indefinite: no Cholesky factor, the clamped eigen path answers
+    rows = rng.normal(size=(2, 40))
+    a = rows.T @ rows
+    lam_c, v_c = pj.generalized_eigh(a, c, a_rank=2, dense_max=0)
+    lam_e, v_e = pj.generalized_eigh(a, c, a_rank=2, dense_max=10 ** 9)
+    np.testing.assert_array_equal(lam_c, lam_e)
+    np.testing.assert_array_equal(v_c, v_e)

@@ -149,9 +149,9 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
             stats = _collect(proto, ops, fit, forget, None, progress=bar, **rk)
     outcome.first_stats = stats
     n_cands = len(CANDIDATES) if candidates else 1
-    first_extra = CANDIDATES[0][1] if candidates else extra_directions
-    with phases("planning", len(ops)) as bar:  # the first candidate's plan: the d x d solves (the others reuse)
-        plans = {first_extra: dm.plan(ops, stats, forget, retain, first_extra, extra_bar, progress=bar)}
+    extras = tuple(dict.fromkeys(c[1] for c in CANDIDATES)) if candidates else (extra_directions,)
+    with phases("planning", len(ops)) as bar:  # every candidate's plan, each layer's moments computed once
+        plans = dm.plan_variants(ops, stats, forget, retain, extras, extra_bar, progress=bar)
     with phases("held-out check", len(held) * (1 + n_cands)) as bar:
         orig_held = predict(proto, held, 256, device, input_name, output_name, bar,
                             session=pooled(sessions, proto, held, input_name, device))
@@ -167,7 +167,7 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
         with phases(f"statistics, pass {k}", len(fit)) as bar:
             st = _collect(rep_model, ops, fit, forget, stats.token_layouts, progress=bar, **rk)
         with phases(f"planning, pass {k}", len(ops)) as bar:
-            plans = {first_extra: dm.plan(ops, st, forget, retain, first_extra, extra_bar, progress=bar)}
+            plans = dm.plan_variants(ops, st, forget, retain, extras, extra_bar, progress=bar)
         with phases(f"held-out check, pass {k}", len(held) * n_cands) as bar:
             model, sc, r, out = _best_candidate(rep_model, ops, st, held, forget, retain, base, extra_directions,
                                                 extra_bar, candidates, rk, target_forget_accuracy, bar, rows, plans)

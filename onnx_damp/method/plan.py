@@ -1,6 +1,7 @@
 """DAMP per layer: from collected statistics to a forget subspace Q and a strength alpha, then the edit."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -58,8 +59,17 @@ def plan_layer(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Se
     rows can be told apart using only the directions the edit removes. layer_sep: the layer's whole-space
     probe separability when already known (another plan from the same statistics): a d x d solve saved.
     """
+    return plan_layer_variants(op, st, forget, retain, (extra_directions,), extra_bar, layer_sep)[extra_directions]
+
+
+def plan_layer_variants(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Sequence[int],
+                        extras: Sequence[bool], extra_bar: str = "energy",
+                        layer_sep: float | None = None) -> dict[bool, LayerPlan]:
+    """plan_layer for each extra-directions flag in extras, from one computation of the layer's moments
+    (the d x d part of the work: on a 2,400-wide input, most of a plan)."""
     if st.wide:
-        return _plan_wide(op, st, forget, retain)
+        wide = _plan_wide(op, st, forget, retain)
+        return {e: dataclasses.replace(wide) for e in extras}
     mu_f = np.stack([st.mean(c) for c in forget], axis=1)
     mu_r = np.stack([st.mean(c) for c in retain], axis=1)
     residuals = pj.retain_residuals(mu_f, mu_r)
@@ -70,17 +80,22 @@ def plan_layer(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Se
     if layer_sep is None:
         layer_sep = pj.probe_separability(pj.mahalanobis_separation(mf, cf, mr, cr))
     share = pj.residual_share(residuals, mu_f)
-    if q.shape[1] == 0:
-        return LayerPlan(op, q, 0.0, 0.0, 0.0, layer_separability=layer_sep, residual_share=share,
-                         note="forget prototype lies in the retain span: nothing to remove")
-    extra = 0
-    if extra_directions:
-        q2 = pj.extend_subspace(q, mu_r, sf, sr, bar=extra_bar, c_f=cf, c_r=cr, forget_rows=n_f)
-        extra, q = q2.shape[1] - q.shape[1], q2
-    delta = pj.mahalanobis_separation(q.T @ mf, q.T @ cf @ q, q.T @ mr, q.T @ cr @ q)
-    sep = pj.probe_separability(delta)
-    return LayerPlan(op, q, pj.alpha_from_separability(sep), delta, sep, extra, layer_separability=layer_sep,
-                     residual_share=share)
+    out = {}
+    for extra_directions in extras:
+        if q.shape[1] == 0:
+            out[extra_directions] = LayerPlan(op, q, 0.0, 0.0, 0.0, layer_separability=layer_sep,
+                                              residual_share=share,
+                                              note="forget prototype lies in the retain span: nothing to remove")
+            continue
+        qe, extra = q, 0
+        if extra_directions:
+            qe = pj.extend_subspace(q, mu_r, sf, sr, bar=extra_bar, c_f=cf, c_r=cr, forget_rows=n_f)
+            extra = qe.shape[1] - q.shape[1]
+        delta = pj.mahalanobis_separation(qe.T @ mf, qe.T @ cf @ qe, qe.T @ mr, qe.T @ cr @ qe)
+        sep = pj.probe_separability(delta)
+        out[extra_directions] = LayerPlan(op, qe, pj.alpha_from_separability(sep), delta, sep, extra,
+                                          layer_separability=layer_sep, residual_share=share)
+    return out
 
 
 def _plan_wide(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Sequence[int]) -> LayerPlan:
@@ -117,10 +132,19 @@ def plan(ops: list[EditableOp], stats: Statistics, forget: Sequence[int], retain
          like: "list[LayerPlan] | None" = None, progress=None) -> list[LayerPlan]:
     """One LayerPlan per operator. like: plans from the same statistics and classes, whose layer
     separabilities are reused (they do not depend on the extra directions). progress(1) after each layer."""
+    return plan_variants(ops, stats, forget, retain, (extra_directions,), extra_bar, like, progress)[extra_directions]
+
+
+def plan_variants(ops: list[EditableOp], stats: Statistics, forget: Sequence[int], retain: Sequence[int],
+                  extras: Sequence[bool], extra_bar: str = "energy", like: "list[LayerPlan] | None" = None,
+                  progress=None) -> dict[bool, list[LayerPlan]]:
+    """plan for each extra-directions flag in extras, each layer's moments computed once for all of them."""
     seps = [p.layer_separability for p in like] if like is not None else [None] * len(ops)
-    out = []
+    out: dict[bool, list[LayerPlan]] = {e: [] for e in extras}
     for op, sep in zip(ops, seps):
-        out.append(plan_layer(op, stats.layers[op.node_name], forget, retain, extra_directions, extra_bar, sep))
+        for e, p in plan_layer_variants(op, stats.layers[op.node_name], forget, retain, extras, extra_bar,
+                                        sep).items():
+            out[e].append(p)
         if progress is not None:
             progress(1)
     return out

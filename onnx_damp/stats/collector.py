@@ -131,7 +131,7 @@ def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size
         samples[c] = samples.get(c, 0) + real
         if progress:
             progress(real)
-    pending.flush(per_tap, keep)
+    pending.flush(per_tap, keep, last=True)
     if keep is None:
         for st in per_tap.values():
             st.canonical_total()
@@ -140,19 +140,38 @@ def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size
 
 class _ShiftCorrections:
     """The shift terms m_b, u_b of one class's batches per tap; flush adds sum_b (m_b u_b^T + u_b m_b^T) to the
-    class's Gram (and the total), so float32 reductions cost one product per class on the host."""
+    class's Gram and the total, as one product M U^T per class, so float32 reductions cost little on
+    the host. Classes whose Gram is not kept only feed the total: their terms wait for one product at the end
+    (a 2,400-wide Gemm input: one d x d product and sum instead of one per class)."""
 
     def __init__(self) -> None:
         self.cls: int | None = None
         self.terms: dict[str, tuple[list, list]] = {}
+        self.total_only: dict[str, tuple[list, list]] = {}
 
     def add(self, key: str, m: np.ndarray, u: np.ndarray) -> None:
         ms, us = self.terms.setdefault(key, ([], []))
         ms.append(m)
         us.append(u)
 
-    def flush(self, per_tap: dict, keep: set | None) -> None:
+    def flush(self, per_tap: dict, keep: set | None, last: bool = False) -> None:
+        """The current class's terms (a kept Gram's now, the others' with the total's at the last flush)."""
+        kept = keep is None or self.cls in keep
         for key, (ms, us) in self.terms.items():
-            corr = np.stack(ms, axis=1) @ np.stack(us, axis=0)
-            per_tap[key].add_gram(self.cls, corr + corr.T, keep is None or self.cls in keep)
+            if kept:
+                per_tap[key].add_gram(self.cls, _symmetric_sum(ms, us), True)
+            else:
+                tm, tu = self.total_only.setdefault(key, ([], []))
+                tm += ms
+                tu += us
         self.terms = {}
+        if last:
+            for key, (ms, us) in self.total_only.items():
+                per_tap[key].add_gram(None, _symmetric_sum(ms, us), False)
+            self.total_only = {}
+
+
+def _symmetric_sum(ms: list, us: list) -> np.ndarray:
+    """sum_b (m_b u_b^T + u_b m_b^T) as M U^T plus its transpose (exactly symmetric)."""
+    corr = np.stack(ms, axis=1) @ np.stack(us, axis=0)
+    return corr + corr.T

@@ -186,7 +186,7 @@ class LayerStats:
         if gram is not None:
             self.add_gram(c, gram, keep_gram)
 
-    def add_gram(self, c: int, gram: np.ndarray, keep_gram: bool) -> None:
+    def add_gram(self, c: int | None, gram: np.ndarray, keep_gram: bool) -> None:
         """Add a second-moment term of class c's rows (no rows or sums): to its Gram if kept, and to the total
         (in place: on wide layers a new d x d array per batch was a large share of the host's work)."""
         if keep_gram:
