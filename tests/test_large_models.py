@@ -33,14 +33,16 @@ def test_session_from_external_initializer_stubs_matches_and_leaves_the_proto_al
     assert model.SerializeToString() == before
 
 
-def test_models_with_large_weights_are_never_serialised_whole(monkeypatch):
-    """Under protobuf's limit too: weights above SERIALISE_LIMIT reach onnxruntime as arrays, not as bytes."""
+@pytest.mark.parametrize("limit", ["SERIALISE_LIMIT", "ARRAY_SESSION_BYTES"])
+def test_models_with_large_weights_are_never_serialised_whole(monkeypatch, limit):
+    """Under protobuf's limit too: weights above SERIALISE_LIMIT reach onnxruntime as arrays, not as bytes;
+    above ARRAY_SESSION_BYTES too, while the model still counts as serialisable (its session may be pooled)."""
     rng = np.random.default_rng(0)
     model, _ = gemm_model(rng, d=40, out=30, trans_b=1)
     assert runtime.serialise_whole(model)
-    monkeypatch.setattr(runtime, "SERIALISE_LIMIT", 1000)
+    monkeypatch.setattr(runtime, limit, 1000)
     monkeypatch.setattr(runtime, "LARGE_TENSOR", 1000)
-    assert not runtime.serialise_whole(model)
+    assert runtime.serialise_whole(model) == (limit == "ARRAY_SESSION_BYTES")
     calls = []
     real = runtime.split_large_initializers
 
