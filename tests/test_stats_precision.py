@@ -87,3 +87,29 @@ def test_damp_edit_predicts_the_outputs_a_collector_does_not_return():
     assert len(calls) == 2  # pass 1, and pass 2 (kept or not)
     # without outputs from the collector, the original's outputs are predicted
     np.testing.assert_allclose(out.original_outputs, predict(m, ds), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cap", [1, 2, 1000])
+def test_shift_corrections_fold_into_the_kept_gram_and_the_total_whatever_the_cap(cap):
+    """sum_b (m_b u_b^T + u_b m_b^T) reaches the kept class's Gram and the total, and the other classes' terms
+    reach the total only, whether they are folded in every cap terms or once at the end."""
+    from onnx_damp.stats.collector import _ShiftCorrections
+    from onnx_damp.stats.statistics import LayerStats
+
+    rng = np.random.default_rng(3)
+    d = 6
+    st = LayerStats(d)
+    pending = _ShiftCorrections({"k": st}, keep={1}, cap=cap)
+    want = {c: np.zeros((d, d)) for c in range(3)}
+    for c in range(3):
+        pending.flush()
+        pending.cls = c
+        for _ in range(5):
+            m, u = rng.normal(size=d), rng.normal(size=d)
+            want[c] += np.outer(m, u) + np.outer(u, m)
+            pending.add("k", m, u)
+    pending.finish()
+    assert set(st.grams) == {1}
+    np.testing.assert_allclose(st.grams[1], want[1], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(st.total_gram, sum(want.values()), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(st.total_gram, st.total_gram.T)

@@ -106,10 +106,10 @@ def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size
     keep = None if gram_classes is None else set(int(c) for c in gram_classes)
     samples: dict[int, int] = {}
     batches = class_batches(data.y, batch_size, fixed_batch=spec.fixed_batch)
-    pending = _ShiftCorrections()
+    pending = _ShiftCorrections(per_tap, keep)
     for (c, idx, real), xb in prefetch(batches, lambda b: x[b[1]]):
         if c != pending.cls:  # batches come class by class: the previous class's Grams are complete
-            pending.flush(per_tap, keep)
+            pending.flush()
             pending.cls = c
         got = dict(zip(fetch, run_checked(sess, fetch, {spec.name: xb})))
         if out_name:
@@ -131,7 +131,7 @@ def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size
         samples[c] = samples.get(c, 0) + real
         if progress:
             progress(real)
-    pending.flush(per_tap, keep, last=True)
+    pending.finish()
     if keep is None:
         for st in per_tap.values():
             st.canonical_total()
@@ -139,36 +139,45 @@ def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size
 
 
 class _ShiftCorrections:
-    """The shift terms m_b, u_b of one class's batches per tap; flush adds sum_b (m_b u_b^T + u_b m_b^T) to the
-    class's Gram and the total, as one product M U^T per class, so float32 reductions cost little on
-    the host. Classes whose Gram is not kept only feed the total: their terms wait for one product at the end
-    (a 2,400-wide Gemm input: one d x d product and sum instead of one per class)."""
+    """The float32 shift terms m_b, u_b of the current class's batches per tap: sum_b (m_b u_b^T + u_b m_b^T)
+    joins the class's Gram and the total as one product M U^T per class (flush), so float32 reductions cost
+    little on the host. Terms of classes whose Gram is not kept feed only the total: they wait for one product
+    at the end (finish; a 2,400-wide Gemm input: one d x d product and sum instead of one per class). A list
+    is folded in whenever it holds cap terms, so memory stays flat in the data."""
 
-    def __init__(self) -> None:
+    def __init__(self, per_tap: dict, keep: set | None, cap: int = 256) -> None:
+        self.per_tap, self.keep, self.cap = per_tap, keep, cap
         self.cls: int | None = None
         self.terms: dict[str, tuple[list, list]] = {}
         self.total_only: dict[str, tuple[list, list]] = {}
 
+    def _kept(self) -> bool:
+        return self.keep is None or self.cls in self.keep
+
     def add(self, key: str, m: np.ndarray, u: np.ndarray) -> None:
-        ms, us = self.terms.setdefault(key, ([], []))
+        kept = self._kept()
+        ms, us = (self.terms if kept else self.total_only).setdefault(key, ([], []))
         ms.append(m)
         us.append(u)
+        if len(ms) >= self.cap:
+            self.per_tap[key].add_gram(self.cls if kept else None, _symmetric_sum(ms, us), kept)
+            ms.clear()
+            us.clear()
 
-    def flush(self, per_tap: dict, keep: set | None, last: bool = False) -> None:
-        """The current class's terms (a kept Gram's now, the others' with the total's at the last flush)."""
-        kept = keep is None or self.cls in keep
+    def flush(self) -> None:
+        """Fold the current class's terms into its kept Gram and the total (before the next class)."""
         for key, (ms, us) in self.terms.items():
-            if kept:
-                per_tap[key].add_gram(self.cls, _symmetric_sum(ms, us), True)
-            else:
-                tm, tu = self.total_only.setdefault(key, ([], []))
-                tm += ms
-                tu += us
+            if ms:
+                self.per_tap[key].add_gram(self.cls, _symmetric_sum(ms, us), True)
         self.terms = {}
-        if last:
-            for key, (ms, us) in self.total_only.items():
-                per_tap[key].add_gram(None, _symmetric_sum(ms, us), False)
-            self.total_only = {}
+
+    def finish(self) -> None:
+        """Fold everything left, the total-only terms included (after the last batch)."""
+        self.flush()
+        for key, (ms, us) in self.total_only.items():
+            if ms:
+                self.per_tap[key].add_gram(None, _symmetric_sum(ms, us), False)
+        self.total_only = {}
 
 
 def _symmetric_sum(ms: list, us: list) -> np.ndarray:
