@@ -92,7 +92,8 @@ def probe_token_layouts(model: onnx.ModelProto, ops: list[EditableOp], x: np.nda
     cands = [op for op in ops if adapter(op).token_candidate(op)]
     names = list(dict.fromkeys(op.input_name for op in cands))
     if names:
-        names = [n for n in names if n not in batch_rows(model, names, input_name)]
+        rows = batch_rows(model, names, input_name)  # one shape inference (it was one per name)
+        names = [n for n in names if n not in rows]
         cands = [op for op in cands if op.input_name in names]
     if not names or len(x) < 3:
         return {}
