@@ -353,7 +353,7 @@ def test_a_second_plan_reuses_layer_separabilities_exactly(setup):
 
 def test_plan_variants_equal_separate_plans(setup):
     """plan_variants computes each layer's moments once for both extra-directions flags; every plan equals
-    the one plan() makes alone."""
+    the one plan() makes for that flag alone (nothing of one variant leaks into the other)."""
     from onnx_damp.method.plan import plan_variants
 
     model, _, calib, _ = setup

@@ -196,7 +196,20 @@ def test_extend_subspace_with_a_rank_bound_picks_the_same_span(rng):
     np.testing.assert_allclose(dense @ dense.T, bounded @ bounded.T, atol=1e-7)
 
 
-def test_cholesky_paths_match_the_eigen_paths(rng):
+def _spy_cholesky_path(monkeypatch):
+    """Record what generalized_eigh's Cholesky path returned (None: it handed over to the eigen path)."""
+    seen = []
+    real = pj._generalized_low_rank_cholesky
+
+    def spy(*args):
+        out = real(*args)
+        seen.append(out)
+        return out
+    monkeypatch.setattr(pj, "_generalized_low_rank_cholesky", spy)
+    return seen
+
+
+def test_cholesky_paths_match_the_eigen_paths(rng, monkeypatch):
     """Above dense_max the low-rank generalized eigenproblem is whitened by a Cholesky factor and the
     Mahalanobis delta solved by one: the same eigenpairs and span, and the same delta on a well-posed sigma."""
     d = 90
@@ -205,7 +218,9 @@ def test_cholesky_paths_match_the_eigen_paths(rng):
     b = rng.normal(size=(d, 300))
     c = b @ b.T / 300
     lam_e, v_e = pj.generalized_eigh(a, c, lam_min=1.0, a_rank=5, dense_max=10 ** 9)
+    seen = _spy_cholesky_path(monkeypatch)
     lam_c, v_c = pj.generalized_eigh(a, c, lam_min=1.0, a_rank=5, dense_max=0)
+    assert len(seen) == 1 and seen[0] is not None  # the Cholesky path answered
     np.testing.assert_allclose(lam_c[-5:], lam_e[-5:], rtol=1e-8)
     assert v_c.shape == v_e.shape and v_c.shape[1] >= 1
     c_reg = c + 1e-6 * np.trace(c) / d * np.eye(d)  # the default ridge
@@ -218,13 +233,37 @@ def test_cholesky_paths_match_the_eigen_paths(rng):
     assert chol == pytest.approx(eig, rel=1e-4)
 
 
-def test_cholesky_path_falls_back_to_the_eigen_path_on_an_indefinite_moment(rng):
-    b = rng.normal(size=(40, 3))
-    c = b @ b.T
-    c[39, 39] -= 1.0  # clearly indefinite: no Cholesky factor, the clamped eigen path answers
-    rows = rng.normal(size=(2, 40))
+def _moment_with_eigenvalue(rng, d: int, lowest: float) -> np.ndarray:
+    """A symmetric d x d moment of rank d/2 plus one direction of eigenvalue lowest (times the ridge floor)."""
+    v, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    w = np.zeros(d)
+    w[: d // 2] = rng.uniform(1.0, 4.0, size=d // 2)
+    floor = 1e-6 * w.sum() / d  # trace / d: the extra eigenvalue below changes the trace by a rounding amount
+    w[-1] = lowest * floor
+    return (v * w) @ v.T
+
+
+@pytest.mark.parametrize("lowest", [-1.0, -0.999])
+def test_cholesky_path_hands_an_indefinite_moment_to_the_eigen_path(rng, monkeypatch, lowest):
+    """lowest -1: c + floor I is singular, no factor; -0.999: it factors with a pivot near 0 that would blow
+    lam up by 1000x. Both go to the clamped eigen path, whose answer is returned unchanged."""
+    d = 60
+    c = _moment_with_eigenvalue(rng, d, lowest)
+    rows = rng.normal(size=(2, d))
     a = rows.T @ rows
-    lam_c, v_c = pj.generalized_eigh(a, c, a_rank=2, dense_max=0)
     lam_e, v_e = pj.generalized_eigh(a, c, a_rank=2, dense_max=10 ** 9)
+    seen = _spy_cholesky_path(monkeypatch)
+    lam_c, v_c = pj.generalized_eigh(a, c, a_rank=2, dense_max=0)
+    assert seen == [None]
     np.testing.assert_array_equal(lam_c, lam_e)
     np.testing.assert_array_equal(v_c, v_e)
+
+
+def test_cholesky_path_keeps_a_moment_within_its_floor_share(rng, monkeypatch):
+    """An eigenvalue at -0.5 floor (as float32 rounding leaves cifar10_winml's head) keeps the Cholesky path."""
+    d = 60
+    c = _moment_with_eigenvalue(rng, d, -0.5)
+    rows = rng.normal(size=(2, d))
+    seen = _spy_cholesky_path(monkeypatch)
+    pj.generalized_eigh(rows.T @ rows, c, a_rank=2, dense_max=0)
+    assert len(seen) == 1 and seen[0] is not None

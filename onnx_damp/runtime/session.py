@@ -16,8 +16,9 @@ INTRA_OP_THREADS: int | None = None  # set by a Ray task to the CPUs it was give
 
 LARGE_TENSOR = 1 << 20       # in the array path, initializers of this many bytes or more go to ORT as arrays
 SERIALISE_LIMIT = 256 << 20  # models whose initializers hold more bytes than this take the array path
-# sessions of models with more weight bytes than this get them as arrays even when they could be serialised:
-# serialising is the larger cost (resnet18 sample, 45 MB: session 0.19-0.39 s whole, 0.10-0.27 s as arrays)
+# sessions of models with more bytes than this in large tensors (LARGE_TENSOR and up) get those as arrays even
+# when the model could be serialised: serialising is the larger cost (resnet18 sample, 45 MB: session
+# 0.19-0.39 s whole, 0.10-0.27 s as arrays)
 ARRAY_SESSION_BYTES = 16 << 20
 
 
@@ -28,6 +29,12 @@ def serialise_whole(model: onnx.ModelProto) -> bool:
     never copied into one big bytes object.
     """
     return sum(tensor_nbytes(t) for t in model.graph.initializer) <= SERIALISE_LIMIT and fits_in_proto(model)
+
+
+def _array_bytes(model: onnx.ModelProto) -> int:
+    """Bytes in the initializers split_large_initializers would hand over as arrays (LARGE_TENSOR and up)."""
+    sizes = (tensor_nbytes(t) for t in model.graph.initializer)
+    return sum(n for n in sizes if n >= LARGE_TENSOR)
 
 
 def split_large_initializers(model: onnx.ModelProto,
@@ -103,8 +110,7 @@ def make_session(model: onnx.ModelProto, device: str = "cpu", basic_optimization
                         "onnx-damp[gpu], which brings onnxruntime-gpu, and uninstall the CPU-only onnxruntime)")
     model = expose_zipmap_inputs(model)
     try:
-        weights = sum(tensor_nbytes(t) for t in model.graph.initializer)
-        if weights <= ARRAY_SESSION_BYTES and serialise_whole(model):
+        if _array_bytes(model) <= ARRAY_SESSION_BYTES and serialise_whole(model):
             sess = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
         else:
             light, names, values = split_large_initializers(model)
