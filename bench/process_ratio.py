@@ -3,7 +3,8 @@
 onnxruntime inference pass over it at the same batch size (numpy and onnxruntime only; a batch fixed by the
 model is fed at that size, as such a script would), both as fresh processes, side by side in one run
 (issue 14's target: at most 1.5x). A second, non-quiet run of forget gives the per-phase breakdown from its
-progress lines.
+progress lines ("rest": that run's time outside them: imports, loading and checking the inputs, the
+validation table).
 
   python bench/process_ratio.py --zoo-data /tmp/zoo            # samples and zoo models
   python bench/process_ratio.py --models mnist vit_mnist       # a subset
@@ -94,9 +95,10 @@ def main() -> None:
                     raise SystemExit(f"{name}: forget failed ({r.returncode}): {r.stderr[-400:]}")
                 t_forget.append(t)
             t_plain = min(t_plains)
-            _, r = timed(forget)
+            t_phased, r = timed(forget)
             phases = {m.group(1): float(m.group(2)) for m in re.finditer(r"^([a-z ,\d-]+): \d+/\d+ in ([\d.]+)s$",
                                                                           r.stderr, re.M)}
+            phases["rest"] = round(max(t_phased - sum(phases.values()), 0.0), 2)  # imports, loading, checks, tables
             with np.load(calib, allow_pickle=False) as z:
                 n = len(z["y"])
             row = {"model": name, "calibration_images": n, "plain_s": t_plain, "forget_s": min(t_forget),

@@ -379,7 +379,9 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
         raise DampError(f"--strict: {result.warnings[0]}" + (f" (and {len(result.warnings) - 1} more warning(s))"
                                                               if len(result.warnings) > 1 else ""))
     if job.out_path is not None:
-        _save(job, result)
+        with Phases(run.quiet)("writing", 1) as bar:  # the atomic write and the checker: a phase of its own
+            _save(job, result)
+            bar(1)
     return result
 
 

@@ -1,7 +1,7 @@
 """Progress on stderr, one named phase at a time (silent when quiet).
 
 A Phases object hands out one Progress bar per phase ("statistics", "planning", "held-out check",
-"readout", "calibration outputs", "validation", "verification"), each sized to its own work: on a terminal it redraws one line in place; in a log (not a
+"readout", "calibration outputs", "validation", "verification", "writing"), each sized to its own work: on a terminal it redraws one line in place; in a log (not a
 tty) it writes one line per phase when the phase ends, with what it did and its time.
 """
 from __future__ import annotations

@@ -282,3 +282,17 @@ def test_one_malloc_arena_unless_the_user_chose(monkeypatch):
     assert limit_malloc_arenas() is False
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     assert limit_malloc_arenas() is sys.platform.startswith("linux")
+
+
+def test_progress_names_every_phase_writing_included_and_quiet_names_none(tmp_path, small_calib):
+    """Without -q each phase ends with one "label: done/total in Ns" line on stderr (a log is not a tty),
+    the atomic write and checker included (issue 14's breakdown); -q prints none."""
+    import re
+
+    pattern = re.compile(r"^([a-z ,\d-]+): \d+/\d+ in [\d.]+s$", re.M)
+    loud = invoke("forget", MODEL, "--data", small_calib, "--forget", 3, "-o", tmp_path / "a.onnx")
+    assert loud.exit_code == 0
+    phases = pattern.findall(loud.stderr)
+    assert phases[:2] == ["statistics", "planning"] and "held-out check" in phases and phases[-1] == "writing"
+    quiet = invoke("forget", MODEL, "--data", small_calib, "--forget", 3, "-o", tmp_path / "b.onnx", "-q")
+    assert quiet.exit_code == 0 and not pattern.findall(quiet.stderr)
