@@ -466,3 +466,42 @@ def test_output_tail_only_where_rows_follow_from_the_outputs():
     assert _output_tail(half, index_graph(half.graph), BiasRef("b16", 1.0, 3, "y"), None) is None
     relu = _head("Relu")
     assert _output_tail(relu, index_graph(relu.graph), BiasRef("b", 1.0, 3, "z"), None) is None
+
+
+WEAK_FIRST = (("damp, quarter strength", True, 0.25), ("damp", True, 1.0))  # the second forgets more
+
+
+@pytest.mark.parametrize("forget,first", [([0], None), ([1], None), ([2], None), ([0, 3], None),
+                                          ([0], WEAK_FIRST), ([2], WEAK_FIRST), ([0, 3], WEAK_FIRST)])
+def test_lazy_candidate_scoring_picks_what_scoring_each_in_turn_picks(setup, forget, first):
+    """The first candidates run on the held-out forget images first and on the retain images in order of
+    forget accuracy: the kept candidate, its score and its output rows are those of scoring one after the other,
+    and no more images are run (fewer where a later candidate forgets more and is within the guards)."""
+    from onnx_damp.data.dataset import subset
+    from onnx_damp.method.pipeline import _best_candidate
+    from onnx_damp.progress import Progress
+    from onnx_damp.runtime.predict import predict
+    from onnx_damp.verify.metrics import per_class_accuracy
+
+    model, _, calib, _ = setup
+    ops = scan_graph(model).editable
+    retain = [c for c in range(CLASSES) if c not in forget]
+    fit, held_idx = split_holdout(calib.y)
+    stats = collect(model, ops, subset(calib, fit), forget)
+    held = subset(calib, held_idx)
+    base = per_class_accuracy(predict(model, held, 256).argmax(1), held.y)
+    run = {"device": "cpu", "input_name": None, "output_name": None}
+    got = {}
+    for lazy in (True, False):
+        bar = Progress(0, "held-out check", quiet=True)
+        edited, sc, rec, out = _best_candidate(model, ops, stats, held, forget, retain, base, True, "energy", True,
+                                               run, 0.01, bar, lazy=lazy, first=first)
+        got[lazy] = (rec.candidate, sc, out, bar.done, rec.candidates)
+    assert got[True][0] == got[False][0]
+    assert got[True][1].to_dict() == got[False][1].to_dict()
+    np.testing.assert_array_equal(got[True][2], got[False][2])
+    assert got[True][3] <= got[False][3]
+    if first is not None:  # the weak first candidate's retain images were not run
+        n_retain = int((~np.isin(held.y, forget)).sum())
+        assert got[True][3] == got[False][3] - n_retain
+        assert got[True][4][0]["retain_scored"] is False and got[False][4][0].get("retain_scored", True)

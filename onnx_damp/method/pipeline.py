@@ -27,6 +27,7 @@ from onnx_damp.ops.base import EditableOp
 from onnx_damp.ops.registry import adapter
 from onnx_damp.runtime.instrument import default_opset
 from onnx_damp.runtime.predict import SessionPool, pooled, predict, prediction_session
+from onnx_damp.runtime.session import serialise_whole
 from onnx_damp.verify.metrics import per_class_accuracy
 from onnx_damp.method.selection import HeldOutScore, forget_only, pick, score, split_holdout
 from onnx_damp.options import MethodOptions, RunOptions
@@ -229,12 +230,16 @@ def head_rows(head: EditableOp, forget: Sequence[int], n_outputs: int) -> "tuple
 
 
 def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directions, extra_bar, use_candidates,
-                    run, target, bar, rows=None, plans=None
+                    run, target, bar, rows=None, plans=None, lazy: bool = True, first: tuple | None = None
                     ) -> tuple[onnx.ModelProto, HeldOutScore, PassRecord, np.ndarray]:
     """Plan every candidate from the same statistics, score each on the held-out images, keep one (and its
     output rows there). bar: the held-out check's progress, sized for the first candidates (it grows when
-    weaker or stronger ones are tried); plans: plans already made, by their extra-directions flag."""
-    cands = CANDIDATES if use_candidates else (("damp", extra_directions, 1.0),)
+    weaker or stronger ones are tried); plans: plans already made, by their extra-directions flag.
+    lazy: the first candidates all run on the held-out forget images before any runs on the retain images,
+    which then run in order of forget accuracy until one is within the guards (the same pick; False: one
+    candidate after the other, as a reference). first: the first candidates (default CANDIDATES).
+    """
+    cands = (first or CANDIDATES) if use_candidates else (("damp", extra_directions, 1.0),)
     tried: list[tuple[str, list, onnx.ModelProto, HeldOutScore, np.ndarray]] = []
     plans_by_extra: dict[bool, list[dm.LayerPlan]] = dict(plans or {})  # planned already (the planning phase)
 
@@ -271,11 +276,59 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
         accs = [t[3].forget_accuracy for t in tried if t[3].within_guards()]
         return min(accs) if accs else None
 
-    for c in cands:
-        attempt(*c, beat=best_within())
-        if tried[-1][3].within_guards() and tried[-1][3].forget_accuracy == 0:
-            bar.grow(bar.done - bar.total)  # the rest was planned and is not needed
-            break  # nothing later can be picked over it (pick: lowest forget accuracy, earlier wins ties)
+    def forget_first(c) -> dict:
+        """Plan, apply and run one candidate on the held-out forget images only (its session kept)."""
+        name, extra, scale = c
+        if extra not in plans_by_extra:
+            like = next(iter(plans_by_extra.values()), None)
+            plans_by_extra[extra] = dm.plan(ops, stats, forget, retain, extra, extra_bar, like)
+        plans = [dataclasses.replace(p, alpha=_scaled(p.alpha, scale), rows=rows if p.op is ops[-1] else None)
+                 for p in plans_by_extra[extra]]
+        edited = _applied(model, plans)
+        sess = prediction_session(edited, held, run["input_name"], run["device"])
+        f_out = predict(edited, held, 256, run["device"], run["input_name"], run["output_name"], bar,
+                        indices=fidx, session=sess)
+        keep = serialise_whole(edited)  # a larger model's session is made again if its retain images run
+        return {"name": name, "plans": plans, "edited": edited, "sess": sess if keep else None, "f_out": f_out,
+                "f_acc": float(np.mean(f_out.argmax(1) == held.y[fidx]))}
+
+    def retain_too(e: dict) -> None:
+        """Run e's retain images as well and score it whole."""
+        out = np.zeros((len(held), e["f_out"].shape[1]))
+        out[fidx] = e["f_out"]
+        sess = e["sess"] or prediction_session(e["edited"], held, run["input_name"], run["device"])
+        out[ridx] = predict(e["edited"], held, 256, run["device"], run["input_name"], run["output_name"], bar,
+                            indices=ridx, session=sess)
+        e["score"], e["out"] = score(out.argmax(1), held.y, forget, base), out
+
+    if lazy and len(cands) > 1 and len(fidx) and len(ridx):
+        # Every first candidate on the forget images, then the retain images in order of forget accuracy (the
+        # earlier on ties) until one is within the guards: the pick is the one scoring them all would make
+        # (lowest forget accuracy within the guards, earlier on ties), and the others' retain images are not run.
+        entries = [forget_first(cands[0])]
+        if entries[0]["f_acc"] == 0:
+            retain_too(entries[0])
+        if "score" not in entries[0] or not entries[0]["score"].within_guards():
+            entries += [forget_first(c) for c in cands[1:]]
+            for e in sorted(entries, key=lambda e: (e["f_acc"], entries.index(e))):
+                if "score" not in e:
+                    retain_too(e)
+                if e["score"].within_guards():
+                    break
+        for e in entries:
+            e["sess"] = None
+            if "score" in e:
+                tried.append((e["name"], e["plans"], e["edited"], e["score"], e["out"]))
+            else:
+                bar.grow(-len(ridx))
+                tried.append((e["name"], e["plans"], e["edited"], forget_only(e["f_acc"]), None))
+        bar.grow(bar.done - bar.total)  # candidates planned and not needed
+    else:
+        for c in cands:
+            attempt(*c, beat=best_within())
+            if tried[-1][3].within_guards() and tried[-1][3].forget_accuracy == 0:
+                bar.grow(bar.done - bar.total)  # the rest was planned and is not needed
+                break  # nothing later can be picked over it (pick: lowest forget accuracy, earlier wins ties)
     if use_candidates and not any(t[3].within_guards() for t in tried):
         for c in FALLBACK_CANDIDATES:
             attempt(*c)
