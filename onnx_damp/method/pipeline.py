@@ -246,51 +246,31 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
     fidx = np.flatnonzero(np.isin(held.y, forget))
     ridx = np.flatnonzero(~np.isin(held.y, forget))
 
-    def attempt(name, extra, scale, beat: float | None = None):
-        """Plan (or reuse), apply and score one candidate. beat: the lowest forget accuracy of a candidate
-        already within the guards; a candidate that does not go below it on the forget images cannot be
-        picked, and its retain images are not run."""
+    def edit(extra, scale) -> tuple[list, onnx.ModelProto]:
+        """One candidate's plans (planned now or reused) and the model they edit."""
         if extra not in plans_by_extra:
             like = next(iter(plans_by_extra.values()), None)  # same statistics: layer separabilities reused
             plans_by_extra[extra] = dm.plan(ops, stats, forget, retain, extra, extra_bar, like)
         plans = [dataclasses.replace(p, alpha=_scaled(p.alpha, scale), rows=rows if p.op is ops[-1] else None)
                  for p in plans_by_extra[extra]]
-        edited = _applied(model, plans)
-        bar.grow(max(0, bar.done + len(held) - bar.total))  # a candidate beyond those planned
-        pred = dict(device=run["device"], input_name=run["input_name"], output=run["output_name"], progress=bar)
-        if beat is None or not len(fidx) or not len(ridx):
-            out = predict(edited, held, 256, **pred)
-        else:
-            sess = prediction_session(edited, held, run["input_name"], run["device"])
-            f_out = predict(edited, held, 256, indices=fidx, session=sess, **pred)
-            f_acc = float(np.mean(f_out.argmax(1) == held.y[fidx]))
-            if f_acc >= beat:
-                bar.grow(-len(ridx))
-                tried.append((name, plans, edited, forget_only(f_acc), None))
-                return
-            out = np.zeros((len(held), f_out.shape[1]))
-            out[fidx], out[ridx] = f_out, predict(edited, held, 256, indices=ridx, session=sess, **pred)
-        tried.append((name, plans, edited, score(out.argmax(1), held.y, forget, base), out))
-
-    def best_within() -> float | None:
-        accs = [t[3].forget_accuracy for t in tried if t[3].within_guards()]
-        return min(accs) if accs else None
+        return plans, _applied(model, plans)
 
     def forget_first(c) -> dict:
         """Plan, apply and run one candidate on the held-out forget images only (its session kept)."""
         name, extra, scale = c
-        if extra not in plans_by_extra:
-            like = next(iter(plans_by_extra.values()), None)
-            plans_by_extra[extra] = dm.plan(ops, stats, forget, retain, extra, extra_bar, like)
-        plans = [dataclasses.replace(p, alpha=_scaled(p.alpha, scale), rows=rows if p.op is ops[-1] else None)
-                 for p in plans_by_extra[extra]]
-        edited = _applied(model, plans)
+        plans, edited = edit(extra, scale)
         sess = prediction_session(edited, held, run["input_name"], run["device"])
         f_out = predict(edited, held, 256, run["device"], run["input_name"], run["output_name"], bar,
                         indices=fidx, session=sess)
-        keep = serialise_whole(edited)  # a larger model's session is made again if its retain images run
-        return {"name": name, "plans": plans, "edited": edited, "sess": sess if keep else None, "f_out": f_out,
+        return {"name": name, "plans": plans, "edited": edited, "sess": sess, "f_out": f_out,
                 "f_acc": float(np.mean(f_out.argmax(1) == held.y[fidx]))}
+
+    def lean(e: dict) -> dict:
+        """e without its session where the model is large (made again if its retain images run), so that two
+        candidates' sessions of a large model are never alive at once."""
+        if not serialise_whole(e["edited"]):
+            e["sess"] = None
+        return e
 
     def retain_too(e: dict) -> None:
         """Run e's retain images as well and score it whole."""
@@ -301,28 +281,50 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
                             indices=ridx, session=sess)
         e["score"], e["out"] = score(out.argmax(1), held.y, forget, base), out
 
+    def record(e: dict) -> None:
+        """Add e to tried: scored whole, or on the forget images only (it cannot be picked)."""
+        sc = e["score"] if "score" in e else forget_only(e["f_acc"])
+        tried.append((e["name"], e["plans"], e["edited"], sc, e.get("out")))
+
+    def attempt(name, extra, scale, beat: float | None = None):
+        """Plan (or reuse), apply and score one candidate. beat: the lowest forget accuracy of a candidate
+        already within the guards; a candidate that does not go below it on the forget images cannot be
+        picked, and its retain images are not run."""
+        bar.grow(max(0, bar.done + len(held) - bar.total))  # a candidate beyond those planned
+        if beat is None or not len(fidx) or not len(ridx):
+            plans, edited = edit(extra, scale)
+            out = predict(edited, held, 256, run["device"], run["input_name"], run["output_name"], bar)
+            tried.append((name, plans, edited, score(out.argmax(1), held.y, forget, base), out))
+            return
+        e = forget_first((name, extra, scale))
+        if e["f_acc"] >= beat:
+            bar.grow(-len(ridx))
+        else:
+            retain_too(e)
+        record(e)
+
+    def best_within() -> float | None:
+        accs = [t[3].forget_accuracy for t in tried if t[3].within_guards()]
+        return min(accs) if accs else None
+
     if lazy and len(cands) > 1 and len(fidx) and len(ridx):
         # Every first candidate on the forget images, then the retain images in order of forget accuracy (the
         # earlier on ties) until one is within the guards: the pick is the one scoring them all would make
         # (lowest forget accuracy within the guards, earlier on ties), and the others' retain images are not run.
-        entries = [forget_first(cands[0])]
+        entries = [lean(forget_first(cands[0]))]
         if entries[0]["f_acc"] == 0:
             retain_too(entries[0])
         if "score" not in entries[0] or not entries[0]["score"].within_guards():
-            entries += [forget_first(c) for c in cands[1:]]
+            entries += [lean(forget_first(c)) for c in cands[1:]]
             for e in sorted(entries, key=lambda e: (e["f_acc"], entries.index(e))):
                 if "score" not in e:
                     retain_too(e)
                 if e["score"].within_guards():
                     break
         for e in entries:
-            e["sess"] = None
-            if "score" in e:
-                tried.append((e["name"], e["plans"], e["edited"], e["score"], e["out"]))
-            else:
-                bar.grow(-len(ridx))
-                tried.append((e["name"], e["plans"], e["edited"], forget_only(e["f_acc"]), None))
-        bar.grow(bar.done - bar.total)  # candidates planned and not needed
+            e["sess"] = None  # released before any later candidate's session is made
+            record(e)
+        bar.grow(bar.done - bar.total)  # images planned and not run (retain images, candidates not needed)
     else:
         for c in cands:
             attempt(*c, beat=best_within())

@@ -192,8 +192,7 @@ def generalized_eigh(a: np.ndarray, c: np.ndarray, ridge: float = 1e-6, lam_min:
     w = np.maximum(w, 0.0) + ridge * max(float(np.mean(w)), 1e-300)
     whiten = v / np.sqrt(w)
     if low_rank:
-        u, sv, _ = np.linalg.svd(whiten.T @ low_rank_factor(0.5 * (a + a.T), a_rank), full_matrices=False)
-        lam, u = sv[::-1] ** 2, u[:, ::-1]
+        lam, u = _ascending_gram_eigenpairs(whiten.T @ low_rank_factor(0.5 * (a + a.T), a_rank))
     else:
         lam, u = np.linalg.eigh(whiten.T @ (0.5 * (a + a.T)) @ whiten)
     if lam_min is not None:
@@ -243,9 +242,14 @@ def _generalized_low_rank_cholesky(a: np.ndarray, c: np.ndarray, ridge: float, a
     if chol is None or _smallest_eigenvalue(chol) < CHOLESKY_FLOOR_SHARE * floor:
         return None
     white = solve_triangular(chol, low_rank_factor(0.5 * (a + a.T), a_rank), lower=True, check_finite=False)
-    u, sv, _ = np.linalg.svd(white, full_matrices=False)
-    lam, u = sv[::-1] ** 2, u[:, ::-1]
+    lam, u = _ascending_gram_eigenpairs(white)
     return lam, solve_triangular(chol, u, lower=True, trans="T", check_finite=False)
+
+
+def _ascending_gram_eigenpairs(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The nonzero eigenpairs of m m^T from the thin SVD of m, eigenvalues ascending (as eigh orders them)."""
+    u, sv, _ = np.linalg.svd(m, full_matrices=False)
+    return sv[::-1] ** 2, u[:, ::-1]
 
 
 def householder_complement(base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

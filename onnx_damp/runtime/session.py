@@ -31,10 +31,16 @@ def serialise_whole(model: onnx.ModelProto) -> bool:
     return sum(tensor_nbytes(t) for t in model.graph.initializer) <= SERIALISE_LIMIT and fits_in_proto(model)
 
 
+def _goes_as_array(t: onnx.TensorProto, threshold: int) -> bool:
+    """Whether split_large_initializers hands t to onnxruntime as an array: in-proto, not strings (onnxruntime
+    takes no string arrays as initializers), threshold bytes or more."""
+    return (t.data_location != onnx.TensorProto.EXTERNAL and t.data_type != onnx.TensorProto.STRING
+            and tensor_nbytes(t) >= threshold)
+
+
 def _array_bytes(model: onnx.ModelProto) -> int:
-    """Bytes in the initializers split_large_initializers would hand over as arrays (LARGE_TENSOR and up)."""
-    sizes = (tensor_nbytes(t) for t in model.graph.initializer)
-    return sum(n for n in sizes if n >= LARGE_TENSOR)
+    """Bytes in the initializers split_large_initializers would hand over as arrays."""
+    return sum(tensor_nbytes(t) for t in model.graph.initializer if _goes_as_array(t, LARGE_TENSOR))
 
 
 def split_large_initializers(model: onnx.ModelProto,
@@ -54,8 +60,7 @@ def split_large_initializers(model: onnx.ModelProto,
     _copy_fields(model.graph, light.graph, skip=("initializer",))
     names, values = [], []
     for t in model.graph.initializer:
-        if (t.data_location == onnx.TensorProto.EXTERNAL or t.data_type == onnx.TensorProto.STRING
-                or tensor_nbytes(t) < threshold):  # onnxruntime takes no string arrays as initializers
+        if not _goes_as_array(t, threshold):
             light.graph.initializer.add().CopyFrom(t)
             continue
         value = numpy_helper.to_array(t)
