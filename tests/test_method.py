@@ -505,3 +505,16 @@ def test_lazy_candidate_scoring_picks_what_scoring_each_in_turn_picks(setup, for
         n_retain = int((~np.isin(held.y, forget)).sum())
         assert got[True][3] == got[False][3] - n_retain
         assert got[True][4][0]["retain_scored"] is False and got[False][4][0].get("retain_scored", True)
+
+
+def test_column_median_and_label_values_match_numpy():
+    """The start-up-light stand-ins for np.median(axis=0) and np.unique give numpy's values exactly."""
+    from onnx_damp.data.dataset import label_values
+    from onnx_damp.method.readout import column_median
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 5, 6, 101):
+        a = rng.standard_normal((n, 4))
+        assert np.array_equal(column_median(a), np.median(a, axis=0))
+    y = rng.integers(0, 7, 50)
+    assert np.array_equal(label_values(y), np.unique(y))

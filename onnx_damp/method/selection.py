@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from onnx_damp.data.dataset import label_values
 from onnx_damp.options import MethodOptions
 from onnx_damp.verify.metrics import per_class_accuracy
 
@@ -34,7 +35,7 @@ def split_holdout(y: np.ndarray, fraction: float = HOLDOUT_FRACTION,
     fit, held = [], []
     if fraction <= 0:
         return np.arange(len(y)), np.zeros(0, dtype=np.int64)
-    for c in np.unique(y):
+    for c in label_values(y):
         idx = np.flatnonzero(y == c)
         n_held = min(int(round(len(idx) * fraction)), max_holdout)
         if len(idx) < 2 * min_holdout or n_held < min_holdout:

@@ -6,6 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
+from onnx_damp.data.dataset import label_values
+
 EPS = 1e-12
 
 
@@ -26,7 +28,7 @@ def to_probabilities(out: np.ndarray) -> np.ndarray:
 
 
 def per_class_accuracy(pred: np.ndarray, y: np.ndarray) -> dict[int, float]:
-    return {int(c): float(np.mean(pred[y == c] == c)) for c in np.unique(y)}
+    return {int(c): float(np.mean(pred[y == c] == c)) for c in label_values(y)}
 
 
 def kl_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
