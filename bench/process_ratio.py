@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = {"mnist": 3, "fashion_mnist": 0, "vit_mnist": 7, "vit_fashion": 6, "resnet18_fashion": 0}
+SAMPLES = {"mnist": 3, "fashion_mnist": 0, "vit_mnist": 7, "vit_fashion": 6, "resnet18_fashion": 0, "cifar10": 3}
+FOLDER_SAMPLES = {"cifar10"}  # calibration images as a folder: decoded once (the tool's loader) into an .npz
 ZOO = {"mnist_cntk_zoo8": 3, "mnist_burn": 3, "cifar10_mlperftiny_resnet8": 3, "cifar10_winml": 3}
 PLAIN = """
 import sys, numpy as np, onnxruntime as ort
@@ -50,12 +51,25 @@ def timed(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess]:
     return time.perf_counter() - t0, r
 
 
-def paths(name: str, zoo_data: Path | None) -> tuple[Path, Path] | None:
+def paths(name: str, zoo_data: Path | None, tmp: Path) -> tuple[Path, Path] | None:
+    if name in FOLDER_SAMPLES:
+        return ROOT / "samples" / name / "model.onnx", folder_npz(ROOT / "samples" / name, tmp / f"{name}.npz")
     if name in SAMPLES:
         return ROOT / "samples" / name / "model.onnx", ROOT / "samples" / name / "calib.npz"
     if zoo_data is None or not (zoo_data / name / "calib.npz").exists():
         return None
     return ROOT / "zoo" / "models" / name / "model.onnx", zoo_data / name / "calib.npz"
+
+
+def folder_npz(sample: Path, out: Path) -> Path:
+    """The sample's calib/ image folder decoded with its preprocess.json, as the tool reads it, into out (.npz):
+    both sides then load the same arrays (the issue's target compares against a script that loads an .npz)."""
+    from onnx_damp.data.sources import as_dataset
+
+    ds = as_dataset(sample / "calib", sample / "preprocess.json",
+                    (sample / "labels.txt").read_text().split())
+    np.savez(out, x=np.asarray(ds.x[np.arange(len(ds))], dtype=np.float32), y=ds.y)
+    return out
 
 
 def main() -> None:
@@ -73,7 +87,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            found = paths(name, args.zoo_data)
+            found = paths(name, args.zoo_data, Path(tmp))
             if found is None:
                 print(f"| {name} | skipped: no data (--zoo-data) | | | | |")
                 continue
