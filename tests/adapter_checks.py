@@ -38,7 +38,8 @@ def check_map_is_input_map(model: onnx.ModelProto, op: EditableOp, x: np.ndarray
                            project_input) -> None:
     """Editing W <- W (I - alpha Q Q^T) through map_inputs gives the model that sees the projected input."""
     w = read_initializer(model, op.weight_name).astype(np.float64)
-    new = adapter(op).map_inputs(op, w, q, lambda mat, qq: mat - alpha * (mat @ qq) @ qq.T)
+    # a MatrixMap may get stacked [G, rows, d] matrices (grouped Conv): the map is written batched
+    new = adapter(op).map_inputs(op, w, q, lambda mat, qq: mat - alpha * (mat @ qq) @ np.swapaxes(qq, -1, -2))
     edited = onnx.ModelProto()
     edited.CopyFrom(model)
     write_initializer(edited, op.weight_name, new.astype(np.float32))

@@ -267,3 +267,32 @@ def test_cholesky_path_keeps_a_moment_within_its_floor_share(rng, monkeypatch):
     seen = _spy_cholesky_path(monkeypatch)
     pj.generalized_eigh(rows.T @ rows, c, a_rank=2, dense_max=0)
     assert len(seen) == 1 and seen[0] is not None
+
+
+def test_full_rank_cholesky_path_matches_the_eigen_path(rng, monkeypatch):
+    """Above dense_max without a small rank bound on a, the Cholesky-whitened problem with syevr's subset
+    gives the eigen path's eigenpairs with lam >= lam_min (c-orthonormal, the same span); an indefinite c
+    goes to the eigen path unchanged."""
+    d = 80
+    rows = rng.normal(size=(200, d)) * rng.uniform(0.5, 2.0, size=d)
+    a = rows.T @ rows / 200
+    b = rng.normal(size=(d, 400))
+    c = b @ b.T / 400
+    lam_e, v_e = pj.generalized_eigh(a, c, lam_min=1.2, dense_max=10 ** 9)
+    seen = []
+    real = pj._generalized_cholesky
+    monkeypatch.setattr(pj, "_generalized_cholesky", lambda *args: seen.append(real(*args)) or seen[-1])
+    lam_c, v_c = pj.generalized_eigh(a, c, lam_min=1.2, dense_max=0)
+    assert len(seen) == 1 and seen[0] is not None
+    assert v_c.shape == v_e.shape and 1 <= v_c.shape[1] < d
+    np.testing.assert_allclose(np.sort(lam_c), np.sort(lam_e[lam_e >= 1.2]), rtol=1e-8)
+    c_reg = c + 1e-6 * np.trace(c) / d * np.eye(d)
+    np.testing.assert_allclose(v_c.T @ c_reg @ v_c, np.eye(v_c.shape[1]), atol=1e-8)
+    proj = lambda v: v @ np.linalg.pinv(v)  # noqa: E731
+    np.testing.assert_allclose(proj(v_c), proj(v_e), atol=1e-7)
+    bad = _moment_with_eigenvalue(rng, 60, -1.0)
+    a2 = a[:60, :60]
+    lam_e2, v_e2 = pj.generalized_eigh(a2, bad, lam_min=0.0, dense_max=10 ** 9)
+    lam_c2, v_c2 = pj.generalized_eigh(a2, bad, lam_min=0.0, dense_max=0)
+    assert seen[-1] is None
+    np.testing.assert_array_equal(v_c2, v_e2)

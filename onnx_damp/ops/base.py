@@ -14,7 +14,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-MatrixMap = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (W as [rows, d], Q) -> edited W
+# (W as [rows, d], Q) -> edited W; also batched over leading axes ([G, rows, d] with Q [G, d, r], grouped Conv)
+MatrixMap = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass

@@ -38,12 +38,12 @@ class ConvAdapter(OpAdapter):
             return fn(w.reshape(w.shape[0], -1), q).reshape(w.shape)
         if op.groups == 1:
             return super().map_inputs(op, w, q, fn)
+        # every group's matrix (weight_matrix of its block of output channels) stacked, fn batched over them:
+        # one call instead of one per group (a depthwise Conv has as many groups as channels)
         out_g, in_g = w.shape[0] // op.groups, w.shape[1]
-        blocks = []
-        for g in range(op.groups):
-            wg, qg = w[g * out_g:(g + 1) * out_g], q[g * in_g:(g + 1) * in_g]
-            blocks.append(self.matrix_to_weight(op, fn(self.weight_matrix(op, wg), qg), wg))
-        return np.concatenate(blocks, axis=0)
+        last = np.moveaxis(w.reshape((op.groups, out_g) + w.shape[1:]), 2, -1)  # [G, out_g, k..., in_g]
+        edited = fn(last.reshape(op.groups, -1, in_g), q.reshape(op.groups, in_g, q.shape[1]))
+        return np.moveaxis(edited.reshape(last.shape), -1, 2).reshape(w.shape)
 
     def features_last(self, op, x, prefix):
         return [transpose_node(x, prefix + "t", [0] + list(range(2, op.rank)) + [1])], prefix + "t"
