@@ -79,3 +79,17 @@ def test_forget_says_when_a_fixed_batch_stays_fixed(rng):
     y = np.repeat(np.arange(3), 20)
     res = onnx_damp.forget(model, (x, y), [0], feature_samples=0)
     assert any("fixed at 1" in n and "one image at a time" in n for n in res.notes)
+
+
+def test_a_symbolic_batch_that_does_not_run_is_refused_without_onnxruntime_error_lines(rng, capfd):
+    """Concat with a constant of batch 1 (as a ViT's class token is exported at batch 1) fails at run time
+    with a symbolic batch: the answer is the verdict, and onnxruntime logs nothing to stderr."""
+    inits = {"tok": rng.normal(size=(1, 2)).astype(np.float32), "fc": rng.normal(size=(3, 6)).astype(np.float32)}
+    nodes = [helper.make_node("Concat", ["x", "tok"], ["c"], axis=1),
+             helper.make_node("Gemm", ["c", "fc"], ["y"], transB=1)]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], inits, opset=18)
+    capfd.readouterr()
+    free, why = batch_free_model(model, rng.normal(size=(5, 4)).astype(np.float32))
+    assert free is None and "does not run" in why
+    assert "onnxruntime" not in capfd.readouterr().err

@@ -97,12 +97,14 @@ def providers_for(device: str) -> list[str]:
     raise DampError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
 
 
-def make_session(model: onnx.ModelProto, device: str = "cpu", basic_optimizations: bool = False):
-    """Create an InferenceSession from an in-memory model, failing clearly if CUDA fell back to CPU."""
+def make_session(model: onnx.ModelProto, device: str = "cpu", basic_optimizations: bool = False,
+                 quiet: bool = False):
+    """Create an InferenceSession from an in-memory model, failing clearly if CUDA fell back to CPU.
+    quiet: onnxruntime logs only fatal errors (a probe whose failure is an expected answer, not an error)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4 if quiet else 3
     if INTRA_OP_THREADS:
         opts.intra_op_num_threads = INTRA_OP_THREADS
     if basic_optimizations:
