@@ -1,5 +1,6 @@
 """Model files: external data kept and contained, fixed batch sizes streamed, atomic outputs, inputs and
 outputs picked by name."""
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,10 @@ def test_external_data_is_loaded_and_written_beside_the_output(tmp_path):
     full = onnx.load(str(out))
     assert any(not np.array_equal(a, numpy_helper.to_array(b)) for a, b in zip(original, full.graph.initializer))
     assert res.written == [str(tmp_path / "out.onnx.data"), str(out)]
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in (out, tmp_path / "out.onnx.data"):  # the mode open() gives, never mkstemp's or onnx's 0600
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_external_data_outside_the_model_folder_is_refused(tmp_path):

@@ -12,6 +12,7 @@ import onnx
 from onnx import external_data_helper
 
 from onnx_damp.errors import DampError
+from onnx_damp.fileio import usual_mode
 
 
 def proto_size(model: onnx.ModelProto) -> int:
@@ -179,10 +180,12 @@ def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike, external_d
             onnx.save_model(model, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=location, size_threshold=1024)
             if (tmpdir / location).exists():  # no file when every tensor is under the size threshold
+                usual_mode(tmpdir / location)
                 os.replace(tmpdir / location, folder / location)
                 written.append(folder / location)
         else:
             onnx.save_model(model, str(tmp_model))
+        usual_mode(tmp_model)
         os.replace(tmp_model, out_p)
         written.append(out_p)
         return written
