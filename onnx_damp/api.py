@@ -128,12 +128,21 @@ def _check_labels(names: list[str] | None, labels, num_outputs: int) -> None:
 LOW_ACCURACY = 0.5  # the original model below this on the data: the data are probably not what it expects
 
 
+ALREADY_FORGOTTEN = 0.01  # the original's forget accuracy at or below this: nothing much to forget
+
+
 def input_warnings(before: AccuracySummary, validated_on: str) -> list[str]:
-    """Warnings about the data rather than the edit: the original model barely recognises them."""
+    """Warnings about the data rather than the edit: the original model barely recognises them, or never
+    recognised the forget class(es) in the first place (then FORGOTTEN says nothing about the edit)."""
+    out = []
+    if before.samples and before.forget_accuracy <= ALREADY_FORGOTTEN:
+        out.append(f"the original model already gets {100 * before.forget_accuracy:.1f}% on the forget "
+                   f"class(es) on the {validated_on}: there was nothing to forget there, so the verdict says "
+                   f"nothing about the edit")
     acc = float(np.mean(list(before.per_class.values()))) if before.per_class else 1.0
     if acc >= LOW_ACCURACY:
-        return []
-    return [f"the original model gets {100 * acc:.1f}% (mean per-class accuracy) on the {validated_on}: the data "
+        return out
+    return out + [f"the original model gets {100 * acc:.1f}% (mean per-class accuracy) on the {validated_on}: the data "
             f"are probably not prepared as the model expects (wrong preprocessing or scaling, such as 0..255 "
             f"against 0..1, is the usual cause), so the edit and its numbers mean little"]
 

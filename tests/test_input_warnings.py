@@ -38,3 +38,15 @@ def test_a_labels_file_of_the_wrong_length_is_an_error(small, tmp_path):
     (tmp_path / "l.txt").write_text("\n".join(str(i) for i in range(9)) + "\n")
     with pytest.raises(DampError, match="names 9 classes but the model has 10 outputs"):
         onnx_damp.forget(MODEL, small, [3], labels=tmp_path / "l.txt", feature_samples=0)
+
+
+def test_a_forget_class_the_original_never_recognised_is_flagged():
+    """0% before: FORGOTTEN would say nothing about the edit, so a warning says so; 60% before: no warning."""
+    from onnx_damp.api import input_warnings
+    from onnx_damp.verify.metrics import AccuracySummary
+
+    def summary(forget_acc):
+        return AccuracySummary({0: forget_acc, 1: 0.9, 2: 0.8}, [0], forget_acc, 0.85, 2, 0.8, 300)
+    [w] = input_warnings(summary(0.0), "evaluation data")
+    assert "already gets 0.0% on the forget class(es)" in w
+    assert input_warnings(summary(0.6), "evaluation data") == []
