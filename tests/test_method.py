@@ -516,5 +516,6 @@ def test_column_median_and_label_values_match_numpy():
     for n in (1, 2, 5, 6, 101):
         a = rng.standard_normal((n, 4))
         assert np.array_equal(column_median(a), np.median(a, axis=0))
+    assert np.isnan(column_median(np.zeros((0, 3)))).all() and column_median(np.zeros((0, 3))).shape == (3,)
     y = rng.integers(0, 7, 50)
     assert np.array_equal(label_values(y), np.unique(y))

@@ -254,7 +254,7 @@ def _generalized_cholesky(a: np.ndarray, c: np.ndarray, ridge: float, lam_min: f
     (checked as in _generalized_low_rank_cholesky; None: the eigen path), R^-1 a R^-T decomposed, only for
     eigenvalues >= lam_min when given (syevr's subset, half-open below: the bound is moved one float down).
     About 3 d^3 flops against the eigen path's two complete d x d eigen-decompositions and two d x d x d products
-    (a 3,072-wide input: ~1 s against ~4 s)."""
+    (3,072 features, 584 eigenpairs kept: 4.8 s against about 9.5 s)."""
     from scipy.linalg import eigh, solve_triangular
 
     chol = _checked_cholesky(c, ridge)

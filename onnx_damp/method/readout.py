@@ -94,6 +94,8 @@ def column_median(a: np.ndarray) -> np.ndarray:
     np.median imports numpy.ma to check for NaN, 16 ms of every run's start-up."""
     s = np.sort(np.asarray(a, dtype=np.float64), axis=0)
     n = s.shape[0]
+    if n == 0:  # as np.median: nan per column (without its warning)
+        return np.full(s.shape[1:], np.nan)
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
