@@ -126,8 +126,6 @@ def _check_labels(names: list[str] | None, labels, num_outputs: int) -> None:
 
 
 LOW_ACCURACY = 0.5  # the original model below this on the data: the data are probably not what it expects
-
-
 ALREADY_FORGOTTEN = 0.01  # the original's forget accuracy at or below this: nothing much to forget
 
 
@@ -140,11 +138,11 @@ def input_warnings(before: AccuracySummary, validated_on: str) -> list[str]:
                    f"class(es) on the {validated_on}: there was nothing to forget there, so the verdict says "
                    f"nothing about the edit")
     acc = float(np.mean(list(before.per_class.values()))) if before.per_class else 1.0
-    if acc >= LOW_ACCURACY:
-        return out
-    return out + [f"the original model gets {100 * acc:.1f}% (mean per-class accuracy) on the {validated_on}: the data "
-            f"are probably not prepared as the model expects (wrong preprocessing or scaling, such as 0..255 "
-            f"against 0..1, is the usual cause), so the edit and its numbers mean little"]
+    if acc < LOW_ACCURACY:
+        out.append(f"the original model gets {100 * acc:.1f}% (mean per-class accuracy) on the {validated_on}: "
+                   f"the data are probably not prepared as the model expects (wrong preprocessing or scaling, "
+                   f"such as 0..255 against 0..1, is the usual cause), so the edit and its numbers mean little")
+    return out
 
 
 def _check_classes(forget: Sequence[int], data: Dataset, num_outputs: int, what: str) -> tuple[list[int], list[int]]:

@@ -1,4 +1,4 @@
-import sys, time, json, numpy as np, torch, torch.nn as nn, torch.nn.functional as F, torchvision
+import sys, time, json, numpy as np, torch, torch.nn.functional as F
 import os as _os
 SWEEP = _os.environ.get("SWEEP", "/tmp/sweep")  # where data, models and logs go
 from torchvision import models as M

@@ -1,6 +1,4 @@
 import sys, time, numpy as np, onnxruntime as ort
-import os as _os
-SWEEP = _os.environ.get("SWEEP", "/tmp/sweep")  # where data, models and logs go
 m, data = sys.argv[1], sys.argv[2]
 d = np.load(data); x = d['x']
 s = ort.InferenceSession(m, providers=['CPUExecutionProvider'])

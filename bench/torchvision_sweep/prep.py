@@ -1,7 +1,6 @@
 # Build calib/test/train npz from CIFAR-10 JPEG copy at given sizes
-import os as _os
-SWEEP = _os.environ.get("SWEEP", "/tmp/sweep")  # where data, models and logs go
-import numpy as np, os, sys
+import numpy as np, os
+SWEEP = os.environ.get("SWEEP", "/tmp/sweep")  # where data, models and logs go
 from PIL import Image
 root=SWEEP + '/data'
 classes=sorted(os.listdir(f'{root}/train'))

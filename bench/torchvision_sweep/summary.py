@@ -1,6 +1,5 @@
 import json, glob, os, re
-import os as _os
-SWEEP = _os.environ.get("SWEEP", "/tmp/sweep")  # where data, models and logs go
+SWEEP = os.environ.get("SWEEP", "/tmp/sweep")  # where data, models and logs go
 L=SWEEP + '/logs'
 rows=[]
 for rc in sorted(glob.glob(f'{L}/*.rc')):
@@ -19,7 +18,7 @@ for rc in sorted(glob.glob(f'{L}/*.rc')):
         fa=f"{j['before']['forget_accuracy']*100:.1f}->{j['after']['forget_accuracy']*100:.1f}"
         rd=f"{j['retain_accuracy_drop']*100:+.2f} (worst c{j['worst_retain_drop']['class']} {j['worst_retain_drop']['drop']*100:+.1f})"
         ret=f"{j['before']['retain_accuracy']*100:.1f}"
-    except Exception as e: ret='-'
+    except Exception: ret='-'
     ratio=f"{w/ps:.0f}x" if ps and w!='?' else '-'
     rows.append(f"| {b} | {r} | {w} | {ps} ({ratio}) | {int(rss.group(1))//1024 if rss else '?'} | {fa} | {rd} | {ret} |")
 print('| model | rc | wall s | plain s (ratio) | maxRSS MB | forget acc % | retain drop pts | retain acc before |')
