@@ -296,3 +296,31 @@ def test_full_rank_cholesky_path_matches_the_eigen_path(rng, monkeypatch):
     lam_c2, v_c2 = pj.generalized_eigh(a2, bad, lam_min=0.0, dense_max=0)
     assert seen[-1] is None
     np.testing.assert_array_equal(v_c2, v_e2)
+
+
+def test_rank_aware_path_matches_the_eigen_path_on_a_rank_deficient_c(rng, monkeypatch):
+    """Above dense_max with c the moment of fewer rows than features (c_rank), the range-finder whitening
+    gives the eigen path's eigenpairs with lam >= lam_min (c-orthonormal, the same span), for a of full rank
+    and for a of low rank (a_rank); without c_rank that path is not taken."""
+    d, n_c = 120, 20
+    rows_c = rng.normal(size=(n_c, d)) * rng.uniform(0.5, 2.0, size=d)
+    c = rows_c.T @ rows_c / n_c
+    seen = []
+    real = pj._generalized_rank_aware
+    monkeypatch.setattr(pj, "_generalized_rank_aware", lambda *args: seen.append(1) or real(*args))
+    c_reg = c + 1e-6 * np.trace(c) / d * np.eye(d)
+    proj = lambda v: v @ np.linalg.pinv(v)  # noqa: E731
+    for n_a, a_rank in ((300, None), (6, 6)):
+        rows_a = rng.normal(size=(n_a, d)) + 0.3
+        a = rows_a.T @ rows_a / n_a
+        lam_min = 2.0
+        lam_e, v_e = pj.generalized_eigh(a, c, lam_min=lam_min, a_rank=a_rank, dense_max=10 ** 9, c_rank=n_c)
+        lam_r, v_r = pj.generalized_eigh(a, c, lam_min=lam_min, a_rank=a_rank, dense_max=0, c_rank=n_c)
+        assert len(seen) == 1
+        seen.clear()
+        assert v_r.shape == v_e.shape and v_r.shape[1] >= 1
+        np.testing.assert_allclose(np.sort(lam_r[lam_r >= lam_min]), np.sort(lam_e[lam_e >= lam_min]), rtol=1e-6)
+        np.testing.assert_allclose(v_r.T @ c_reg @ v_r, np.eye(v_r.shape[1]), atol=1e-6)
+        np.testing.assert_allclose(proj(v_r), proj(v_e), atol=1e-6)
+    pj.generalized_eigh(a, c, lam_min=2.0, dense_max=0)
+    assert not seen

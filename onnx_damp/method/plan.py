@@ -75,7 +75,7 @@ def plan_layer_variants(op: EditableOp, st: LayerStats, forget: Sequence[int], r
     residuals = pj.retain_residuals(mu_f, mu_r)
     q = pj.residual_basis(residuals, mu_f)
     mf, sf, n_f = st.group_moments(forget)
-    mr, sr, _ = st.group_moments(retain)
+    mr, sr, n_r = st.group_moments(retain)
     cf, cr = sf - np.outer(mf, mf), sr - np.outer(mr, mr)
     if layer_sep is None:
         layer_sep = pj.probe_separability(pj.mahalanobis_separation(mf, cf, mr, cr))
@@ -89,7 +89,8 @@ def plan_layer_variants(op: EditableOp, st: LayerStats, forget: Sequence[int], r
             continue
         qe, extra = q, 0
         if extra_directions:
-            qe = pj.extend_subspace(q, mu_r, sf, sr, bar=extra_bar, c_f=cf, c_r=cr, forget_rows=n_f)
+            qe = pj.extend_subspace(q, mu_r, sf, sr, bar=extra_bar, c_f=cf, c_r=cr, forget_rows=n_f,
+                                    retain_rows=n_r)
             extra = qe.shape[1] - q.shape[1]
         delta = pj.mahalanobis_separation(qe.T @ mf, qe.T @ cf @ qe, qe.T @ mr, qe.T @ cr @ qe)
         sep = pj.probe_separability(delta)

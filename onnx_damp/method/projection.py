@@ -50,8 +50,9 @@ def _prototype_norms(forget_means: np.ndarray) -> np.ndarray:
     return np.maximum(np.linalg.norm(forget_means, axis=0), 1e-300)
 
 
-DENSE_EIGH_MAX = 1536  # above this width, Cholesky factors stand in for d x d eigen-decompositions (_cholesky;
-# scipy.linalg's import, 0.3 s, is paid only there: an eigen-decomposition costs 0.4 s at 1,536, 1.4 s at 2,400)
+DENSE_EIGH_MAX = 1024  # above this width, Cholesky factors (or c's range, _generalized_rank_aware) stand in for
+# d x d eigen-decompositions (scipy.linalg's import, 0.2-0.3 s, is paid only there: an eigen-decomposition costs
+# 0.4 s at 1,536, 1.4 s at 2,400; 1,536 until the fifth 2026-12-03 session: swin_t's planning 21.4 -> 16.5 s)
 
 
 def _plus_diagonal(m: np.ndarray, value: float, copy: bool = True) -> np.ndarray:
@@ -152,6 +153,7 @@ def energy_ratio(v: np.ndarray, s_f: np.ndarray, s_r: np.ndarray) -> float:
 
 LOW_RANK_SHARE = 1 / 3   # generalized_eigh takes the low-rank path when a's rank bound is at most this share of d
 LOW_RANK_OVERSAMPLE = 16  # extra columns of the range finder beyond the rank bound
+RANK_AWARE_SHARE = 0.5  # generalized_eigh whitens by c's range (_generalized_rank_aware) when its rank bound is at most this share of d
 
 
 def low_rank_factor(a: np.ndarray, rank: int, oversample: int = LOW_RANK_OVERSAMPLE) -> np.ndarray:
@@ -168,7 +170,8 @@ def low_rank_factor(a: np.ndarray, rank: int, oversample: int = LOW_RANK_OVERSAM
 
 
 def generalized_eigh(a: np.ndarray, c: np.ndarray, ridge: float = 1e-6, lam_min: float | None = None,
-                     a_rank: int | None = None, dense_max: int = DENSE_EIGH_MAX) -> tuple[np.ndarray, np.ndarray]:
+                     a_rank: int | None = None, dense_max: int = DENSE_EIGH_MAX,
+                     c_rank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Solve a v = lam c v for symmetric a and symmetric positive semi-definite c (numpy only).
 
     c is regularised as c + ridge * trace(c)/d * I, after clamping its eigenvalues at 0: rounding (float32
@@ -185,9 +188,17 @@ def generalized_eigh(a: np.ndarray, c: np.ndarray, ridge: float = 1e-6, lam_min:
     Above dense_max without a small a_rank, the same factor whitens a itself (R^-1 a R^-T, two triangular
     solves) and, given lam_min, only the eigenpairs with lam >= lam_min are computed (LAPACK syevr), so only
     those eigenvalues are returned: no eigen-decomposition of c and no complete one of the whitened a.
+    c_rank: a bound on the rank of c (the second moment of that many rows); above dense_max, when it is small
+    against d, c's range comes from a range finder and the whitening is exact on it and the floor on its
+    complement (_generalized_rank_aware): O(d^2 c_rank) where a c with fewer rows than features fails the
+    Cholesky check and would pay the eigen path's d x d eigen-decomposition.
     """
-    low_rank = a_rank is not None and a_rank + LOW_RANK_OVERSAMPLE <= LOW_RANK_SHARE * a.shape[0]
-    if a.shape[0] > dense_max:
+    d = a.shape[0]
+    low_rank = a_rank is not None and a_rank + LOW_RANK_OVERSAMPLE <= LOW_RANK_SHARE * d
+    if d > dense_max and c_rank is not None and c_rank + LOW_RANK_OVERSAMPLE <= RANK_AWARE_SHARE * d:
+        lam, vecs = _generalized_rank_aware(a, c, ridge, lam_min, a_rank if low_rank else None, c_rank)
+        return lam, (vecs if lam_min is None else vecs[:, lam >= lam_min])
+    if d > dense_max:
         found = (_generalized_low_rank_cholesky(a, c, ridge, a_rank) if low_rank
                  else _generalized_cholesky(a, c, ridge, lam_min))
         if found is not None:
@@ -271,6 +282,42 @@ def _generalized_cholesky(a: np.ndarray, c: np.ndarray, ridge: float, lam_min: f
     return lam, solve_triangular(chol, u, lower=True, trans="T", check_finite=False)
 
 
+def _generalized_rank_aware(a: np.ndarray, c: np.ndarray, ridge: float, lam_min: float | None, a_rank: int | None,
+                            c_rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """generalized_eigh for c of rank at most c_rank << d: c = U diag(s) U^T on its range (low_rank_factor's
+    range finder, s clamped at 0 as the eigen path clamps), so that the regularised c + floor I (floor = ridge
+    trace(c)/d, the eigen path's) has the symmetric inverse square root W = floor^-1/2 I + U diag(g) U^T,
+    g = (s + floor)^-1/2 - floor^-1/2, applied in O(d c_rank) a column. W^T a W is then decomposed as the eigen
+    path decomposes it (thin SVD of W L for a = L L^T of rank a_rank; else whole, only lam >= lam_min when
+    given) and v = W u. The one difference from the eigen path: rounding noise in c's null space (float32
+    Grams) is dropped, where the eigen path keeps its positive part on top of the floor."""
+    d = c.shape[0]
+    sym = 0.5 * (c + c.T)
+    floor = ridge * max(float(np.trace(sym)) / d, 1e-300)
+    omega = np.random.default_rng(0).standard_normal((d, min(d, c_rank + LOW_RANK_OVERSAMPLE)))
+    basis, _ = np.linalg.qr(sym @ omega)
+    s, e = np.linalg.eigh(basis.T @ sym @ basis)
+    u_c = basis @ e
+    g = 1.0 / np.sqrt(np.maximum(s, 0.0) + floor) - 1.0 / math.sqrt(floor)
+
+    def whiten(x: np.ndarray) -> np.ndarray:
+        return x / math.sqrt(floor) + u_c @ (g[:, None] * (u_c.T @ x))
+
+    if a_rank is not None:
+        lam, u = _ascending_gram_eigenpairs(whiten(low_rank_factor(0.5 * (a + a.T), a_rank)))
+        return lam, whiten(u)
+    m = whiten(whiten(0.5 * (a + a.T)).T)
+    m = 0.5 * (m + m.T)
+    if lam_min is None:
+        lam, u = np.linalg.eigh(m)
+    else:
+        from scipy.linalg import eigh
+
+        lam, u = eigh(m, subset_by_value=(float(np.nextafter(lam_min, -np.inf)), np.inf), driver="evr",
+                      check_finite=False)
+    return lam, whiten(u)
+
+
 def _checked_cholesky(c: np.ndarray, ridge: float) -> "np.ndarray | None":
     """The lower Cholesky factor of c + floor I, floor = ridge trace(c)/d, or None where it fails or its smallest
     eigenvalue is below CHOLESKY_FLOOR_SHARE of the floor (then the eigen path's clamp at 0 is needed)."""
@@ -332,7 +379,8 @@ def from_complement(vv: np.ndarray, t: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def extend_subspace(q: np.ndarray, retain_means: np.ndarray, s_f: np.ndarray, s_r: np.ndarray,
                     ridge: float = 1e-6, bar: str = "energy", c_f: np.ndarray | None = None,
-                    c_r: np.ndarray | None = None, forget_rows: int | None = None) -> np.ndarray:
+                    c_r: np.ndarray | None = None, forget_rows: int | None = None,
+                    retain_rows: int | None = None) -> np.ndarray:
     """Add forget-variance directions that are at least as forget-specific as the prototype residuals.
 
     Within the orthogonal complement of [retain prototypes, Q] solve S_f v = lam S_r v (S_f, S_r:
@@ -346,7 +394,7 @@ def extend_subspace(q: np.ndarray, retain_means: np.ndarray, s_f: np.ndarray, s_
     The complement basis is the Householder one (householder_complement): the chosen span does not depend
     on which orthonormal complement basis is used, and this one costs O(d^2 k) instead of O(d^3).
     forget_rows: the number of rows behind s_f, a bound on its rank (generalized_eigh's a_rank: one row per
-    image on a wide Gemm input leaves S_f of low rank).
+    image on a wide Gemm input leaves S_f of low rank); retain_rows: the same for s_r (generalized_eigh's c_rank).
     """
     d = q.shape[0]
     if bar == "variance":
@@ -363,7 +411,7 @@ def extend_subspace(q: np.ndarray, retain_means: np.ndarray, s_f: np.ndarray, s_
     vv, t = householder_complement(base)
     a = complement_moments(vv, t, s_f)
     c = complement_moments(vv, t, s_r)
-    _, chosen = generalized_eigh(a, c, ridge, lam_min=lam0, a_rank=forget_rows)
+    _, chosen = generalized_eigh(a, c, ridge, lam_min=lam0, a_rank=forget_rows, c_rank=retain_rows)
     if chosen.shape[1] == 0:
         return q
     return np.hstack([q, orthonormal_basis(from_complement(vv, t, chosen))])
