@@ -131,6 +131,11 @@ def test_in_graph_statistics_match_numpy(rng, precision, tol):
     assert head.rows[1] == 3
     assert np.allclose(head.sums[1], feats[y == 1].sum(0), rtol=1e-4, atol=1e-5)
     assert stats.samples == {0: 4, 1: 3, 2: 3}
+    # every class's Gram kept: the total is their class-order sum (no running total), the same numbers
+    every = collect(model, ops, Dataset(x, y), gram_classes=None, batch_size=3, precision=precision).layers["conv"]
+    assert set(every.grams) == {0, 1, 2}
+    np.testing.assert_array_equal(every.total_gram, (every.grams[0] + every.grams[1]) + every.grams[2])
+    close(every.total_gram, allrows.T @ allrows)
 
 
 def run_features(model, x):

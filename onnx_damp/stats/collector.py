@@ -127,7 +127,7 @@ def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size
             if t.shift_name is not None:
                 s, m, u = shift_terms(s, n, got[t.shift_name])
                 pending.add(key, m, u)
-            per_tap[key].add(c, s, gram, n, keep is None or c in keep)
+            per_tap[key].add(c, s, gram, n, keep is None or c in keep, total=keep is not None)
         samples[c] = samples.get(c, 0) + real
         if progress:
             progress(real)
@@ -160,7 +160,8 @@ class _ShiftCorrections:
         ms.append(m)
         us.append(u)
         if len(ms) >= self.cap:
-            self.per_tap[key].add_gram(self.cls if kept else None, _symmetric_sum(ms, us), kept)
+            self.per_tap[key].add_gram(self.cls if kept else None, _symmetric_sum(ms, us), kept,
+                                       total=self.keep is not None)
             ms.clear()
             us.clear()
 
@@ -168,7 +169,7 @@ class _ShiftCorrections:
         """Fold the current class's terms into its kept Gram and the total (before the next class)."""
         for key, (ms, us) in self.terms.items():
             if ms:
-                self.per_tap[key].add_gram(self.cls, _symmetric_sum(ms, us), True)
+                self.per_tap[key].add_gram(self.cls, _symmetric_sum(ms, us), True, total=self.keep is not None)
         self.terms = {}
 
     def finish(self) -> None:

@@ -177,23 +177,27 @@ class LayerStats:
         """A layer too wide for d x d Grams: sums in d dimensions, second moments only within span(U)."""
         return self.basis is not None
 
-    def add(self, c: int, s: np.ndarray, gram: np.ndarray | None, n: int, keep_gram: bool) -> None:
+    def add(self, c: int, s: np.ndarray, gram: np.ndarray | None, n: int, keep_gram: bool, total: bool = True) -> None:
         d = self.feature_dim
         if c not in self.sums:
             self.sums[c], self.rows[c] = np.zeros(d), 0
         self.sums[c] += s
         self.rows[c] += n
         if gram is not None:
-            self.add_gram(c, gram, keep_gram)
+            self.add_gram(c, gram, keep_gram, total)
 
-    def add_gram(self, c: int | None, gram: np.ndarray, keep_gram: bool) -> None:
+    def add_gram(self, c: int | None, gram: np.ndarray, keep_gram: bool, total: bool = True) -> None:
         """Add a second-moment term of class c's rows (no rows or sums): to its Gram if kept, and to the total
-        (in place: on wide layers a new d x d array per batch was a large share of the host's work)."""
+        (in place: on wide layers a new d x d array per batch was a large share of the host's work).
+        total=False: not to the total, which canonical_total makes from the per-class Grams once they are
+        complete (every class's Gram kept: a running total would be one more d x d sum per batch, thrown away)."""
         if keep_gram:
             if c in self.grams:
                 self.grams[c] += gram
             else:
                 self.grams[c] = np.array(gram, dtype=np.float64)
+        if not total:
+            return
         if self.total_gram is None:
             self.total_gram = np.array(gram, dtype=np.float64)
         else:
@@ -206,8 +210,9 @@ class LayerStats:
         from class-aligned shards equal single-process ones bit for bit (see shards.merge).
         """
         if self.grams and set(self.grams) == set(self.rows):
-            total = np.zeros((self.feature_dim, self.feature_dim))
-            for c in sorted(self.grams):
+            first, *rest = sorted(self.grams)
+            total = self.grams[first].copy()  # 0 + G exactly: the same bits as a sum started from zeros
+            for c in rest:
                 total += self.grams[c]
             self.total_gram = total
 
