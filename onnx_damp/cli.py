@@ -112,21 +112,6 @@ class _SectionedCommand(click.Command):
                     formatter.write_dl(rows[section])
 
 
-def limit_malloc_arenas(arenas: int = 1) -> bool:
-    """glibc: one malloc arena for the process (as MALLOC_ARENA_MAX=1 would), unless the user set that
-    variable. The image-folder prefetch threads otherwise grow arenas that keep freed decode buffers: peak
-    RSS with 16x the calibration images was 1.21x that of 1x, 1.10x with one arena, no slower (docs/benchmarks.md).
-    Returns whether it was applied (False off glibc)."""
-    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        return bool(ctypes.CDLL("libc.so.6").mallopt(-8, arenas))  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        return False
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="onnx-damp")
 def main() -> None:
@@ -136,6 +121,8 @@ def main() -> None:
     given; one-line summary on stderr; outputs still written), 2 bad input (one-line message), 1 internal
     error, 130 interrupted.
     """
+    from onnx_damp.runtime.allocator import limit_malloc_arenas
+
     limit_malloc_arenas()
 
 
