@@ -211,7 +211,7 @@ class LayerStats:
         """
         if self.grams and set(self.grams) == set(self.rows):
             first, *rest = sorted(self.grams)
-            total = self.grams[first].copy()  # 0 + G exactly: the same bits as a sum started from zeros
+            total = self.grams[first].copy()  # 0 + G exactly: a sum started from zeros, but a -0.0 stays -0.0
             for c in rest:
                 total += self.grams[c]
             self.total_gram = total
