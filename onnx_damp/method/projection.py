@@ -164,12 +164,21 @@ def low_rank_factor(a: np.ndarray, rank: int, oversample: int = LOW_RANK_OVERSAM
     (a second moment of that many rows), to a's rounding: a range finder (Halko, Martinsson & Tropp 2011,
     seeded) spans range(a), a's compression onto it is decomposed, and its non-positive part (rounding) dropped.
     O(d^2 rank) instead of an O(d^3) eigen-decomposition."""
+    u, w = range_eigenpairs(a, rank, oversample)
+    return u * np.sqrt(w)
+
+
+def range_eigenpairs(a: np.ndarray, rank: int, oversample: int = LOW_RANK_OVERSAMPLE
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(U, w): the positive eigenpairs of symmetric positive semi-definite a of rank at most rank, U (d, k)
+    orthonormal, from a seeded range finder's compression of a (low_rank_factor's; U diag(w) U^T = a to a's
+    rounding, the non-positive part dropped)."""
     d = a.shape[0]
     omega = np.random.default_rng(0).standard_normal((d, min(d, rank + oversample)))
     basis, _ = np.linalg.qr(a @ omega)
     w, e = np.linalg.eigh(basis.T @ a @ basis)
     keep = w > 0
-    return (basis @ e[:, keep]) * np.sqrt(w[keep])
+    return basis @ e[:, keep], w[keep]
 
 
 def generalized_eigh(a: np.ndarray, c: np.ndarray, ridge: float = 1e-6, lam_min: float | None = None,
@@ -269,39 +278,44 @@ def _generalized_cholesky(a: np.ndarray, c: np.ndarray, ridge: float, lam_min: f
     eigenvalues >= lam_min when given (syevr's subset, half-open below: the bound is moved one float down).
     About 3 d^3 flops against the eigen path's two complete d x d eigen-decompositions and two d x d x d products
     (3,072 features, 584 eigenpairs kept: 4.8 s against about 9.5 s)."""
-    from scipy.linalg import eigh, solve_triangular
+    from scipy.linalg import solve_triangular
 
     chol = _checked_cholesky(c, ridge)
     if chol is None:
         return None
     half = solve_triangular(chol, 0.5 * (a + a.T), lower=True, check_finite=False)    # R^-1 a
     m = solve_triangular(chol, half.T, lower=True, check_finite=False)                # R^-1 a R^-T (a symmetric)
+    lam, u = _symmetric_eigenpairs(m, lam_min)
+    return lam, solve_triangular(chol, u, lower=True, trans="T", check_finite=False)
+
+
+def _symmetric_eigenpairs(m: np.ndarray, lam_min: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs of m symmetrised, all of them (numpy), or only those with lam >= lam_min (LAPACK syevr's subset
+    by value; its interval is open below, so the bound is moved one float down)."""
     m = 0.5 * (m + m.T)
     if lam_min is None:
-        lam, u = np.linalg.eigh(m)
-    else:
-        lam, u = eigh(m, subset_by_value=(float(np.nextafter(lam_min, -np.inf)), np.inf), driver="evr",
-                      check_finite=False)
-    return lam, solve_triangular(chol, u, lower=True, trans="T", check_finite=False)
+        return np.linalg.eigh(m)
+    from scipy.linalg import eigh
+
+    return eigh(m, subset_by_value=(float(np.nextafter(lam_min, -np.inf)), np.inf), driver="evr",
+                check_finite=False)
 
 
 def _generalized_rank_aware(a: np.ndarray, c: np.ndarray, ridge: float, lam_min: float | None, a_rank: int | None,
                             c_rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """generalized_eigh for c of rank at most c_rank << d: c = U diag(s) U^T on its range (low_rank_factor's
-    range finder, s clamped at 0 as the eigen path clamps), so that the regularised c + floor I (floor = ridge
-    trace(c)/d, the eigen path's) has the symmetric inverse square root W = floor^-1/2 I + U diag(g) U^T,
-    g = (s + floor)^-1/2 - floor^-1/2, applied in O(d c_rank) a column. W^T a W is then decomposed as the eigen
-    path decomposes it (thin SVD of W L for a = L L^T of rank a_rank; else whole, only lam >= lam_min when
-    given) and v = W u. The one difference from the eigen path: rounding noise in c's null space (float32
-    Grams) is dropped, where the eigen path keeps its positive part on top of the floor."""
+    """generalized_eigh for c of rank at most c_rank << d: c = U diag(s) U^T on its range (range_eigenpairs,
+    low_rank_factor's range finder; s <= 0 dropped, which is the eigen path's clamp at 0), so that the
+    regularised c + floor I (floor = ridge trace(c)/d, the eigen path's) has the symmetric inverse square root
+    W = floor^-1/2 I + U diag(g) U^T, g = (s + floor)^-1/2 - floor^-1/2, applied in O(d c_rank) a column.
+    W^T a W is then decomposed as the eigen path decomposes it (thin SVD of W L for a = L L^T of rank a_rank;
+    else whole, only lam >= lam_min when given) and v = W u. The one difference from the eigen path: rounding
+    noise in c's null space (float32 Grams) is dropped, where the eigen path keeps its positive part on top of
+    the floor."""
     d = c.shape[0]
     sym = 0.5 * (c + c.T)
     floor = ridge * max(float(np.trace(sym)) / d, 1e-300)
-    omega = np.random.default_rng(0).standard_normal((d, min(d, c_rank + LOW_RANK_OVERSAMPLE)))
-    basis, _ = np.linalg.qr(sym @ omega)
-    s, e = np.linalg.eigh(basis.T @ sym @ basis)
-    u_c = basis @ e
-    g = 1.0 / np.sqrt(np.maximum(s, 0.0) + floor) - 1.0 / math.sqrt(floor)
+    u_c, s = range_eigenpairs(sym, c_rank)  # eigenvalues <= 0 dropped: clamped at 0, their g would be 0
+    g = 1.0 / np.sqrt(s + floor) - 1.0 / math.sqrt(floor)
 
     def whiten(x: np.ndarray) -> np.ndarray:
         return x / math.sqrt(floor) + u_c @ (g[:, None] * (u_c.T @ x))
@@ -309,15 +323,7 @@ def _generalized_rank_aware(a: np.ndarray, c: np.ndarray, ridge: float, lam_min:
     if a_rank is not None:
         lam, u = _ascending_gram_eigenpairs(whiten(low_rank_factor(0.5 * (a + a.T), a_rank)))
         return lam, whiten(u)
-    m = whiten(whiten(0.5 * (a + a.T)).T)
-    m = 0.5 * (m + m.T)
-    if lam_min is None:
-        lam, u = np.linalg.eigh(m)
-    else:
-        from scipy.linalg import eigh
-
-        lam, u = eigh(m, subset_by_value=(float(np.nextafter(lam_min, -np.inf)), np.inf), driver="evr",
-                      check_finite=False)
+    lam, u = _symmetric_eigenpairs(whiten(whiten(0.5 * (a + a.T)).T), lam_min)
     return lam, whiten(u)
 
 
