@@ -345,3 +345,15 @@ def test_rank_aware_path_drops_float32_noise_the_eigen_path_keeps(rng):
     assert off_r < off_e
     top_x, top_r, top_e = (np.sort(v[v >= 2.0]) for v in (lam_x, lam_r, lam_e))
     assert np.max(np.abs(top_r / top_x - 1)) < np.max(np.abs(top_e / top_x - 1))
+
+
+def test_top_eigenvalue_stops_early_at_the_same_estimate(rng):
+    """The power iteration's early stop returns the largest eigenvalue to its tolerance, and no later than the
+    fixed count would (a gap of 2x: it converges well before 30 iterations)."""
+    u, _ = np.linalg.qr(rng.standard_normal((300, 300)))
+    w = np.concatenate([[10.0, 5.0], rng.uniform(0.0, 1.0, 298)])
+    m = (u * w) @ u.T
+    early = pj._top_eigenvalue(m)
+    assert early == pytest.approx(10.0, rel=1e-6)
+    assert early == pytest.approx(pj._top_eigenvalue(m, rtol=0.0), rel=1e-6)
+    assert pj._top_eigenvalue(np.zeros((4, 4))) == 0.0

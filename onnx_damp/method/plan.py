@@ -76,7 +76,7 @@ def plan_layer_variants(op: EditableOp, st: LayerStats, forget: Sequence[int], r
     q = pj.residual_basis(residuals, mu_f)
     mf, sf, n_f = st.group_moments(forget)
     mr, sr, n_r = st.group_moments(retain)
-    cf, cr = sf - np.outer(mf, mf), sr - np.outer(mr, mr)
+    cf, cr = _centred(sf, mf), _centred(sr, mr)
     if layer_sep is None:
         layer_sep = pj.probe_separability(pj.mahalanobis_separation(mf, cf, mr, cr))
     share = pj.residual_share(residuals, mu_f)
@@ -96,6 +96,13 @@ def plan_layer_variants(op: EditableOp, st: LayerStats, forget: Sequence[int], r
         sep = pj.probe_separability(delta)
         out[extra_directions] = LayerPlan(op, qe, pj.alpha_from_separability(sep), delta, sep, extra,
                                           layer_separability=layer_sep, residual_share=share)
+    return out
+
+
+def _centred(second: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """second - mean mean^T (a covariance from an uncentred moment) in one new d x d array, not two."""
+    out = np.multiply.outer(mean, mean)
+    np.subtract(second, out, out=out)
     return out
 
 

@@ -75,18 +75,24 @@ def _cholesky(m: np.ndarray) -> "np.ndarray | None":
         return None
 
 
-def _top_eigenvalue(m: np.ndarray, iterations: int = 30) -> float:
-    """Largest eigenvalue of symmetric positive semi-definite m (power iteration from a seeded random start;
-    a ridge's scale, so a few per cent low is fine)."""
+TOP_EIGEN_RTOL = 1e-6  # _top_eigenvalue stops when an iteration moves its estimate by less than this share
+
+
+def _top_eigenvalue(m: np.ndarray, iterations: int = 30, rtol: float = TOP_EIGEN_RTOL) -> float:
+    """Largest eigenvalue of symmetric positive semi-definite m (power iteration from a seeded random start,
+    stopped once an iteration moves the estimate by less than rtol of it; a ridge's scale, so a few per cent
+    low is fine). Each step reads all of m: cifar10_winml's 2,400-wide layer converges to 1e-6 in 12 of 30."""
     v = np.random.default_rng(0).standard_normal(m.shape[0])
     v /= np.linalg.norm(v)
     lam = 0.0
     for _ in range(iterations):
         w = m @ v
-        lam = float(np.linalg.norm(w))
+        prev, lam = lam, float(np.linalg.norm(w))
         if lam == 0.0:
             return 0.0
         v = w / lam
+        if abs(lam - prev) <= rtol * lam:
+            break
     return float(v @ m @ v)
 
 
@@ -99,11 +105,13 @@ def mahalanobis_separation(mean_f: np.ndarray, cov_f: np.ndarray, mean_r: np.nda
     iteration) and S^-1 dm comes from a Cholesky solve, not an eigen-decomposition (the eigen path where
     the factorisation fails). Only the layer's whole-space separability (reported) is that wide."""
     dm = mean_f - mean_r
-    sigma = 0.5 * (cov_f + cov_r)
+    sigma = np.add(cov_f, cov_r)
+    sigma *= 0.5  # 0.5 (cov_f + cov_r), one d x d array instead of two
     d = sigma.shape[0]
     sigma = _plus_diagonal(sigma, ridge * max(np.trace(sigma) / d, 1e-300), copy=False)
     if d > dense_max:
-        sym = 0.5 * (sigma + sigma.T)
+        sym = np.add(sigma, sigma.T)
+        sym *= 0.5
         chol = _cholesky(_plus_diagonal(sym, ridge * max(_top_eigenvalue(sym), 1e-300), copy=False))
         if chol is not None:
             from scipy.linalg import solve_triangular  # imported only here: 0.3 s, against 1.4 s per eigh at 2,400

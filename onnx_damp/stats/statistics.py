@@ -155,6 +155,15 @@ def load_statistics(path: str | os.PathLike) -> Statistics:
 # ----------------------------------------------------------------------------------------------- merge
 
 
+def _summed(arrays: list[np.ndarray]) -> np.ndarray:
+    """A new array holding the sum of arrays in order, summed in place (the same values as sum(arrays), without a
+    d x d temporary per term: on a 2,400-wide layer each is 46 MB of fresh memory)."""
+    out = np.array(arrays[0], dtype=np.float64)
+    for a in arrays[1:]:
+        out += a
+    return out
+
+
 @dataclass
 class LayerStats:
     """Sufficient statistics of one activation in its input-feature space.
@@ -227,13 +236,14 @@ class LayerStats:
         n = sum(self.rows[c] for c in classes)
         s = sum(self.sums[c] for c in classes)
         if all(c in self.grams for c in classes):
-            g = sum(self.grams[c] for c in classes)
+            g = _summed([self.grams[c] for c in classes])
         else:
             others = [c for c in self.rows if c not in classes]
             if not all(c in self.grams for c in others):
                 raise ValueError("second moments are known only for the kept classes and their complement")
-            g = self.total_gram - sum((self.grams[c] for c in others), np.zeros_like(self.total_gram))
-        return s / n, g / n, n
+            g = self.total_gram - _summed([self.grams[c] for c in others]) if others else self.total_gram.copy()
+        g /= n
+        return s / n, g, n
 
 
 @dataclass
