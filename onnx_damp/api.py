@@ -29,6 +29,7 @@ from onnx_damp.runtime.tokens import token_probe_note
 from onnx_damp.runtime.predict import SessionPool, pooled, predict
 from onnx_damp.progress import Phases, Progress
 from onnx_damp.options import MethodOptions, RunOptions
+from onnx_damp.runtime.blas import host_blas_limited
 from onnx_damp.stats.collector import collect as collect_stats
 from onnx_damp.stats.shards import merge
 from onnx_damp.stats.statistics import Provenance, Statistics, proto_sha256
@@ -337,6 +338,7 @@ def _record_metadata(proto: onnx.ModelProto, entries: dict[str, str]) -> None:
         e.key, e.value = k, v
 
 
+@host_blas_limited
 def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathLike | None = None,
            eval_data=None, batch_size: int = 128, device: str = "cpu", feature_mode: str = "auto",
            extra_directions: bool = True, input_name: str | None = None, output_name: str | None = None,
@@ -690,6 +692,7 @@ def _gram_bytes(ops: list[EditableOp], n_classes: int) -> int:
 GRAM_LIMIT = 4 << 30  # refuse to keep every class's Gram above this many bytes (ask for --forget instead)
 
 
+@host_blas_limited
 def collect(model: ModelLike, data, output: str | os.PathLike | None = None, *, forget: Sequence | None = None,
             labels: str | os.PathLike | None = None, batch_size: int = 128, device: str = "cpu",
             feature_mode: str = "auto", input_name: str | None = None, preprocessing: str = "npz",
@@ -878,6 +881,7 @@ def _original_warnings(proto: onnx.ModelProto, original) -> list[str]:
             f"(sha256 {recorded[:12]}): the comparisons against it measure something else"]
 
 
+@host_blas_limited
 def evaluate(model: ModelLike, data, forget: Sequence[int] | None = None, original: ModelLike | None = None,
              reference: ModelLike | None = None, batch_size: int = 256, device: str = "cpu",
              input_name: str | None = None, output_name: str | None = None, quiet: bool = True,

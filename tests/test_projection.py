@@ -299,9 +299,10 @@ def test_full_rank_cholesky_path_matches_the_eigen_path(rng, monkeypatch):
 
 
 def test_rank_aware_path_matches_the_eigen_path_on_a_rank_deficient_c(rng, monkeypatch):
-    """Above dense_max with c the moment of fewer rows than features (c_rank), the range-finder whitening
-    gives the eigen path's eigenpairs with lam >= lam_min (c-orthonormal, the same span), for a of full rank
-    and for a of low rank (a_rank); without c_rank that path is not taken."""
+    """With c the moment of fewer rows than features (c_rank), the range-finder whitening gives the eigen
+    path's eigenpairs with lam >= lam_min (c-orthonormal, the same span), for a of full rank and for a of low
+    rank (a_rank), above dense_max (scipy's subset solver) and at or below it (numpy's whole decomposition);
+    without c_rank, or below RANK_AWARE_MIN features, that path is not taken."""
     d, n_c = 120, 20
     rows_c = rng.normal(size=(n_c, d)) * rng.uniform(0.5, 2.0, size=d)
     c = rows_c.T @ rows_c / n_c
@@ -314,15 +315,20 @@ def test_rank_aware_path_matches_the_eigen_path_on_a_rank_deficient_c(rng, monke
         rows_a = rng.normal(size=(n_a, d)) + 0.3
         a = rows_a.T @ rows_a / n_a
         lam_min = 2.0
-        lam_e, v_e = pj.generalized_eigh(a, c, lam_min=lam_min, a_rank=a_rank, dense_max=10 ** 9, c_rank=n_c)
-        lam_r, v_r = pj.generalized_eigh(a, c, lam_min=lam_min, a_rank=a_rank, dense_max=0, c_rank=n_c)
-        assert len(seen) == 1
-        seen.clear()
-        assert v_r.shape == v_e.shape and v_r.shape[1] >= 1
-        np.testing.assert_allclose(np.sort(lam_r[lam_r >= lam_min]), np.sort(lam_e[lam_e >= lam_min]), rtol=1e-6)
-        np.testing.assert_allclose(v_r.T @ c_reg @ v_r, np.eye(v_r.shape[1]), atol=1e-6)
-        np.testing.assert_allclose(proj(v_r), proj(v_e), atol=1e-6)
+        lam_e, v_e = pj.generalized_eigh(a, c, lam_min=lam_min, a_rank=a_rank, dense_max=10 ** 9)
+        assert not seen
+        for dense_max in (0, 10 ** 9):
+            lam_r, v_r = pj.generalized_eigh(a, c, lam_min=lam_min, a_rank=a_rank, dense_max=dense_max, c_rank=n_c)
+            assert len(seen) == 1
+            seen.clear()
+            assert v_r.shape == v_e.shape and v_r.shape[1] >= 1
+            np.testing.assert_allclose(np.sort(lam_r[lam_r >= lam_min]), np.sort(lam_e[lam_e >= lam_min]),
+                                       rtol=1e-6)
+            np.testing.assert_allclose(v_r.T @ c_reg @ v_r, np.eye(v_r.shape[1]), atol=1e-6)
+            np.testing.assert_allclose(proj(v_r), proj(v_e), atol=1e-6)
     pj.generalized_eigh(a, c, lam_min=2.0, dense_max=0)
+    monkeypatch.setattr(pj, "RANK_AWARE_MIN", d + 1)
+    pj.generalized_eigh(a, c, lam_min=2.0, dense_max=0, c_rank=n_c)
     assert not seen
 
 

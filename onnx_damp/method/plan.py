@@ -77,8 +77,9 @@ def plan_layer_variants(op: EditableOp, st: LayerStats, forget: Sequence[int], r
     mf, sf, n_f = st.group_moments(forget)
     mr, sr, n_r = st.group_moments(retain)
     cf, cr = _centred(sf, mf), _centred(sr, mr)
-    if layer_sep is None:
-        layer_sep = pj.probe_separability(pj.mahalanobis_separation(mf, cf, mr, cr))
+    if layer_sep is None:  # reported only: its Cholesky form from LAYER_PROBE_DENSE_MAX features (cheaper than eigh)
+        layer_sep = pj.probe_separability(pj.mahalanobis_separation(mf, cf, mr, cr,
+                                                                    dense_max=pj.LAYER_PROBE_DENSE_MAX))
     share = pj.residual_share(residuals, mu_f)
     out = {}
     for extra_directions in extras:

@@ -57,6 +57,22 @@ DENSE_EIGH_MAX = 1024  # above this width, Cholesky factors (or c's range, _gene
 # 1,025-1,536-wide space now use its Cholesky form (floor added, not applied; swin_t: 0.415 -> 0.385)
 
 
+LAYER_PROBE_DENSE_MAX = 256  # the layer's whole-space probe (reported, never sets alpha) takes mahalanobis_separation's
+# Cholesky form above this width: densenet121's 121 layers (to 1,024 wide) 2.95 -> 0.43 s, the reported value
+# moved by at most 0.0025 (0.973 -> 0.971); the probe within span(Q), which sets alpha, keeps DENSE_EIGH_MAX
+
+
+def _linalg():
+    """scipy.linalg, imported on first use (0.1-0.3 s: paid only above DENSE_EIGH_MAX), its own OpenBLAS under the
+    host's thread limit (runtime.blas: the limit taken before it was loaded does not reach it)."""
+    import scipy.linalg
+
+    from onnx_damp.runtime import blas
+
+    blas.refresh()
+    return scipy.linalg
+
+
 def _plus_diagonal(m: np.ndarray, value: float, copy: bool = True) -> np.ndarray:
     """m + value * I without forming I (in place when copy is False)."""
     out = np.array(m, dtype=np.float64, copy=True) if copy else m
@@ -67,11 +83,10 @@ def _plus_diagonal(m: np.ndarray, value: float, copy: bool = True) -> np.ndarray
 def _cholesky(m: np.ndarray) -> "np.ndarray | None":
     """Lower Cholesky factor of symmetric m, or None where m is not numerically positive definite.
     About 10x cheaper than an eigen-decomposition (0.13 s against 1.5 s at d = 2,400 here)."""
-    from scipy.linalg import cholesky, LinAlgError
-
+    linalg = _linalg()
     try:
-        return cholesky(m, lower=True, check_finite=False)
-    except LinAlgError:
+        return linalg.cholesky(m, lower=True, check_finite=False)
+    except linalg.LinAlgError:
         return None
 
 
@@ -114,9 +129,7 @@ def mahalanobis_separation(mean_f: np.ndarray, cov_f: np.ndarray, mean_r: np.nda
         sym *= 0.5
         chol = _cholesky(_plus_diagonal(sym, ridge * max(_top_eigenvalue(sym), 1e-300), copy=False))
         if chol is not None:
-            from scipy.linalg import solve_triangular  # imported only here: 0.3 s, against 1.4 s per eigh at 2,400
-
-            z = solve_triangular(chol, dm, lower=True, check_finite=False)
+            z = _linalg().solve_triangular(chol, dm, lower=True, check_finite=False)
             return float(math.sqrt(max(float(z @ z), 0.0)))
     w, v = np.linalg.eigh(sigma)
     w = np.maximum(w, ridge * max(w.max(), 1e-300))
@@ -163,6 +176,8 @@ def energy_ratio(v: np.ndarray, s_f: np.ndarray, s_r: np.ndarray) -> float:
 
 LOW_RANK_SHARE = 1 / 3   # generalized_eigh takes the low-rank path when a's rank bound is at most this share of d
 LOW_RANK_OVERSAMPLE = 16  # extra columns of the range finder beyond the rank bound
+RANK_AWARE_MIN = 0  # narrowest input width whitened by c's range (_generalized_rank_aware) where c's rank allows
+# (0: any; a seam that turns the path off in tests; no sample or zoo layer has so few retain rows)
 RANK_AWARE_SHARE = 0.5  # generalized_eigh whitens by c's range (_generalized_rank_aware) when its rank bound is
 # at most this share of d (0.8 on convnext_tiny: no faster, more plans moved)
 
@@ -208,15 +223,19 @@ def generalized_eigh(a: np.ndarray, c: np.ndarray, ridge: float = 1e-6, lam_min:
     Above dense_max without a small a_rank, the same factor whitens a itself (R^-1 a R^-T, two triangular
     solves) and, given lam_min, only the eigenpairs with lam >= lam_min are computed (LAPACK syevr), so only
     those eigenvalues are returned: no eigen-decomposition of c and no complete one of the whitened a.
-    c_rank: a bound on the rank of c (the second moment of that many rows); above dense_max, when it is small
-    against d, c's range comes from a range finder and the whitening is exact on it and the floor on its
-    complement (_generalized_rank_aware): O(d^2 c_rank) where a c with fewer rows than features fails the
-    Cholesky check and would pay the eigen path's d x d eigen-decomposition.
+    c_rank: a bound on the rank of c (the second moment of that many rows); when it is small against d, c's
+    range comes from a range finder and the whitening is exact on it and the floor on its complement
+    (_generalized_rank_aware): O(d^2 c_rank) where the eigen path pays a d x d eigen-decomposition of c (above
+    dense_max a c with fewer rows than features also fails the Cholesky check). From the fifth 2026-12-03
+    session above dense_max only; since the first 2026-12-04 one at any width (densenet121 with 40 images a
+    class: the 288-row retain moments of its 544-1,024-wide inputs).
     """
     d = a.shape[0]
     low_rank = a_rank is not None and a_rank + LOW_RANK_OVERSAMPLE <= LOW_RANK_SHARE * d
-    if d > dense_max and c_rank is not None and c_rank + LOW_RANK_OVERSAMPLE <= RANK_AWARE_SHARE * d:
-        lam, vecs = _generalized_rank_aware(a, c, ridge, lam_min, a_rank if low_rank else None, c_rank)
+    if c_rank is not None and d >= RANK_AWARE_MIN and c_rank + LOW_RANK_OVERSAMPLE <= RANK_AWARE_SHARE * d:
+        # at or below dense_max the whitened a is decomposed whole (numpy; scipy's subset solver only above)
+        lam, vecs = _generalized_rank_aware(a, c, ridge, lam_min if d > dense_max else None,
+                                            a_rank if low_rank else None, c_rank)
         return lam, (vecs if lam_min is None else vecs[:, lam >= lam_min])
     if d > dense_max:
         found = (_generalized_low_rank_cholesky(a, c, ridge, a_rank) if low_rank
@@ -248,7 +267,7 @@ def _smallest_eigenvalue(chol: np.ndarray, iterations: int = 30) -> float:
     """Smallest eigenvalue of R R^T from its lower Cholesky factor R: inverse power iteration (two triangular
     solves a step, O(d^2)) from a seeded random start. The Rayleigh quotient bounds it from above, and the
     iteration converges fastest exactly where one eigenvalue sits far below the others."""
-    from scipy.linalg import solve_triangular
+    solve_triangular = _linalg().solve_triangular
 
     v = np.random.default_rng(0).standard_normal(chol.shape[0])
     v /= np.linalg.norm(v)
@@ -269,7 +288,7 @@ def _generalized_low_rank_cholesky(a: np.ndarray, c: np.ndarray, ridge: float, a
     path) where c + floor I, floor = ridge trace(c)/d, is not numerically positive definite, or where its
     smallest eigenvalue is below CHOLESKY_FLOOR_SHARE of the floor (rounding left c too indefinite: a pivot
     near 0 would blow lam up where the eigen path's clamp at 0 keeps it bounded)."""
-    from scipy.linalg import solve_triangular
+    solve_triangular = _linalg().solve_triangular
 
     chol = _checked_cholesky(c, ridge)
     if chol is None:
@@ -286,7 +305,7 @@ def _generalized_cholesky(a: np.ndarray, c: np.ndarray, ridge: float, lam_min: f
     eigenvalues >= lam_min when given (syevr's subset, half-open below: the bound is moved one float down).
     About 3 d^3 flops against the eigen path's two complete d x d eigen-decompositions and two d x d x d products
     (3,072 features, 584 eigenpairs kept: 4.8 s against about 9.5 s)."""
-    from scipy.linalg import solve_triangular
+    solve_triangular = _linalg().solve_triangular
 
     chol = _checked_cholesky(c, ridge)
     if chol is None:
@@ -303,7 +322,7 @@ def _symmetric_eigenpairs(m: np.ndarray, lam_min: float | None) -> tuple[np.ndar
     m = 0.5 * (m + m.T)
     if lam_min is None:
         return np.linalg.eigh(m)
-    from scipy.linalg import eigh
+    eigh = _linalg().eigh
 
     return eigh(m, subset_by_value=(float(np.nextafter(lam_min, -np.inf)), np.inf), driver="evr",
                 check_finite=False)

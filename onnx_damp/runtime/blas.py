@@ -1,0 +1,85 @@
+"""numpy's and scipy's BLAS threads while onnx-damp's host arithmetic runs: one by default, restored afterwards.
+
+OpenBLAS's threads meet at every call; where the cores are busy (other jobs, the machine's other tenants) a
+descheduled thread stalls each call for a time slice. On 2 cores beside two busy processes, efficientnet_b0's
+planning took 68.7 s with OpenBLAS's two threads and 6.0 s with one (5.6 and 4.4 s on an idle machine);
+densenet121's whole `forget -q` 45-75 s against 21 s (idle: 10.7 against 12.8 s, the one case where the
+second thread pays; docs/benchmarks.md). onnxruntime's own thread pool is not affected.
+
+An explicit OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS or BLIS_NUM_THREADS in the environment is
+the user's choice and is left alone. scipy.linalg brings its own OpenBLAS when first imported (lazily, wide
+layers only): refresh() limits libraries loaded since the scope began.
+"""
+from __future__ import annotations
+
+import contextvars
+import functools
+import os
+from contextlib import contextmanager
+from typing import Callable, Iterator, Mapping
+
+BLAS_THREADS = 1
+USER_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+
+Limiter = Callable[[int], object]  # threads -> an object with restore_original_limits() (threadpoolctl's)
+
+
+def _threadpoolctl_limit(threads: int) -> object:
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+class _Scope:
+    """The limits taken in one host_blas_threads scope, restored last-first on exit."""
+
+    def __init__(self, threads: int, limiter: Limiter) -> None:
+        self.threads, self.limiter, self.taken = threads, limiter, [limiter(threads)]
+        self.refreshed = False
+
+    def refresh(self) -> None:
+        if not self.refreshed:  # once: each call walks the process's loaded libraries (about 2 ms)
+            self.taken.append(self.limiter(self.threads))
+            self.refreshed = True
+
+    def restore(self) -> None:
+        for limit in reversed(self.taken):
+            limit.restore_original_limits()
+
+
+_ACTIVE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("onnx_damp_blas_scope", default=None)
+
+
+@contextmanager
+def host_blas_threads(threads: int | None = BLAS_THREADS, environ: Mapping[str, str] = os.environ,
+                      limiter: Limiter = _threadpoolctl_limit) -> Iterator[bool]:
+    """Within the scope, the loaded BLAS libraries use at most threads threads (None, or a thread variable set
+    in environ: unchanged). Yields whether a limit was taken. limiter: what limits them (threadpoolctl's)."""
+    if threads is None or _ACTIVE.get() is not None or any(v in environ for v in USER_VARIABLES):
+        yield False
+        return
+    scope = _Scope(threads, limiter)
+    token = _ACTIVE.set(scope)
+    try:
+        yield True
+    finally:
+        _ACTIVE.reset(token)
+        scope.restore()
+
+
+def refresh() -> None:
+    """Limit, as the active scope does, BLAS libraries loaded since it began (scipy.linalg's); no scope: nothing."""
+    scope = _ACTIVE.get()
+    if scope is not None:
+        scope.refresh()
+
+
+def host_blas_limited(func):
+    """func run inside host_blas_threads() (the API's forget, collect and evaluate)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with host_blas_threads():
+            return func(*args, **kwargs)
+
+    return wrapper
