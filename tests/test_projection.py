@@ -363,3 +363,17 @@ def test_top_eigenvalue_stops_early_at_the_same_estimate(rng):
     assert early == pytest.approx(10.0, rel=1e-6)
     assert early == pytest.approx(pj._top_eigenvalue(m, rtol=0.0), rel=1e-6)
     assert pj._top_eigenvalue(np.zeros((4, 4))) == 0.0
+
+
+def test_layer_probe_cholesky_form_is_near_the_eigen_form(rng):
+    """The reported layer separability takes mahalanobis_separation's Cholesky form from LAYER_PROBE_DENSE_MAX
+    features: on a covariance of more rows than features both forms give nearly the same separability (the
+    floor differs: added there, applied to the eigenvalues here)."""
+    d = pj.LAYER_PROBE_DENSE_MAX + 44
+    scale = rng.uniform(0.2, 3.0, size=d)
+    f, r = rng.normal(size=(2 * d, d)) * scale + 0.05, rng.normal(size=(6 * d, d)) * scale
+    args = (f.mean(0), np.cov(f.T), r.mean(0), np.cov(r.T))
+    eig = pj.probe_separability(pj.mahalanobis_separation(*args, dense_max=10 ** 9))
+    chol = pj.probe_separability(pj.mahalanobis_separation(*args, dense_max=pj.LAYER_PROBE_DENSE_MAX))
+    assert 0.05 < eig < 0.999
+    assert chol == pytest.approx(eig, abs=1e-3)

@@ -63,8 +63,8 @@ LAYER_PROBE_DENSE_MAX = 256  # the layer's whole-space probe (reported, never se
 
 
 def _linalg():
-    """scipy.linalg, imported on first use (0.1-0.3 s: paid only above DENSE_EIGH_MAX), its own OpenBLAS under the
-    host's thread limit (runtime.blas: the limit taken before it was loaded does not reach it)."""
+    """scipy.linalg, imported on first use (0.1-0.3 s: paid only where a layer is wider than LAYER_PROBE_DENSE_MAX),
+    its own OpenBLAS under the host's thread limit (runtime.blas: a limit taken before it was loaded misses it)."""
     import scipy.linalg
 
     from onnx_damp.runtime import blas

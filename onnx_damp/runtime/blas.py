@@ -3,8 +3,8 @@
 OpenBLAS's threads meet at every call; where the cores are busy (other jobs, the machine's other tenants) a
 descheduled thread stalls each call for a time slice. On 2 cores beside two busy processes, efficientnet_b0's
 planning took 68.7 s with OpenBLAS's two threads and 6.0 s with one (5.6 and 4.4 s on an idle machine);
-densenet121's whole `forget -q` 45-75 s against 21 s (idle: 10.7 against 12.8 s, the one case where the
-second thread pays; docs/benchmarks.md). onnxruntime's own thread pool is not affected.
+densenet121's whole `forget -q` 111.5 s against 17.8 s, and 14.0 against 10.1 s idle (bench/busy_machine.py,
+docs/benchmarks.md). onnxruntime's own thread pool is not affected.
 
 An explicit OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS or BLIS_NUM_THREADS in the environment is
 the user's choice and is left alone. scipy.linalg brings its own OpenBLAS when first imported (lazily, wide
