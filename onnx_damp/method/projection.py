@@ -57,9 +57,11 @@ DENSE_EIGH_MAX = 1024  # above this width, Cholesky factors (or c's range, _gene
 # 1,025-1,536-wide space now use its Cholesky form (floor added, not applied; swin_t: 0.415 -> 0.385)
 
 
-LAYER_PROBE_DENSE_MAX = 256  # the layer's whole-space probe (reported, never sets alpha) takes mahalanobis_separation's
-# Cholesky form above this width: densenet121's 121 layers (to 1,024 wide) 2.95 -> 0.43 s, the reported value
-# moved by at most 0.0025 (0.973 -> 0.971); the probe within span(Q), which sets alpha, keeps DENSE_EIGH_MAX
+LAYER_PROBE_DENSE_MAX = 512  # the layer's whole-space probe (reported, never sets alpha) takes mahalanobis_separation's
+# Cholesky form above this width: densenet121's 121 layers (to 1,024 wide) 2.95 -> 0.43 s at 256, the reported value
+# moved by at most 0.0025 (0.973 -> 0.971); 512, not 256, so that a model whose widest inputs are 512 (resnet18)
+# does not pay scipy's import for it (densenet121's planning the same either way, 4.7-5.3 s); the probe within
+# span(Q), which sets alpha, keeps DENSE_EIGH_MAX
 
 
 def _linalg():
