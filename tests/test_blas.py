@@ -54,7 +54,7 @@ def test_restored_after_an_error():
     except ValueError:
         pass
     assert log == [("limit", 1), ("restore", 1)]
-    assert blas._ACTIVE.get() is None
+    assert blas._SCOPE is None and blas._OPEN == 0
 
 
 def test_threadpoolctl_limits_numpys_blas_within_the_scope_only():
@@ -81,3 +81,38 @@ def test_scipys_blas_is_limited_too_when_the_method_loads_it():
         assert pj._cholesky(np.eye(3) * 2.0) is not None
         inside = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
     assert inside and all(n == 1 for n in inside)
+
+
+def test_two_threads_scopes_restore_once_when_the_last_closes():
+    """BLAS limits are the process's: a second thread's scope inside the first neither limits again nor restores
+    when it closes first; the limit is restored once, when the last scope closes."""
+    import threading
+
+    log = []
+    inner_open, outer_may_close = threading.Event(), threading.Event()
+
+    def second():
+        with blas.host_blas_threads(1, environ={}, limiter=fake(log)) as taken:
+            assert not taken
+            inner_open.set()
+            outer_may_close.wait(5)
+
+    with blas.host_blas_threads(1, environ={}, limiter=fake(log)) as taken:
+        assert taken
+        t = threading.Thread(target=second)
+        t.start()
+        inner_open.wait(5)
+    assert log == [("limit", 1)]  # the first closed while the second is open: nothing restored yet
+    outer_may_close.set()
+    t.join(5)
+    assert log == [("limit", 1), ("restore", 1)]
+
+
+def test_a_limiter_that_fails_leaves_blas_unlimited():
+    def broken(threads):
+        raise OSError("no BLAS found")
+
+    with blas.host_blas_threads(1, environ={}, limiter=broken) as taken:
+        assert not taken
+        blas.refresh()
+    assert blas._SCOPE is None and blas._OPEN == 0

@@ -12,9 +12,9 @@ layers only): refresh() limits libraries loaded since the scope began.
 """
 from __future__ import annotations
 
-import contextvars
 import functools
 import os
+import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator, Mapping
 
@@ -31,7 +31,7 @@ def _threadpoolctl_limit(threads: int) -> object:
 
 
 class _Scope:
-    """The limits taken in one host_blas_threads scope, restored last-first on exit."""
+    """The limits taken while any host_blas_threads scope is open, restored last-first when the last one closes."""
 
     def __init__(self, threads: int, limiter: Limiter) -> None:
         self.threads, self.limiter, self.taken = threads, limiter, [limiter(threads)]
@@ -47,31 +47,43 @@ class _Scope:
             limit.restore_original_limits()
 
 
-_ACTIVE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("onnx_damp_blas_scope", default=None)
+# BLAS thread counts belong to the process, so the scope does too: the first scope opened (on any thread) takes the
+# limit, the last one closed restores it (two threads' forget calls must not restore each other's limit)
+_LOCK = threading.Lock()
+_OPEN = 0
+_SCOPE: _Scope | None = None
 
 
 @contextmanager
 def host_blas_threads(threads: int | None = BLAS_THREADS, environ: Mapping[str, str] = os.environ,
                       limiter: Limiter = _threadpoolctl_limit) -> Iterator[bool]:
     """Within the scope, the loaded BLAS libraries use at most threads threads (None, or a thread variable set
-    in environ: unchanged). Yields whether a limit was taken. limiter: what limits them (threadpoolctl's)."""
-    if threads is None or _ACTIVE.get() is not None or any(v in environ for v in USER_VARIABLES):
-        yield False
-        return
-    scope = _Scope(threads, limiter)
-    token = _ACTIVE.set(scope)
+    in environ: unchanged). Yields whether this scope took the limit (not when one was open already).
+    limiter: what limits them (threadpoolctl's)."""
+    global _OPEN, _SCOPE
+    with _LOCK:
+        took = _OPEN == 0 and threads is not None and not any(v in environ for v in USER_VARIABLES)
+        if took:
+            try:
+                _SCOPE = _Scope(threads, limiter)
+            except Exception:  # a BLAS threadpoolctl cannot drive: run unlimited rather than not at all
+                took = False
+        _OPEN += 1
     try:
-        yield True
+        yield took
     finally:
-        _ACTIVE.reset(token)
-        scope.restore()
+        with _LOCK:
+            _OPEN -= 1
+            if _OPEN == 0 and _SCOPE is not None:
+                scope, _SCOPE = _SCOPE, None
+                scope.restore()
 
 
 def refresh() -> None:
-    """Limit, as the active scope does, BLAS libraries loaded since it began (scipy.linalg's); no scope: nothing."""
-    scope = _ACTIVE.get()
-    if scope is not None:
-        scope.refresh()
+    """Limit, as the open scope does, BLAS libraries loaded since it began (scipy.linalg's); no scope: nothing."""
+    with _LOCK:
+        if _SCOPE is not None:
+            _SCOPE.refresh()
 
 
 def host_blas_limited(func):
