@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
     models = [(Path(m).parent.name if Path(m).name == "model.onnx" else Path(m).stem, Path(m), Path(c), int(k))
               for m, c, k in args.model] if args.model else list(DEFAULT)
     if args.zoo_data:
@@ -66,7 +68,7 @@ def main() -> None:
             for machine in ("idle", "busy"):
                 spinners = []
                 if machine == "busy":
-                    spinners = [mp.Process(target=spin, args=(3600,), daemon=True) for _ in range(cores)]
+                    spinners = [mp.Process(target=spin, args=(24 * 3600,), daemon=True) for _ in range(cores)]
                     for p in spinners:
                         p.start()
                 try:
@@ -77,6 +79,8 @@ def main() -> None:
                 finally:
                     for p in spinners:
                         p.terminate()
+                    for p in spinners:
+                        p.join()  # gone before the next model's idle runs
                 best = {v: min(t) for v, t in times.items()}
                 row = {"model": name, "machine": machine, "limit_s": best["limit"], "no_limit_s": best["no limit"],
                        "ratio": best["no limit"] / best["limit"], "all_s": times}

@@ -71,7 +71,7 @@ def _linalg():
 
     from onnx_damp.runtime import blas
 
-    blas.refresh()
+    blas.refresh("scipy.linalg")
     return scipy.linalg
 
 

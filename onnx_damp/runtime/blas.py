@@ -6,9 +6,12 @@ planning took 68.7 s with OpenBLAS's two threads and 6.0 s with one (5.6 and 4.4
 densenet121's whole `forget -q` 111.5 s against 17.8 s, and 14.0 against 10.1 s idle (bench/busy_machine.py,
 docs/benchmarks.md). onnxruntime's own thread pool is not affected.
 
-An explicit OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS or BLIS_NUM_THREADS in the environment is
-the user's choice and is left alone. scipy.linalg brings its own OpenBLAS when first imported (lazily, wide
-layers only): refresh() limits libraries loaded since the scope began.
+An explicit OPENBLAS_NUM_THREADS, GOTO_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS or BLIS_NUM_THREADS in the
+environment is the user's choice and is left alone. The limit is the process's, as BLAS thread counts are: while
+any scope is open, the caller's other threads get one BLAS thread too. scipy brings its own OpenBLAS when first
+imported (lazily: scipy.linalg on wide layers, scipy.optimize for a verification probe): refresh(what) after such
+an import limits libraries loaded since the scope began (once per what). Limiting or restoring never fails a run:
+where threadpoolctl cannot, BLAS keeps its threads.
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, Mapping
 
 BLAS_THREADS = 1
-USER_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+USER_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                  "BLIS_NUM_THREADS")
 
 Limiter = Callable[[int], object]  # threads -> an object with restore_original_limits() (threadpoolctl's)
 
@@ -35,16 +39,23 @@ class _Scope:
 
     def __init__(self, threads: int, limiter: Limiter) -> None:
         self.threads, self.limiter, self.taken = threads, limiter, [limiter(threads)]
-        self.refreshed = False
+        self.refreshed: set[str] = set()
 
-    def refresh(self) -> None:
-        if not self.refreshed:  # once: each call walks the process's loaded libraries (about 2 ms)
+    def refresh(self, what: str) -> None:
+        if what in self.refreshed:  # once per import: each call walks the process's loaded libraries (about 2 ms)
+            return
+        self.refreshed.add(what)
+        try:
             self.taken.append(self.limiter(self.threads))
-            self.refreshed = True
+        except Exception:  # as on opening: the library keeps its threads
+            pass
 
     def restore(self) -> None:
         for limit in reversed(self.taken):
-            limit.restore_original_limits()
+            try:
+                limit.restore_original_limits()
+            except Exception:  # the others are still restored; a run's result never hangs on this
+                pass
 
 
 # BLAS thread counts belong to the process, so the scope does too: the first scope opened (on any thread) takes the
@@ -79,11 +90,12 @@ def host_blas_threads(threads: int | None = BLAS_THREADS, environ: Mapping[str, 
                 scope.restore()
 
 
-def refresh() -> None:
-    """Limit, as the open scope does, BLAS libraries loaded since it began (scipy.linalg's); no scope: nothing."""
+def refresh(what: str) -> None:
+    """Limit, as the open scope does, BLAS libraries loaded since it began, once per what (the module just imported,
+    e.g. "scipy.linalg"); no scope open: nothing."""
     with _LOCK:
         if _SCOPE is not None:
-            _SCOPE.refresh()
+            _SCOPE.refresh(what)
 
 
 def host_blas_limited(func):

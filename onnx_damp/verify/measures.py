@@ -164,6 +164,10 @@ def fit_logistic_1d(t: np.ndarray, labels: np.ndarray, balanced: bool = True, l2
     from scipy.optimize import minimize
     from scipy.special import expit
 
+    from onnx_damp.runtime import blas
+
+    blas.refresh("scipy.optimize")  # scipy's own OpenBLAS, loaded by this import, under the host's thread limit
+
     t = np.asarray(t, dtype=np.float64).ravel()
     y = np.asarray(labels, dtype=np.float64).ravel()
     if t.shape != y.shape or not len(t):
