@@ -122,7 +122,7 @@ def _plan_wide(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Se
     proj = st.projected
     mf, sf, _ = proj.group_moments(forget)
     mr, sr, _ = proj.group_moments(retain)
-    cf, cr = sf - np.outer(mf, mf), sr - np.outer(mr, mr)
+    cf, cr = _centred(sf, mf), _centred(sr, mr)
     layer_sep = pj.probe_separability(pj.mahalanobis_separation(mf, cf, mr, cr))
     note = f"wide input ({st.feature_dim} features): second moments within the {st.basis.shape[1]}-dimensional " \
            "span of the class prototypes, no extra directions"

@@ -75,6 +75,13 @@ def _linalg():
     return scipy.linalg
 
 
+def _symmetrised(m: np.ndarray) -> np.ndarray:
+    """(m + m^T) / 2 in one new array (the same values as 0.5 * (m + m.T), one d x d temporary fewer)."""
+    out = np.add(m, m.T)
+    out *= 0.5
+    return out
+
+
 def _plus_diagonal(m: np.ndarray, value: float, copy: bool = True) -> np.ndarray:
     """m + value * I without forming I (in place when copy is False)."""
     out = np.array(m, dtype=np.float64, copy=True) if copy else m
@@ -127,8 +134,7 @@ def mahalanobis_separation(mean_f: np.ndarray, cov_f: np.ndarray, mean_r: np.nda
     d = sigma.shape[0]
     sigma = _plus_diagonal(sigma, ridge * max(np.trace(sigma) / d, 1e-300), copy=False)
     if d > dense_max:
-        sym = np.add(sigma, sigma.T)
-        sym *= 0.5
+        sym = _symmetrised(sigma)
         chol = _cholesky(_plus_diagonal(sym, ridge * max(_top_eigenvalue(sym), 1e-300), copy=False))
         if chol is not None:
             z = _linalg().solve_triangular(chol, dm, lower=True, check_finite=False)
@@ -245,13 +251,13 @@ def generalized_eigh(a: np.ndarray, c: np.ndarray, ridge: float = 1e-6, lam_min:
         if found is not None:
             lam, vecs = found
             return lam, (vecs if lam_min is None else vecs[:, lam >= lam_min])
-    w, v = np.linalg.eigh(0.5 * (c + c.T))
+    w, v = np.linalg.eigh(_symmetrised(c))
     w = np.maximum(w, 0.0) + ridge * max(float(np.mean(w)), 1e-300)
     whiten = v / np.sqrt(w)
     if low_rank:
-        lam, u = _ascending_gram_eigenpairs(whiten.T @ low_rank_factor(0.5 * (a + a.T), a_rank))
+        lam, u = _ascending_gram_eigenpairs(whiten.T @ low_rank_factor(_symmetrised(a), a_rank))
     else:
-        lam, u = np.linalg.eigh(whiten.T @ (0.5 * (a + a.T)) @ whiten)
+        lam, u = np.linalg.eigh(whiten.T @ _symmetrised(a) @ whiten)
     if lam_min is not None:
         u = u[:, lam >= lam_min]
     return lam, whiten @ u
@@ -295,7 +301,7 @@ def _generalized_low_rank_cholesky(a: np.ndarray, c: np.ndarray, ridge: float, a
     chol = _checked_cholesky(c, ridge)
     if chol is None:
         return None
-    white = solve_triangular(chol, low_rank_factor(0.5 * (a + a.T), a_rank), lower=True, check_finite=False)
+    white = solve_triangular(chol, low_rank_factor(_symmetrised(a), a_rank), lower=True, check_finite=False)
     lam, u = _ascending_gram_eigenpairs(white)
     return lam, solve_triangular(chol, u, lower=True, trans="T", check_finite=False)
 
@@ -312,7 +318,7 @@ def _generalized_cholesky(a: np.ndarray, c: np.ndarray, ridge: float, lam_min: f
     chol = _checked_cholesky(c, ridge)
     if chol is None:
         return None
-    half = solve_triangular(chol, 0.5 * (a + a.T), lower=True, check_finite=False)    # R^-1 a
+    half = solve_triangular(chol, _symmetrised(a), lower=True, check_finite=False)    # R^-1 a
     m = solve_triangular(chol, half.T, lower=True, check_finite=False)                # R^-1 a R^-T (a symmetric)
     lam, u = _symmetric_eigenpairs(m, lam_min)
     return lam, solve_triangular(chol, u, lower=True, trans="T", check_finite=False)
@@ -321,7 +327,7 @@ def _generalized_cholesky(a: np.ndarray, c: np.ndarray, ridge: float, lam_min: f
 def _symmetric_eigenpairs(m: np.ndarray, lam_min: float | None) -> tuple[np.ndarray, np.ndarray]:
     """Eigenpairs of m symmetrised, all of them (numpy), or only those with lam >= lam_min (LAPACK syevr's subset
     by value; its interval is open below, so the bound is moved one float down)."""
-    m = 0.5 * (m + m.T)
+    m = _symmetrised(m)
     if lam_min is None:
         return np.linalg.eigh(m)
     eigh = _linalg().eigh
@@ -341,7 +347,7 @@ def _generalized_rank_aware(a: np.ndarray, c: np.ndarray, ridge: float, lam_min:
     noise in c's null space (float32 Grams) is dropped, where the eigen path keeps its positive part on top of
     the floor."""
     d = c.shape[0]
-    sym = 0.5 * (c + c.T)
+    sym = _symmetrised(c)
     floor = ridge * max(float(np.trace(sym)) / d, 1e-300)
     u_c, s = range_eigenpairs(sym, c_rank)  # eigenvalues <= 0 dropped: clamped at 0, their g would be 0
     g = 1.0 / np.sqrt(s + floor) - 1.0 / math.sqrt(floor)
@@ -350,9 +356,9 @@ def _generalized_rank_aware(a: np.ndarray, c: np.ndarray, ridge: float, lam_min:
         return x / math.sqrt(floor) + u_c @ (g[:, None] * (u_c.T @ x))
 
     if a_rank is not None:
-        lam, u = _ascending_gram_eigenpairs(whiten(low_rank_factor(0.5 * (a + a.T), a_rank)))
+        lam, u = _ascending_gram_eigenpairs(whiten(low_rank_factor(_symmetrised(a), a_rank)))
         return lam, whiten(u)
-    lam, u = _symmetric_eigenpairs(whiten(whiten(0.5 * (a + a.T)).T), lam_min)
+    lam, u = _symmetric_eigenpairs(whiten(whiten(_symmetrised(a)).T), lam_min)
     return lam, whiten(u)
 
 
@@ -360,7 +366,7 @@ def _checked_cholesky(c: np.ndarray, ridge: float) -> "np.ndarray | None":
     """The lower Cholesky factor of c + floor I, floor = ridge trace(c)/d, or None where it fails or its smallest
     eigenvalue is below CHOLESKY_FLOOR_SHARE of the floor (then the eigen path's clamp at 0 is needed)."""
     d = c.shape[0]
-    sym = 0.5 * (c + c.T)
+    sym = _symmetrised(c)
     floor = ridge * max(float(np.trace(sym)) / d, 1e-300)
     chol = _cholesky(_plus_diagonal(sym, floor, copy=False))
     if chol is None or _smallest_eigenvalue(chol) < CHOLESKY_FLOOR_SHARE * floor:

@@ -219,11 +219,8 @@ class LayerStats:
         from class-aligned shards equal single-process ones bit for bit (see shards.merge).
         """
         if self.grams and set(self.grams) == set(self.rows):
-            first, *rest = sorted(self.grams)
-            total = self.grams[first].copy()  # 0 + G exactly: a sum started from zeros, but a -0.0 stays -0.0
-            for c in rest:
-                total += self.grams[c]
-            self.total_gram = total
+            # 0 + G exactly: a sum started from zeros, but a -0.0 stays -0.0
+            self.total_gram = _summed([self.grams[c] for c in sorted(self.grams)])
 
     def mean(self, c: int) -> np.ndarray:
         return self.sums[c] / self.rows[c]
