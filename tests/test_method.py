@@ -519,3 +519,97 @@ def test_column_median_and_label_values_match_numpy():
     assert np.isnan(column_median(np.zeros((0, 3)))).all() and column_median(np.zeros((0, 3))).shape == (3,)
     y = rng.integers(0, 7, 50)
     assert np.array_equal(label_values(y), np.unique(y))
+
+
+# ------------------------------------------------------------------------------------- early rejection
+
+
+def test_retain_order_puts_the_originals_misses_first_then_classes_in_turn():
+    from onnx_damp.method.selection import retain_order
+
+    y = np.array([1, 1, 1, 2, 2, 2, 3, 3, 0])
+    pred = np.array([1, 0, 1, 2, 2, 2, 3, 1, 0])    # misses: index 1 (class 1) and 7 (class 3)
+    ridx = np.arange(8)                              # class 0 is the forget class
+    order = retain_order(y, ridx, pred)
+    assert sorted(order.tolist()) == ridx.tolist()
+    assert order[:2].tolist() == [1, 7]
+    assert y[order[2:]].tolist() == [1, 2, 3, 1, 2, 2]   # hits: two of class 1, three of class 2, one of 3
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_retain_guard_never_stops_a_candidate_the_full_score_keeps(seed):
+    """Sound: whenever the guard says breached, the full score is outside the guards; and a candidate that loses
+    many images of one class is stopped before all its retain images run."""
+    from onnx_damp.method.selection import RetainGuard, retain_order
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 5, 400)
+    orig = np.where(rng.random(400) < 0.8, y, rng.integers(0, 5, 400))
+    flip = rng.random(400) < rng.choice([0.0, 0.01, 0.03, 0.1, 0.3])
+    cand = np.where(flip, (y + 1) % 5, np.where(rng.random(400) < 0.05, y, orig))
+    forget = [0]
+    ridx = np.flatnonzero(y != 0)
+    base = per_class_accuracy_(orig, y)
+    full = score(cand, y, forget, base)
+    guard = RetainGuard(y[ridx], base)
+    order = retain_order(y, ridx, orig)
+    stopped_at = None
+    for chunk in np.array_split(order, 20):
+        guard.add(y[chunk], cand[chunk])
+        if guard.breached():
+            stopped_at = guard.run
+            break
+    if stopped_at is not None:
+        assert not full.within_guards()
+        rejected = guard.rejected_score(full.forget_accuracy)
+        assert not rejected.within_guards() and rejected.rejected
+        for c, lb in rejected.class_drops.items():
+            assert lb <= full.class_drops[c] + 1e-12
+        d = json.loads(json.dumps(rejected.to_dict()))
+        assert d["rejected_early"] and isinstance(d["worst_retain_class_so_far"], int)
+        assert d["rejected_early"] and d["retain_images_run"] == stopped_at and d["retain_accuracy"] is None
+    if full.worst[1] > 0.25:
+        assert stopped_at is not None and stopped_at < len(ridx)
+
+
+def per_class_accuracy_(pred, y):
+    from onnx_damp.verify.metrics import per_class_accuracy
+    return per_class_accuracy(pred, y)
+
+
+@pytest.mark.parametrize("forget", [[0], [1], [3], [0, 3]])
+def test_early_rejection_picks_what_full_scoring_picks(forget):
+    """With the original's held-out predictions, a candidate's retain images stop once the guards are sure to
+    fail: the kept candidate, its score and its output rows are those of scoring every candidate whole, and no
+    more images are run (fewer where a candidate was stopped)."""
+    from onnx_damp.data.dataset import subset
+    from onnx_damp.method.pipeline import _best_candidate
+    from onnx_damp.progress import Progress
+    from onnx_damp.runtime.predict import predict
+    from onnx_damp.verify.metrics import per_class_accuracy
+
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(CLASSES, DIM)) * 1.2
+    model, calib = mlp(rng, means), clusters(rng, means, 400, noise=2.0)  # overlapping classes: edits cost some
+    ops = scan_graph(model).editable
+    retain = [c for c in range(CLASSES) if c not in forget]
+    fit, held_idx = split_holdout(calib.y)
+    stats = collect(model, ops, subset(calib, fit), forget)
+    held = subset(calib, held_idx)
+    orig = predict(model, held, 256).argmax(1)
+    base = per_class_accuracy(orig, held.y)
+    run = {"device": "cpu", "input_name": None, "output_name": None}
+    got = []
+    for original_pred in (None, orig):
+        bar = Progress(0, "held-out check", quiet=True)
+        edited, sc, rec, out = _best_candidate(model, ops, stats, held, forget, retain, base, True, "energy", True,
+                                               run, 0.01, bar, original_pred=original_pred)
+        got.append((rec.candidate, sc.to_dict(), out, bar.done, bar.total, rec.candidates))
+    assert got[0][0] == got[1][0] and got[0][1] == got[1][1]
+    np.testing.assert_array_equal(got[0][2], got[1][2])
+    assert got[1][3] == got[1][4]                        # the bar counts exactly what ran
+    stopped = [c for c in got[1][5] if c.get("rejected_early")]
+    assert got[1][3] <= got[0][3] - sum(len(held) - int(np.isin(held.y, forget).sum()) - c["retain_images_run"]
+                                        for c in stopped)
+    if forget == [1]:  # this data's class 1: the first two candidates break the guards early
+        assert len(stopped) == 2 and got[1][3] < got[0][3]

@@ -29,7 +29,8 @@ from onnx_damp.runtime.instrument import default_opset
 from onnx_damp.runtime.predict import SessionPool, pooled, predict, prediction_session
 from onnx_damp.runtime.session import serialise_whole
 from onnx_damp.verify.metrics import per_class_accuracy
-from onnx_damp.method.selection import HeldOutScore, forget_only, pick, score, split_holdout
+from onnx_damp.method.selection import (HeldOutScore, RetainGuard, forget_only, pick, retain_order, score,
+                                          split_holdout)
 from onnx_damp.options import MethodOptions, RunOptions
 from onnx_damp.progress import QUIET, Phases
 from onnx_damp.stats.collector import Collector, collect
@@ -158,9 +159,11 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
                             session=pooled(sessions, proto, held, input_name, device))
         base = per_class_accuracy(orig_held.argmax(1), held.y)
         rows = head_rows(ops[-1], forget, orig_held.shape[1]) if method.head_rows else None
+        orig_pred = orig_held.argmax(1)
         rep_model, best, rec, rep_out = _best_candidate(proto, ops, stats, held, forget, retain, base,
                                                         extra_directions, extra_bar, candidates, rk,
-                                                        target_forget_accuracy, bar, rows, plans)
+                                                        target_forget_accuracy, bar, rows, plans,
+                                                        original_pred=orig_pred)
     outcome.passes.append(rec)
     for k in range(2, max_passes + 1):
         if best.forget_accuracy <= target_forget_accuracy:
@@ -171,7 +174,8 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
             plans = dm.plan_variants(ops, st, forget, retain, extras, extra_bar, progress=bar)
         with phases(f"held-out check, pass {k}", len(held) * n_cands) as bar:
             model, sc, r, out = _best_candidate(rep_model, ops, st, held, forget, retain, base, extra_directions,
-                                                extra_bar, candidates, rk, target_forget_accuracy, bar, rows, plans)
+                                                extra_bar, candidates, rk, target_forget_accuracy, bar, rows, plans,
+                                                original_pred=orig_pred)
         # kept when the held-out images prefer it, or rate it as good (a tie within the guards: a further pass
         # removes more of the class from the features, which the held-out accuracy alone cannot see)
         better = pick([best, sc]) == 1 or (sc.within_guards() and sc.forget_accuracy <= best.forget_accuracy)
@@ -230,7 +234,8 @@ def head_rows(head: EditableOp, forget: Sequence[int], n_outputs: int) -> "tuple
 
 
 def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directions, extra_bar, use_candidates,
-                    run, target, bar, rows=None, plans=None, lazy: bool = True, first: tuple | None = None
+                    run, target, bar, rows=None, plans=None, lazy: bool = True, first: tuple | None = None,
+                    original_pred: np.ndarray | None = None
                     ) -> tuple[onnx.ModelProto, HeldOutScore, PassRecord, np.ndarray]:
     """Plan every candidate from the same statistics, score each on the held-out images, keep one (and its
     output rows there). bar: the held-out check's progress, sized for the first candidates (it grows when
@@ -238,6 +243,9 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
     lazy: the first candidates all run on the held-out forget images before any runs on the retain images,
     which then run in order of forget accuracy until one is within the guards (the same pick; False: one
     candidate after the other, as a reference). first: the first candidates (default CANDIDATES).
+    original_pred: the original's predicted class per held-out image; given, a candidate's retain images run in
+    chunks (selection.retain_order) and stop once the guards are sure to fail (selection.RetainGuard): the same
+    pick, since such a candidate is never within the guards (when none is, the stopped ones are run whole).
     """
     cands = (first or CANDIDATES) if use_candidates else (("damp", extra_directions, 1.0),)
     tried: list[tuple[str, list, onnx.ModelProto, HeldOutScore, np.ndarray]] = []
@@ -245,6 +253,7 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
 
     fidx = np.flatnonzero(np.isin(held.y, forget))
     ridx = np.flatnonzero(~np.isin(held.y, forget))
+    order = ridx if original_pred is None else retain_order(held.y, ridx, original_pred)
 
     def edit(extra, scale) -> tuple[list, onnx.ModelProto]:
         """One candidate's plans (planned now or reused) and the model they edit."""
@@ -272,13 +281,24 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
             e["sess"] = None
         return e
 
-    def retain_too(e: dict) -> None:
-        """Run e's retain images as well and score it whole."""
+    def retain_too(e: dict, stop_early: bool = True) -> None:
+        """Run e's retain images as well and score it whole; with original_pred (and stop_early), in chunks
+        that stop once the guards are sure to fail (e then gets the guard's rejected score, no output rows)."""
         out = np.zeros((len(held), e["f_out"].shape[1]))
         out[fidx] = e["f_out"]
         sess = e["sess"] or prediction_session(e["edited"], held, run["input_name"], run["device"])
-        out[ridx] = predict(e["edited"], held, 256, run["device"], run["input_name"], run["output_name"], bar,
-                            indices=ridx, session=sess)
+        guard = RetainGuard(held.y[ridx], base) if original_pred is not None and stop_early else None
+        for chunk in _chunks(order, guard is not None, int(np.sum(original_pred[ridx] != held.y[ridx]))
+                             if guard is not None else 0):
+            out[chunk] = predict(e["edited"], held, 256, run["device"], run["input_name"], run["output_name"], bar,
+                                 indices=chunk, session=sess)
+            if guard is None:
+                continue
+            guard.add(held.y[chunk], out[chunk].argmax(1))
+            if guard.breached() and guard.run < len(order):
+                bar.grow(guard.run - len(order))  # the retain images not run
+                e["score"], e["out"] = guard.rejected_score(e["f_acc"]), None
+                return
         e["score"], e["out"] = score(out.argmax(1), held.y, forget, base), out
 
     def record(e: dict) -> None:
@@ -291,16 +311,17 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
         already within the guards; a candidate that does not go below it on the forget images cannot be
         picked, and its retain images are not run."""
         bar.grow(max(0, bar.done + len(held) - bar.total))  # a candidate beyond those planned
-        if beat is None or not len(fidx) or not len(ridx):
+        if not len(fidx) or not len(ridx) or (beat is None and original_pred is None):
             plans, edited = edit(extra, scale)
             out = predict(edited, held, 256, run["device"], run["input_name"], run["output_name"], bar)
             tried.append((name, plans, edited, score(out.argmax(1), held.y, forget, base), out))
             return
         e = forget_first((name, extra, scale))
-        if e["f_acc"] >= beat:
+        if beat is not None and e["f_acc"] >= beat:
             bar.grow(-len(ridx))
         else:
             retain_too(e)
+        e["sess"] = None
         record(e)
 
     def best_within() -> float | None:
@@ -341,11 +362,29 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
             attempt(*c, beat=best_within())  # one that does not lower forget accuracy ends the search unscored
             if not tried[-1][3].within_guards() or tried[-1][3].forget_accuracy <= target:
                 break
+    if not any(t[3].within_guards() for t in tried):  # pick goes by the full drops: the stopped ones run whole
+        for i, (n_, p_, ed, sc_, _) in enumerate(tried):
+            if sc_.rejected:
+                bar.grow(len(held))
+                out = predict(ed, held, 256, run["device"], run["input_name"], run["output_name"], bar)
+                tried[i] = (n_, p_, ed, score(out.argmax(1), held.y, forget, base), out)
     k = pick([t[3] for t in tried])
     name, plans, edited, sc, out = tried[k]
     rec = PassRecord(plans, sc.forget_accuracy, sc.retain_accuracy, name,
                      [{"candidate": t[0], **t[3].to_dict()} for t in tried])
     return edited, sc, rec, out
+
+
+EARLY_CHUNK = 64  # retain images per run while a candidate may still be stopped early
+
+
+def _chunks(order: np.ndarray, early: bool, misses: int) -> list[np.ndarray]:
+    """order in one piece, or (early) the original's misses first, then EARLY_CHUNK images at a time."""
+    if not early:
+        return [order]
+    cuts = [misses] if misses else []
+    cuts += list(range(misses + EARLY_CHUNK, len(order), EARLY_CHUNK))
+    return [c for c in np.split(order, cuts) if len(c)]
 
 
 def _scaled(alpha: float, scale: float) -> float:

@@ -57,6 +57,8 @@ class HeldOutScore:
     retain_accuracy: float                 # mean over retain classes
     class_drops: dict[int, float] = field(default_factory=dict)  # original - edited accuracy per retain class
     retain_scored: bool = True             # False: run on the forget images only (it could not be picked)
+    rejected: bool = False                 # its retain images were stopped once the guards were sure to fail:
+    retain_run: int | None = None          # ... after this many of them; class_drops are then lower bounds
 
     @property
     def mean_drop(self) -> float:
@@ -75,6 +77,13 @@ class HeldOutScore:
                 and self.worst[1] <= max_class_drop + 1e-12)
 
     def to_dict(self) -> dict:
+        if self.rejected:
+            c, d = self.worst
+            return {"forget_accuracy": self.forget_accuracy, "retain_accuracy": None, "mean_retain_drop": None,
+                    "worst_retain_class": None, "worst_retain_drop": None, "retain_scored": False,
+                    "rejected_early": True, "retain_images_run": self.retain_run,
+                    "mean_retain_drop_at_least": self.mean_drop, "worst_retain_drop_at_least": d,
+                    "worst_retain_class_so_far": c}
         if not self.retain_scored:
             return {"forget_accuracy": self.forget_accuracy, "retain_accuracy": None, "mean_retain_drop": None,
                     "worst_retain_class": None, "worst_retain_drop": None, "retain_scored": False}
@@ -107,3 +116,67 @@ def forget_only(forget_accuracy: float) -> HeldOutScore:
     """The score of a candidate run on the held-out forget images only: its forget accuracy was not below
     that of a candidate already within the guards, so pick could never choose it (ties go to the earlier)."""
     return HeldOutScore(forget_accuracy, float("nan"), {}, retain_scored=False)
+
+
+BREACH_MARGIN = 1e-9  # a bound beyond a guard by less than this is not a breach (drops move in steps of 1/256 or more)
+
+
+def retain_order(y: np.ndarray, ridx: np.ndarray, original_pred: np.ndarray) -> np.ndarray:
+    """ridx in the order a candidate's retain images run when it may be stopped early (RetainGuard): first the
+    images the original misses (where an edit can gain), then those it gets right, one class after the other
+    in turn, so that every class's losses show up early. original_pred: the original's predicted class per
+    held-out image (indexed like y)."""
+    ridx = np.asarray(ridx, dtype=np.int64)
+    hit = original_pred[ridx] == y[ridx]
+    misses, hits = ridx[~hit], ridx[hit]
+    rank = np.zeros(len(hits), dtype=np.int64)  # position of each hit within its class
+    for c in label_values(y[hits]):
+        m = y[hits] == c
+        rank[m] = np.arange(int(m.sum()))
+    return np.concatenate([misses, hits[np.lexsort((y[hits], rank))]])
+
+
+class RetainGuard:
+    """Running lower bounds on each retain class's accuracy drop while a candidate's retain images run in chunks.
+
+    A class's accuracy can at best end with every image not yet run correct, so its drop is at least
+    original - (correct + not yet run) / n; once the worst bound or the mean bound is beyond its guard
+    (MAX_CLASS_DROP, MAX_MEAN_DROP), the full score could not be within the guards and the rest need not run.
+    Sound: a candidate it stops is one score() would also put outside the guards."""
+
+    def __init__(self, y_retain: np.ndarray, original: dict[int, float], max_mean_drop: float = MAX_MEAN_DROP,
+                 max_class_drop: float = MAX_CLASS_DROP) -> None:
+        self.classes = [int(c) for c in label_values(y_retain) if int(c) in original]
+        self.index = {c: i for i, c in enumerate(self.classes)}
+        self.n = np.array([np.sum(y_retain == c) for c in self.classes], dtype=np.float64)
+        self.base = np.array([original[c] for c in self.classes], dtype=np.float64)
+        self.correct = np.zeros(len(self.classes))
+        self.left = self.n.copy()
+        self.run = 0
+        self.max_mean_drop, self.max_class_drop = max_mean_drop, max_class_drop
+
+    def add(self, y: np.ndarray, pred: np.ndarray) -> None:
+        """Count one chunk of retain images: labels y, the candidate's predicted classes pred."""
+        self.run += len(y)
+        for c, ok in zip(y.tolist(), (pred == y).tolist()):
+            i = self.index.get(int(c))
+            if i is not None:
+                self.left[i] -= 1
+                self.correct[i] += ok
+
+    def bounds(self) -> np.ndarray:
+        """Each retain class's smallest possible final drop."""
+        return self.base - (self.correct + self.left) / self.n
+
+    def breached(self) -> bool:
+        """Whether the guards are sure to fail whatever the images not yet run give."""
+        if not self.classes:
+            return False
+        lb = self.bounds()
+        return bool(lb.max() > self.max_class_drop + BREACH_MARGIN or lb.mean() > self.max_mean_drop + BREACH_MARGIN)
+
+    def rejected_score(self, forget_accuracy: float) -> HeldOutScore:
+        """The score of a candidate stopped early: its class drops are the lower bounds (never within the guards)."""
+        lb = self.bounds()
+        return HeldOutScore(forget_accuracy, float("nan"), {c: float(lb[i]) for c, i in self.index.items()},
+                            retain_scored=False, rejected=True, retain_run=self.run)
