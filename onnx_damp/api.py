@@ -348,7 +348,8 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
            preprocess=None, stats: "Sequence[str | os.PathLike | Statistics] | None" = None, ray: bool = False,
            ray_address: str | None = None, extra_bar: str = "energy", readout: bool = True,
            holdout: float = HOLDOUT_FRACTION, candidates: bool = True, allow_missing_classes: bool = False,
-           strict: bool = False, default_gates: bool = True, head_rows: bool = False) -> ForgetResult:
+           strict: bool = False, default_gates: bool = True, head_rows: bool = False,
+           layer_probe: bool = True) -> ForgetResult:
     """Make model forget the given classes with DAMP; validate; optionally write the edited model.
 
     The method's keywords are the fields of options.MethodOptions, the run's those of options.RunOptions
@@ -368,10 +369,11 @@ def forget(model: ModelLike, data, forget: Sequence[int], output: str | os.PathL
     a class with no prototype cannot be kept out of the forget directions). strict: warnings are errors.
     default_gates: the tool's own targets (forget accuracy at most target_forget_accuracy, mean retain drop at
     most 1 point, no retain class down more than 3) gate the result where gates leave a threshold unset;
-    False checks only the gates given.
+    False checks only the gates given. layer_probe=False: each layer's whole-space separability (reported
+    only, a d x d factorisation per wide layer) is not computed; the plans' layer_separability is None.
     """
     method = MethodOptions(feature_mode, extra_directions, max_passes, target_forget_accuracy, readout, holdout,
-                           candidates, extra_bar, head_rows).check()
+                           candidates, extra_bar, head_rows, layer_probe).check()
     run = RunOptions(batch_size, device, input_name, output_name, quiet, ray, ray_address).check()
     gates = _as_gates(gates)
     if default_gates:

@@ -69,6 +69,13 @@ def _html_option(fn):
                              "pip install 'onnx-damp[report]', from a clone '.[report]').")(wrapper)
 
 
+def _shows_layers(verbose: bool, as_json: bool, report) -> bool:
+    """Whether this forget run prints or writes the per-layer plans (-v, --json, --report, --html): only then is
+    each layer's whole-space separability, which never sets alpha, worth its d x d factorisation."""
+    html = click.get_current_context().meta.get("onnx_damp.html", (None,))[0]
+    return bool(verbose or as_json or report or html)
+
+
 def _write_html(result) -> None:
     """Write the --html report of this command, if one was asked for (result: a result or its to_dict())."""
     html, quiet, as_json = click.get_current_context().meta.get("onnx_damp.html", (None, True, False))
@@ -384,7 +391,8 @@ def forget_cmd(model, data, stats_files, more_stats, ray, ray_address, forget_cl
                  default_gates=not no_gates, labels=labels, preprocess=preprocess,
                  stats=list(stats_files + more_stats) or None, ray=ray,
                  ray_address=ray_address, readout=not no_readout, holdout=holdout,
-                 candidates=not no_extra_directions, allow_missing_classes=allow_missing_classes, strict=strict)
+                 candidates=not no_extra_directions, allow_missing_classes=allow_missing_classes, strict=strict,
+                 layer_probe=_shows_layers(verbose, as_json, report))
     payload = res.to_dict()
     if report:
         _write_json_atomic(Path(report), payload)

@@ -26,6 +26,8 @@ class MethodOptions:
     candidates: bool = True             # choose among candidate plans on the held-out images
     extra_bar: str = "energy"           # the bar extra directions must reach (an ablation; no CLI option)
     head_rows: bool = False             # the last operator's edit on the forget classes' rows only (an ablation that lost)
+    layer_probe: bool = True            # each layer's whole-space separability (reported only, never sets alpha; a
+    #                                     d x d factorisation per layer): the CLI skips it when nothing it prints shows it
 
     def check(self) -> "MethodOptions":
         """Raise DampError on a value the method cannot use; returns self."""

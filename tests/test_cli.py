@@ -70,6 +70,7 @@ def test_forget_writes_model_report_and_metadata(tmp_path, small_calib):
     assert "Per-layer edit" in r.output and "forget accuracy" in r.output
     assert "held-out calibration images (no --eval-data given)" in r.output
     report = json.loads(rep.read_text())
+    assert all(isinstance(layer["layer_separability"], float) for layer in report["passes"][0]["layers"])
     assert report["forget_classes"] == [3] and report["after"]["forget_accuracy"] < report["before"]["forget_accuracy"]
     edited, original = onnx.load(str(out)), onnx.load(str(MODEL))
     onnx.checker.check_model(edited)
@@ -91,6 +92,21 @@ def test_forget_json_output(tmp_path, small_calib):
     d = json.loads(r.output)
     assert d["forget_classes"] == [1, 7] and len(d["passes"]) == 1
     assert all(0.0 <= layer["alpha"] <= 1.0 for layer in d["passes"][0]["layers"])
+    assert all(isinstance(layer["layer_separability"], float) for layer in d["passes"][0]["layers"])
+
+
+def test_the_layer_probe_runs_only_where_its_values_are_shown():
+    """Each layer's whole-space separability (reported only) is computed for -v, --json, --report and --html."""
+    import click
+
+    from onnx_damp.cli import _shows_layers, main
+
+    with click.Context(main).scope() as ctx:
+        assert not _shows_layers(False, False, None)
+        assert _shows_layers(True, False, None) and _shows_layers(False, True, None)
+        assert _shows_layers(False, False, "report.json")
+        ctx.meta["onnx_damp.html"] = ("report.html", True, False)
+        assert _shows_layers(False, False, None)
 
 
 def test_evaluate_with_original_and_reference():

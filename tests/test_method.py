@@ -613,3 +613,21 @@ def test_early_rejection_picks_what_full_scoring_picks(forget):
                                         for c in stopped)
     if forget == [1]:  # this data's class 1: the first two candidates break the guards early
         assert len(stopped) == 2 and got[1][3] < got[0][3]
+
+
+def test_without_the_layer_probe_the_edit_is_the_same(setup):
+    """layer_probe=False (the CLI's default when nothing shows the per-layer table) skips only the reported
+    whole-space separability: the same candidate, subspaces, alphas and edited weights."""
+    model, _, calib, _ = setup
+    ops = scan_graph(model).editable
+    runs = [damp_edit(model, ops, calib, [0], list(range(1, CLASSES)), MethodOptions(layer_probe=probe))
+            for probe in (True, False)]
+    (a, b) = runs
+    assert a.passes[0].candidate == b.passes[0].candidate
+    for pa, pb in zip(a.passes[0].plans, b.passes[0].plans):
+        np.testing.assert_array_equal(pa.q, pb.q)
+        assert pa.alpha == pb.alpha and pa.separation == pb.separation
+        assert isinstance(pa.layer_separability, float) and pb.layer_separability is None
+    for ia, ib in zip(a.model.graph.initializer, b.model.graph.initializer):
+        assert ia.SerializeToString() == ib.SerializeToString()
+    json.dumps(b.passes[0].to_dict())

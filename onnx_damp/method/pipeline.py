@@ -127,7 +127,7 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
     forget, retain = list(forget), list(retain)
     outcome = EditOutcome(proto)
     if calib is None:
-        plans = dm.plan(ops, first_stats, forget, retain, extra_directions, extra_bar)
+        plans = dm.plan(ops, first_stats, forget, retain, extra_directions, extra_bar, layer_probe=method.layer_probe)
         edited = _applied(proto, plans)
         outcome.passes.append(PassRecord(plans, None, None))
         outcome.model = outcome.representation = edited
@@ -153,7 +153,8 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
     n_cands = len(CANDIDATES) if candidates else 1
     extras = tuple(dict.fromkeys(c[1] for c in CANDIDATES)) if candidates else (extra_directions,)
     with phases("planning", len(ops)) as bar:  # every candidate's plan, each layer's moments computed once
-        plans = dm.plan_variants(ops, stats, forget, retain, extras, extra_bar, progress=bar)
+        plans = dm.plan_variants(ops, stats, forget, retain, extras, extra_bar, progress=bar,
+                                 layer_probe=method.layer_probe)
     with phases("held-out check", len(held) * (1 + n_cands)) as bar:
         orig_held = predict(proto, held, 256, device, input_name, output_name, bar,
                             session=pooled(sessions, proto, held, input_name, device))
@@ -163,7 +164,7 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
         rep_model, best, rec, rep_out = _best_candidate(proto, ops, stats, held, forget, retain, base,
                                                         extra_directions, extra_bar, candidates, rk,
                                                         target_forget_accuracy, bar, rows, plans,
-                                                        original_pred=orig_pred)
+                                                        original_pred=orig_pred, layer_probe=method.layer_probe)
     outcome.passes.append(rec)
     for k in range(2, max_passes + 1):
         if best.forget_accuracy <= target_forget_accuracy:
@@ -171,11 +172,12 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
         with phases(f"statistics, pass {k}", len(fit)) as bar:
             st = _collect(rep_model, ops, fit, forget, stats.token_layouts, progress=bar, **rk)
         with phases(f"planning, pass {k}", len(ops)) as bar:
-            plans = dm.plan_variants(ops, st, forget, retain, extras, extra_bar, progress=bar)
+            plans = dm.plan_variants(ops, st, forget, retain, extras, extra_bar, progress=bar,
+                                     layer_probe=method.layer_probe)
         with phases(f"held-out check, pass {k}", len(held) * n_cands) as bar:
             model, sc, r, out = _best_candidate(rep_model, ops, st, held, forget, retain, base, extra_directions,
                                                 extra_bar, candidates, rk, target_forget_accuracy, bar, rows, plans,
-                                                original_pred=orig_pred)
+                                                original_pred=orig_pred, layer_probe=method.layer_probe)
         # kept when the held-out images prefer it, or rate it as good (a tie within the guards: a further pass
         # removes more of the class from the features, which the held-out accuracy alone cannot see)
         better = pick([best, sc]) == 1 or (sc.within_guards() and sc.forget_accuracy <= best.forget_accuracy)
@@ -235,7 +237,7 @@ def head_rows(head: EditableOp, forget: Sequence[int], n_outputs: int) -> "tuple
 
 def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directions, extra_bar, use_candidates,
                     run, target, bar, rows=None, plans=None, lazy: bool = True, first: tuple | None = None,
-                    original_pred: np.ndarray | None = None
+                    original_pred: np.ndarray | None = None, layer_probe: bool = True
                     ) -> tuple[onnx.ModelProto, HeldOutScore, PassRecord, np.ndarray]:
     """Plan every candidate from the same statistics, score each on the held-out images, keep one (and its
     output rows there). bar: the held-out check's progress, sized for the first candidates (it grows when
@@ -246,6 +248,7 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
     original_pred: the original's predicted class per held-out image; given, a candidate's retain images run in
     chunks (selection.retain_order) and stop once the guards are sure to fail (selection.RetainGuard): the same
     pick, since such a candidate is never within the guards (when none is, the stopped ones are run whole).
+    layer_probe: plans made here compute the whole-space layer separability (MethodOptions.layer_probe).
     """
     cands = (first or CANDIDATES) if use_candidates else (("damp", extra_directions, 1.0),)
     tried: list[tuple[str, list, onnx.ModelProto, HeldOutScore, np.ndarray]] = []
@@ -259,7 +262,8 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
         """One candidate's plans (planned now or reused) and the model they edit."""
         if extra not in plans_by_extra:
             like = next(iter(plans_by_extra.values()), None)  # same statistics: layer separabilities reused
-            plans_by_extra[extra] = dm.plan(ops, stats, forget, retain, extra, extra_bar, like)
+            plans_by_extra[extra] = dm.plan(ops, stats, forget, retain, extra, extra_bar, like,
+                                            layer_probe=layer_probe)
         plans = [dataclasses.replace(p, alpha=_scaled(p.alpha, scale), rows=rows if p.op is ops[-1] else None)
                  for p in plans_by_extra[extra]]
         return plans, _applied(model, plans)

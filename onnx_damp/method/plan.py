@@ -25,7 +25,8 @@ class LayerPlan:
     separation: float        # Fisher probe Mahalanobis delta, forget vs retain, within span(Q)
     separability: float      # 2 * balanced accuracy - 1 of that probe, in [0, 1); alpha = this
     extra_rank: int = 0      # directions added beyond the prototype residuals
-    layer_separability: float = 0.0  # the same probe on the layer's whole input space (reported)
+    layer_separability: float | None = 0.0  # the same probe on the layer's whole input space (reported; None: not
+    #                                          computed, MethodOptions.layer_probe)
     residual_share: float = 0.0      # min ||d|| / ||mu_f||: forget prototype share outside the retain span
     relative_change: float = 0.0
     own_copy: str | None = None
@@ -52,23 +53,25 @@ class LayerPlan:
 
 def plan_layer(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Sequence[int],
                extra_directions: bool = True, extra_bar: str = "energy",
-               layer_sep: float | None = None) -> LayerPlan:
+               layer_sep: float | None = None, layer_probe: bool = True) -> LayerPlan:
     """Compute Q and alpha for one layer from its per-class statistics.
 
     alpha is the separability of the Fisher probe restricted to span(Q): how well forget and retain
     rows can be told apart using only the directions the edit removes. layer_sep: the layer's whole-space
     probe separability when already known (another plan from the same statistics): a d x d solve saved.
+    layer_probe=False: the whole-space probe is not computed where layer_sep is not given (it stays None).
     """
-    return plan_layer_variants(op, st, forget, retain, (extra_directions,), extra_bar, layer_sep)[extra_directions]
+    return plan_layer_variants(op, st, forget, retain, (extra_directions,), extra_bar, layer_sep,
+                               layer_probe)[extra_directions]
 
 
 def plan_layer_variants(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Sequence[int],
                         extras: Sequence[bool], extra_bar: str = "energy",
-                        layer_sep: float | None = None) -> dict[bool, LayerPlan]:
+                        layer_sep: float | None = None, layer_probe: bool = True) -> dict[bool, LayerPlan]:
     """plan_layer for each extra-directions flag in extras, from one computation of the layer's moments
     (the d x d part of the work: on a 2,400-wide input, most of a plan)."""
     if st.wide:
-        wide = _plan_wide(op, st, forget, retain)
+        wide = _plan_wide(op, st, forget, retain, layer_probe)
         return {e: dataclasses.replace(wide) for e in extras}
     mu_f = np.stack([st.mean(c) for c in forget], axis=1)
     mu_r = np.stack([st.mean(c) for c in retain], axis=1)
@@ -77,7 +80,7 @@ def plan_layer_variants(op: EditableOp, st: LayerStats, forget: Sequence[int], r
     mf, sf, n_f = st.group_moments(forget)
     mr, sr, n_r = st.group_moments(retain)
     cf, cr = _centred(sf, mf), _centred(sr, mr)
-    if layer_sep is None:  # reported only: its Cholesky form from LAYER_PROBE_DENSE_MAX features (cheaper than eigh)
+    if layer_sep is None and layer_probe:  # reported only: Cholesky form from LAYER_PROBE_DENSE_MAX features
         layer_sep = pj.probe_separability(pj.mahalanobis_separation(mf, cf, mr, cr,
                                                                     dense_max=pj.LAYER_PROBE_DENSE_MAX))
     share = pj.residual_share(residuals, mu_f)
@@ -107,7 +110,8 @@ def _centred(second: np.ndarray, mean: np.ndarray) -> np.ndarray:
     return out
 
 
-def _plan_wide(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Sequence[int]) -> LayerPlan:
+def _plan_wide(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Sequence[int],
+               layer_probe: bool = True) -> LayerPlan:
     """plan_layer for a layer too wide for d x d Grams (stats.WIDE_DIM): Q from the d-dimensional prototypes,
     the probe from second moments within U = span(all prototypes), where Q lies; no extra directions.
 
@@ -123,7 +127,7 @@ def _plan_wide(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Se
     mf, sf, _ = proj.group_moments(forget)
     mr, sr, _ = proj.group_moments(retain)
     cf, cr = _centred(sf, mf), _centred(sr, mr)
-    layer_sep = pj.probe_separability(pj.mahalanobis_separation(mf, cf, mr, cr))
+    layer_sep = pj.probe_separability(pj.mahalanobis_separation(mf, cf, mr, cr)) if layer_probe else None
     note = f"wide input ({st.feature_dim} features): second moments within the {st.basis.shape[1]}-dimensional " \
            "span of the class prototypes, no extra directions"
     if q.shape[1] == 0:
@@ -138,21 +142,23 @@ def _plan_wide(op: EditableOp, st: LayerStats, forget: Sequence[int], retain: Se
 
 def plan(ops: list[EditableOp], stats: Statistics, forget: Sequence[int], retain: Sequence[int],
          extra_directions: bool = True, extra_bar: str = "energy",
-         like: "list[LayerPlan] | None" = None, progress=None) -> list[LayerPlan]:
+         like: "list[LayerPlan] | None" = None, progress=None, layer_probe: bool = True) -> list[LayerPlan]:
     """One LayerPlan per operator. like: plans from the same statistics and classes, whose layer
-    separabilities are reused (they do not depend on the extra directions). progress(1) after each layer."""
-    return plan_variants(ops, stats, forget, retain, (extra_directions,), extra_bar, like, progress)[extra_directions]
+    separabilities are reused (they do not depend on the extra directions). progress(1) after each layer.
+    layer_probe=False: no whole-space layer separability (None) where like does not give one."""
+    return plan_variants(ops, stats, forget, retain, (extra_directions,), extra_bar, like, progress,
+                         layer_probe)[extra_directions]
 
 
 def plan_variants(ops: list[EditableOp], stats: Statistics, forget: Sequence[int], retain: Sequence[int],
                   extras: Sequence[bool], extra_bar: str = "energy", like: "list[LayerPlan] | None" = None,
-                  progress=None) -> dict[bool, list[LayerPlan]]:
+                  progress=None, layer_probe: bool = True) -> dict[bool, list[LayerPlan]]:
     """plan for each extra-directions flag in extras, each layer's moments computed once for all of them."""
     seps = [p.layer_separability for p in like] if like is not None else [None] * len(ops)
     out: dict[bool, list[LayerPlan]] = {e: [] for e in extras}
     for op, sep in zip(ops, seps):
         for e, p in plan_layer_variants(op, stats.layers[op.node_name], forget, retain, extras, extra_bar,
-                                        sep).items():
+                                        sep, layer_probe).items():
             out[e].append(p)
         if progress is not None:
             progress(1)

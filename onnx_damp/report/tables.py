@@ -73,7 +73,8 @@ def layers_table(result) -> str:
     rows = []
     for i, p in enumerate(first):
         rows.append([p.op.depth_index, f"{p.op.depth:.2f}", p.op.node_name] + ([p.op.scope or "-"] if scoped else [])
-                    + [p.op.op_type, f"{p.layer_separability:.3f}", p.rank, f"{p.separability:.3f}",
+                    + [p.op.op_type, "-" if p.layer_separability is None else f"{p.layer_separability:.3f}", p.rank,
+                       f"{p.separability:.3f}",
                        _per_pass(result, i, "alpha", ".3f"), f"{result.relative_change[p.op.node_name]:.4f}"]
                     + ([_per_pass(result, i, "quant_error", ".3f"), _per_pass(result, i, "clipped", "d")]
                        if quant else []))
