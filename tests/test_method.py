@@ -314,8 +314,10 @@ def test_each_phase_has_its_own_bar_sized_to_its_work(setup):
     cands = out.passes[0].candidates
     full = sum(c.get("retain_scored", True) for c in cands)
     n_forget = int(np.isin(calib.y[held], [0]).sum())
-    # the original and every candidate tried; one that cannot be picked ran on the forget images only
-    assert rec.bars[2].total == len(held) * (1 + full) + n_forget * (len(cands) - full)
+    # the original and every candidate tried; one that cannot be picked ran on the forget images only, one
+    # stopped early on those and the retain images it ran
+    stopped = sum(c.get("retain_images_run") or 0 for c in cands)
+    assert rec.bars[2].total == len(held) * (1 + full) + n_forget * (len(cands) - full) + stopped
 
 
 def test_a_candidate_that_cannot_win_skips_the_retain_images(setup):
@@ -631,3 +633,37 @@ def test_without_the_layer_probe_the_edit_is_the_same(setup):
     for ia, ib in zip(a.model.graph.initializer, b.model.graph.initializer):
         assert ia.SerializeToString() == ib.SerializeToString()
     json.dumps(b.passes[0].to_dict())
+
+
+def test_when_no_candidate_keeps_the_guards_the_stopped_ones_are_finished_not_rerun():
+    """Where nothing keeps the guards, pick reads the full drops: each stopped candidate runs the images it did
+    not run (no image twice), so the images run are those of scoring every candidate whole; a single candidate
+    (no choice to make) is never stopped."""
+    from onnx_damp.data.dataset import subset
+    from onnx_damp.method.pipeline import _best_candidate
+    from onnx_damp.progress import Progress
+    from onnx_damp.runtime.predict import predict
+    from onnx_damp.verify.metrics import per_class_accuracy
+
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(CLASSES, DIM)) * 1.2
+    model, calib = mlp(rng, means), clusters(rng, means, 400, noise=2.0)
+    ops = scan_graph(model).editable
+    forget, retain = [1], [0, 2, 3, 4]
+    fit, held_idx = split_holdout(calib.y)
+    stats = collect(model, ops, subset(calib, fit), forget)
+    held = subset(calib, held_idx)
+    orig = predict(model, held, 256).argmax(1)
+    strict = {c: a + 0.5 for c, a in per_class_accuracy(orig, held.y).items()}  # every class "drops" 0.5 or more
+    run = {"device": "cpu", "input_name": None, "output_name": None}
+    for use_candidates in (True, False):
+        got = []
+        for original_pred in (None, orig):
+            bar = Progress(0, "held-out check", quiet=True)
+            _, sc, rec, out = _best_candidate(model, ops, stats, held, forget, retain, strict, True, "energy",
+                                              use_candidates, run, 0.01, bar, original_pred=original_pred)
+            got.append((rec.candidate, sc.to_dict(), out, bar.done, bar.total, rec.candidates))
+        assert not any(c.get("rejected_early") for c in got[1][5])
+        assert all(c.get("retain_scored", True) for c in got[1][5])  # every one scored whole in the end
+        assert got[0][0] == got[1][0] and got[0][1] == got[1][1] and got[0][3] == got[1][3] == got[1][4]
+        np.testing.assert_array_equal(got[0][2], got[1][2])

@@ -247,7 +247,8 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
     candidate after the other, as a reference). first: the first candidates (default CANDIDATES).
     original_pred: the original's predicted class per held-out image; given, a candidate's retain images run in
     chunks (selection.retain_order) and stop once the guards are sure to fail (selection.RetainGuard): the same
-    pick, since such a candidate is never within the guards (when none is, the stopped ones are run whole).
+    pick, since such a candidate is never within the guards (when none is, the stopped ones are finished: the
+    images they did not run, no image twice). Not with a single candidate (use_candidates False): nothing to choose.
     layer_probe: plans made here compute the whole-space layer separability (MethodOptions.layer_probe).
     """
     cands = (first or CANDIDATES) if use_candidates else (("damp", extra_directions, 1.0),)
@@ -285,13 +286,14 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
             e["sess"] = None
         return e
 
-    def retain_too(e: dict, stop_early: bool = True) -> None:
-        """Run e's retain images as well and score it whole; with original_pred (and stop_early), in chunks
-        that stop once the guards are sure to fail (e then gets the guard's rejected score, no output rows)."""
+    def retain_too(e: dict) -> None:
+        """Run e's retain images as well and score it whole; with original_pred (and a choice to make), in chunks
+        that stop once the guards are sure to fail (e then gets the guard's rejected score, and its output rows
+        so far: the forget images and the first score.retain_run images of order)."""
         out = np.zeros((len(held), e["f_out"].shape[1]))
         out[fidx] = e["f_out"]
         sess = e["sess"] or prediction_session(e["edited"], held, run["input_name"], run["device"])
-        guard = RetainGuard(held.y[ridx], base) if original_pred is not None and stop_early else None
+        guard = RetainGuard(held.y[ridx], base) if original_pred is not None and use_candidates else None
         for chunk in _chunks(order, guard is not None):
             out[chunk] = predict(e["edited"], held, 256, run["device"], run["input_name"], run["output_name"], bar,
                                  indices=chunk, session=sess)
@@ -300,7 +302,7 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
             guard.add(held.y[chunk], out[chunk].argmax(1))
             if guard.breached() and guard.run < len(order):
                 bar.grow(guard.run - len(order))  # the retain images not run
-                e["score"], e["out"] = guard.rejected_score(e["f_acc"]), None
+                e["score"], e["out"] = guard.rejected_score(e["f_acc"]), out
                 return
         e["score"], e["out"] = score(out.argmax(1), held.y, forget, base), out
 
@@ -365,11 +367,13 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
             attempt(*c, beat=best_within())  # one that does not lower forget accuracy ends the search unscored
             if not tried[-1][3].within_guards() or tried[-1][3].forget_accuracy <= target:
                 break
-    if not any(t[3].within_guards() for t in tried):  # pick goes by the full drops: the stopped ones run whole
-        for i, (n_, p_, ed, sc_, _) in enumerate(tried):
+    if not any(t[3].within_guards() for t in tried):  # pick goes by the full drops: the stopped ones are finished
+        for i, (n_, p_, ed, sc_, out) in enumerate(tried):
             if sc_.rejected:
-                bar.grow(len(held))
-                out = predict(ed, held, 256, run["device"], run["input_name"], run["output_name"], bar)
+                rest = order[sc_.retain_run:]
+                bar.grow(len(rest))
+                out[rest] = predict(ed, held, 256, run["device"], run["input_name"], run["output_name"], bar,
+                                    indices=rest)
                 tried[i] = (n_, p_, ed, score(out.argmax(1), held.y, forget, base), out)
     k = pick([t[3] for t in tried])
     name, plans, edited, sc, out = tried[k]

@@ -362,14 +362,17 @@ def _alpha_figure(v: _View) -> str:
         styles[name] = {"color": plots.MODEL, "alpha": 1.0 if k == 1 else max(0.35, 1.0 - 0.3 * (k - 1)),
                         "linestyle": "-" if k == 1 else "--"}
     first = passes[0]["layers"]
-    lines["layer separability (whole input), pass 1"] = ([p["depth"] for p in first],
-                                                         [p["layer_separability"] for p in first])
-    styles["layer separability (whole input), pass 1"] = {"color": plots.ORIGINAL, "marker": "s"}
+    probed = any(p["layer_separability"] is not None for p in first)  # None: not computed (layer_probe=False)
+    if probed:
+        lines["layer separability (whole input), pass 1"] = ([p["depth"] for p in first],
+                                                             [p["layer_separability"] for p in first])
+        styles["layer separability (whole input), pass 1"] = {"color": plots.ORIGINAL, "marker": "s"}
     png = plots.depth_lines(lines, ylabel="alpha / separability",
                             styles=styles)
     caption = ("alpha of every layer and pass (alpha = separability of the forget class inside the removed "
-               "subspace, the Fisher probe's 2&Phi;(&Delta;/2)-1), and the forget-vs-retain separability of the "
-               "layer's whole input in pass 1, against normalised depth.")
+               "subspace, the Fisher probe's 2&Phi;(&Delta;/2)-1)"
+               + (", and the forget-vs-retain separability of the layer's whole input in pass 1" if probed else "")
+               + ", against normalised depth.")
     return _img(png, "alpha and separability per layer against depth", caption)
 
 
