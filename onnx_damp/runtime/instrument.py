@@ -1,7 +1,7 @@
 """Build a copy of the graph that also outputs per-batch statistics of every editable operator's input.
 
 For each tapped activation the copy reshapes it to rows of input features ([rows, d]; every token, and
-every spatial position on a lattice of Conv inputs (position_rows), is a row) and reduces inside the graph
+every spatial position on a grid of Conv inputs (grid_stride), is a row) and reduces inside the graph
 to a feature sum [d], an uncentred Gram matrix [d, d] and the row count, so no activation ever leaves
 onnxruntime and memory does not grow with the number of samples.
 """
@@ -21,11 +21,11 @@ from onnx_damp.runtime.tokens import TokenLayout
 FEATURE_MODES = ("auto", "position", "pooled", "patch")
 TOKEN_MODES = ("auto", "patch")  # modes that read the class token of token-sequence inputs
 PRECISIONS = ("float32", "float64")  # in-graph arithmetic of the per-batch sum and Gram
-# Conv inputs read position by position: every s-th position of each image, s the first of these coprime with
-# the image width that still leaves MIN_ROWS_PER_IMAGE positions (a lattice over rows and columns; position_rows);
-# no such s, or sizes shape inference cannot find: every position
-POSITION_STRIDES = (5, 7, 11, 13)
-MIN_ROWS_PER_IMAGE = 16
+# Conv inputs read position by position: a grid of each image's positions, every g-th along each spatial axis,
+# g the first of these that still leaves MIN_ROWS_PER_IMAGE positions (grid_stride); none does, or sizes shape
+# inference cannot find: every position
+GRID_STRIDES = (3, 2)
+MIN_ROWS_PER_IMAGE = 32
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,8 @@ def instrument(model: onnx.ModelProto, ops: list[EditableOp], mode: str = "posit
     (the class token) of each sample; every other operator contributes every position/token row.
     wide: operators whose input is too wide for a d x d Gram, by node name: None taps the feature sum
     only; a basis U [d, k] taps the sum and Gram of the rows projected on it, x U (k-dimensional).
-    strided: Conv inputs read position by position (position and patch modes, not wide) keep every s-th
-    position of each image (position_rows); False keeps every position.
+    strided: Conv inputs read position by position (position and patch modes, not wide) keep a grid of each
+    image's positions (grid_stride); False keeps every position.
     """
     if mode not in FEATURE_MODES:
         raise ValueError(f"unknown feature mode {mode!r}")
@@ -116,7 +116,8 @@ def _class_token(g: onnx.GraphProto, x: str, p: str, d: int, layout: TokenLayout
 
 
 def _unfold(g: onnx.GraphProto, op: EditableOp, x: str, p: str) -> tuple[list, str, int]:
-    """Nodes turning a Conv input into rows of unfolded patches, in the weight's (in, k...) order.
+    """Nodes turning a Conv input into unfolded patches [N, in * prod(k), out positions...], in the weight's
+    (in, k...) order.
 
     A Conv with one-hot kernels E[j, c, k...] = 1 for j = flat(c, k...) and the operator's own pads,
     strides and dilations outputs, at each output position, exactly the patch the operator multiplies
@@ -132,14 +133,17 @@ def _unfold(g: onnx.GraphProto, op: EditableOp, x: str, p: str) -> tuple[list, s
     attrs["kernel_shape"] = list(kernel[1:])
     nodes = [helper.make_node("Cast", [x], [p + "x32"], to=TensorProto.FLOAT),
              helper.make_node("Conv", [p + "x32", p + "unfold_w"], [p + "patches"], **attrs)]
-    perm = [0] + list(range(2, len(kernel) + 1)) + [1]
-    nodes.append(helper.make_node("Transpose", [p + "patches"], [p + "t"], perm=perm))
-    return nodes, p + "t", d
+    return nodes, p + "patches", d
+
+
+def _weight_type(g: onnx.GraphProto, op: EditableOp) -> int | None:
+    """The data type of the operator's weight initializer, or None where the weight is not one (QDQ)."""
+    return next((i.data_type for i in g.initializer if i.name == op.weight_name), None)
 
 
 def _double_weight(g: onnx.GraphProto, op: EditableOp) -> bool:
     """Whether the operator's weight initializer is float64 (a float64 model keeps float64 reductions)."""
-    return any(i.name == op.weight_name and i.data_type == TensorProto.DOUBLE for i in g.initializer)
+    return _weight_type(g, op) == TensorProto.DOUBLE
 
 
 def _reduce_float64(g: onnx.GraphProto, p: str, opset: int) -> list:
@@ -234,18 +238,26 @@ def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str,
     d = op.feature_dim
     nodes: list = []
     x = op.input_name
-    positions = None  # the [N, spatial..., C] tensor whose positions become rows (Conv inputs, patches)
+    positions = None  # the [N, C, spatial...] tensor whose positions become rows (Conv inputs, patches)
     if layout is not None:
         nodes, x = _class_token(g, x, p, d, layout)
     elif adapter(op).spatial and mode == "pooled":
         nodes.append(helper.make_node("GlobalAveragePool", [x], [p + "gap"]))
         x = p + "gap"
     elif unfolds(op, mode):
-        nodes, x, d = _unfold(g, op, x, p)
+        nodes, positions, d = _unfold(g, op, x, p)
+    elif adapter(op).spatial:
         positions = x
     else:
         nodes, x = adapter(op).features_last(op, x, p)
-        positions = x if adapter(op).spatial else None
+    step = grid_stride(spatial) if strided and positions is not None and spatial and not wide else 1
+    if positions is not None:
+        if step > 1:  # patches are float32 already; a Conv input as the weight's type: float32 or float64
+            cast = positions == op.input_name and _weight_type(g, op) not in (TensorProto.FLOAT, TensorProto.DOUBLE)
+            nodes += grid_positions(positions, p + "grid", p, len(spatial), step, cast)
+            positions = p + "grid"
+        more, x = adapter(op).features_last(op, positions, p)
+        nodes += more
     g.initializer.append(numpy_helper.from_array(np.array([-1, d], dtype=np.int64), p + "shape_const"))
     if wide:
         nodes.append(helper.make_node("Reshape", [x, p + "shape_const"], [p + "rows_full"]))
@@ -259,11 +271,7 @@ def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str,
                   helper.make_node("MatMul", [p + "rows_full64", p + "basis"], [p + "rows"])]
         return _finish_tap(g, op, layout, mode, p, nodes, int(basis.shape[1]), gram=True, shift=False,
                            reduce=_reduce_float64(g, p, opset))
-    step = position_stride(spatial) if strided and positions is not None and spatial and opset >= 10 else 1
-    if step > 1:  # Slice steps: opset 10
-        nodes += position_rows(g, positions, p + "rows", p, d, step)
-    else:
-        nodes.append(helper.make_node("Reshape", [x, p + "shape_const"], [p + "rows"]))
+    nodes.append(helper.make_node("Reshape", [x, p + "shape_const"], [p + "rows"]))
     # class token and pooled taps (one row per image): float64 costs nothing there; the rest: centred float32
     few_rows = layout is not None or (adapter(op).spatial and mode == "pooled")
     shift = precision == "float32" and opset >= 10 and not few_rows and not _double_weight(g, op)  # Slice steps: 10
@@ -271,11 +279,10 @@ def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str,
     return _finish_tap(g, op, layout, mode, p, nodes, d, gram=True, shift=shift, reduce=reduce)
 
 
-def position_stride(spatial: tuple[int, ...]) -> int:
-    """s for a Conv input of these spatial sizes: the first of POSITION_STRIDES coprime with the last size
-    that keeps MIN_ROWS_PER_IMAGE positions of each image, else 1 (every position)."""
-    n = int(np.prod(spatial))
-    return next((q for q in POSITION_STRIDES if spatial[-1] % q and n >= q * MIN_ROWS_PER_IMAGE), 1)
+def grid_stride(spatial: tuple[int, ...]) -> int:
+    """g for a Conv input (or patches) of these spatial sizes: the first of GRID_STRIDES whose grid (every g-th
+    position along each axis, from the first) keeps MIN_ROWS_PER_IMAGE positions of each image, else 1."""
+    return next((q for q in GRID_STRIDES if int(np.prod([-(-v // q) for v in spatial])) >= MIN_ROWS_PER_IMAGE), 1)
 
 
 def spatial_sizes(model: onnx.ModelProto, ops: list[EditableOp]) -> dict[str, tuple[int, ...]]:
@@ -296,22 +303,18 @@ def spatial_sizes(model: onnx.ModelProto, ops: list[EditableOp]) -> dict[str, tu
     return out
 
 
-def position_rows(g: onnx.GraphProto, positions: str, out: str, p: str, d: int, step: int) -> list:
-    """Nodes turning positions [N, spatial..., d] into rows [-1, d] of every step-th position of each image.
-
-    Position j = (h, w) (flattened) is kept when j = 0 mod step; as step is coprime with the width W, row h
-    keeps the columns w = -h W mod step + k step, so the kept positions form a lattice that meets every row
-    and every column equally often. The same positions of every image, whatever the batch: statistics do not
-    depend on how the data is batched or sharded, and sums and Grams estimate the per-position means from
-    1/step of the rows (a CNN's statistics otherwise cost the centring and Gram of every position)."""
-    g.initializer.append(numpy_helper.from_array(np.array([0, -1, d], dtype=np.int64), p + "pos_shape"))
-    for name, value in (("pos_start", 0), ("pos_end", np.iinfo(np.int64).max), ("pos_axis", 1),
-                        ("pos_step", step)):
-        g.initializer.append(numpy_helper.from_array(np.array([value], dtype=np.int64), p + name))
-    return [helper.make_node("Reshape", [positions, p + "pos_shape"], [p + "per_image"]),
-            helper.make_node("Slice", [p + "per_image", p + "pos_start", p + "pos_end", p + "pos_axis",
-                                       p + "pos_step"], [p + "kept"]),
-            helper.make_node("Reshape", [p + "kept", p + "shape_const"], [out])]
+def grid_positions(x: str, out: str, p: str, dims: int, step: int, cast: bool) -> list:
+    """Nodes keeping every step-th position along each spatial axis of x [N, C, spatial...] (from the first):
+    a MaxPool of kernel 1, which onnxruntime runs in its blocked NCHWc layout, so that only the kept positions
+    are laid out again for the rows (the lattice this replaced transposed the whole activation, then sliced it:
+    statistics sessions of 1.42-1.47x a plain one on the MNIST CNNs and ResNet-8, 1.25-1.32x with the grid,
+    docs/benchmarks.md). The same positions of every image, whatever the batch:
+    statistics do not depend on how the data is batched or sharded. cast: to float32 first (MaxPool needs a
+    float type the CPU provider runs; a Conv input that is not float32 or float64)."""
+    nodes = [helper.make_node("Cast", [x], [p + "grid_in"], to=TensorProto.FLOAT)] if cast else []
+    nodes.append(helper.make_node("MaxPool", [p + "grid_in" if cast else x], [out], kernel_shape=[1] * dims,
+                                  strides=[step] * dims))
+    return nodes
 
 
 def _finish_tap(g: onnx.GraphProto, op: EditableOp, layout, mode: str, p: str, nodes: list, d: int, *, gram: bool,
