@@ -68,7 +68,7 @@ def test_every_position_when_asked_or_when_sizes_are_unknown(rng):
     assert [n.op_type for n in inst.graph.node].count("MaxPool") == 1
 
 
-def test_a_float16_conv_reads_the_grid_in_float32(rng):
+def test_a_float16_conv_reads_the_grid_and_reduces_it_in_float32(rng):
     model = conv(rng, dtype=np.float16)
     (op,) = scan_graph(model).editable
     x = rng.normal(size=(4, 3, 20, 20)).astype(np.float16)
@@ -78,10 +78,10 @@ def test_a_float16_conv_reads_the_grid_in_float32(rng):
     for got, want in ((st.sums[0], rows.sum(0)), (st.grams[0], rows.T @ rows)):  # float32 reductions
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     inst, _ = instrument(model, [op])
-    (cast,) = [n for n in inst.graph.node if n.op_type == "Cast" and n.output[0].endswith("grid_in")]
-    assert [n.op_type for n in inst.graph.node if cast.output[0] in n.input] == ["MaxPool"]
-    inst32, _ = instrument(conv(rng), scan_graph(conv(rng)).editable)   # float32: no cast before the grid
-    assert not any(n.output[0].endswith("grid_in") for n in inst32.graph.node)
+    (pool,) = [n for n in inst.graph.node if n.op_type == "MaxPool"]
+    assert list(pool.input) == ["x"]                 # the float16 activation itself: only kept positions are cast
+    (cast,) = [n for n in inst.graph.node if n.op_type == "Cast" and n.output[0].endswith("rows32")]
+    assert helper.get_attribute_value(cast.attribute[0]) == TensorProto.FLOAT
 
 
 def test_patch_mode_reads_the_grid_of_output_positions(rng):

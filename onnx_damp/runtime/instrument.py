@@ -136,14 +136,9 @@ def _unfold(g: onnx.GraphProto, op: EditableOp, x: str, p: str) -> tuple[list, s
     return nodes, p + "patches", d
 
 
-def _weight_type(g: onnx.GraphProto, op: EditableOp) -> int | None:
-    """The data type of the operator's weight initializer, or None where the weight is not one (QDQ)."""
-    return next((i.data_type for i in g.initializer if i.name == op.weight_name), None)
-
-
 def _double_weight(g: onnx.GraphProto, op: EditableOp) -> bool:
     """Whether the operator's weight initializer is float64 (a float64 model keeps float64 reductions)."""
-    return _weight_type(g, op) == TensorProto.DOUBLE
+    return any(i.name == op.weight_name and i.data_type == TensorProto.DOUBLE for i in g.initializer)
 
 
 def _reduce_float64(g: onnx.GraphProto, p: str, opset: int) -> list:
@@ -252,9 +247,8 @@ def _add_tap(g: onnx.GraphProto, op: EditableOp, k: int, opset: int, mode: str,
         nodes, x = adapter(op).features_last(op, x, p)
     step = grid_stride(spatial) if strided and positions is not None and spatial and not wide else 1
     if positions is not None:
-        if step > 1:  # patches are float32 already; a Conv input as the weight's type: float32 or float64
-            cast = positions == op.input_name and _weight_type(g, op) not in (TensorProto.FLOAT, TensorProto.DOUBLE)
-            nodes += grid_positions(positions, p + "grid", p, len(spatial), step, cast)
+        if step > 1:  # in the activation's own type: the rows are cast (float32 or float64) once pooled
+            nodes.append(grid_positions(positions, p + "grid", len(spatial), step))
             positions = p + "grid"
         more, x = adapter(op).features_last(op, positions, p)
         nodes += more
@@ -303,18 +297,15 @@ def spatial_sizes(model: onnx.ModelProto, ops: list[EditableOp]) -> dict[str, tu
     return out
 
 
-def grid_positions(x: str, out: str, p: str, dims: int, step: int, cast: bool) -> list:
-    """Nodes keeping every step-th position along each spatial axis of x [N, C, spatial...] (from the first):
+def grid_positions(x: str, out: str, dims: int, step: int) -> onnx.NodeProto:
+    """The node keeping every step-th position along each spatial axis of x [N, C, spatial...] (from the first):
     a MaxPool of kernel 1, which onnxruntime runs in its blocked NCHWc layout, so that only the kept positions
     are laid out again for the rows (the lattice this replaced transposed the whole activation, then sliced it:
     statistics sessions of 1.42-1.47x a plain one on the MNIST CNNs and ResNet-8, 1.25-1.32x with the grid,
-    docs/benchmarks.md). The same positions of every image, whatever the batch:
-    statistics do not depend on how the data is batched or sharded. cast: to float32 first (MaxPool needs a
-    float type the CPU provider runs; a Conv input that is not float32 or float64)."""
-    nodes = [helper.make_node("Cast", [x], [p + "grid_in"], to=TensorProto.FLOAT)] if cast else []
-    nodes.append(helper.make_node("MaxPool", [p + "grid_in" if cast else x], [out], kernel_shape=[1] * dims,
-                                  strides=[step] * dims))
-    return nodes
+    docs/benchmarks.md). The same positions of every image, whatever the batch: statistics do not depend on how
+    the data is batched or sharded. Of one element, the max is that element: float16 values pass exactly (the
+    CPU provider runs float16 MaxPool at opsets 7 to 21), and only the kept positions are cast afterwards."""
+    return helper.make_node("MaxPool", [x], [out], kernel_shape=[1] * dims, strides=[step] * dims)
 
 
 def _finish_tap(g: onnx.GraphProto, op: EditableOp, layout, mode: str, p: str, nodes: list, d: int, *, gram: bool,
