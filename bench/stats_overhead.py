@@ -24,22 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from process_ratio import SAMPLES, ZOO, paths  # noqa: E402
 
 from onnx_damp.ops.graph import scan_graph  # noqa: E402
-from onnx_damp.runtime.batching import batch_free_model  # noqa: E402
-from onnx_damp.runtime.instrument import instrument  # noqa: E402
 from onnx_damp.runtime.session import make_session  # noqa: E402
-from onnx_damp.runtime.tokens import probe_token_layouts  # noqa: E402
-from onnx_damp.stats.collector import WIDE_DIM, is_wide  # noqa: E402
+from onnx_damp.stats.collector import statistics_graph  # noqa: E402
 
 
 def sessions(model: onnx.ModelProto, x: np.ndarray) -> dict:
-    """The plain and the statistics session of model (a fixed batch of 1 freed, as collect does)."""
-    free, _ = batch_free_model(model, x, None, "cpu")
-    model = free if free is not None else model
-    ops = scan_graph(model).editable
-    layouts = probe_token_layouts(model, ops, x, None, "cpu")
-    wide = {op.node_name: None for op in ops if is_wide(op, "auto", WIDE_DIM)}
-    inst, _ = instrument(model, ops, "auto", layouts, "float32", wide=wide)
-    return {"plain": make_session(model, "cpu"), "statistics": make_session(inst, "cpu")}
+    """The plain and the statistics session of the graph collect streams (a batch fixed at 1 freed in both, so
+    that both run at the same batch size: what a fixed batch costs is bench/fixed_batch.py's)."""
+    graph = statistics_graph(model, scan_graph(model).editable, x)
+    return {"plain": make_session(graph.model, "cpu"), "statistics": make_session(graph.instrumented, "cpu")}
 
 
 def timed_pass(sess, x: np.ndarray, batch: int) -> float:
@@ -74,12 +67,10 @@ def main() -> None:
         with np.load(calib, allow_pickle=False) as z:
             x = z["x"][:args.images].astype(np.float32)
         sess = sessions(onnx.load(str(model_path)), x)
-        fixed = sess["plain"].get_inputs()[0].shape[0]
-        batch = fixed if isinstance(fixed, int) and fixed > 0 else args.batch_size
         times = {k: [] for k in sess}
         for _ in range(args.repeats):
             for k, s in sess.items():
-                times[k].append(timed_pass(s, x, batch if k == "plain" else args.batch_size))
+                times[k].append(timed_pass(s, x, args.batch_size))
         p, s = min(times["plain"]), min(times["statistics"])
         rows.append({"model": name, "images": len(x), "plain_s": p, "statistics_s": s, "ratio": s / p})
         print(f"| {name} | {len(x)} | {p:.3f} | {s:.3f} | {s / p:.2f}x |", flush=True)

@@ -1,7 +1,7 @@
 """Per-class float64 statistics of every editable operator's input, collected in one streamed pass."""
 from __future__ import annotations
 
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, NamedTuple, Protocol
 
 import numpy as np
 import onnx
@@ -46,15 +46,8 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
     wide_dim: input widths above this (default WIDE_DIM) get sums and, in a second pass over the data, second
     moments within the span of the class prototypes instead of d x d Grams (see damp._plan_wide).
     """
-    free, _ = batch_free_model(model, data.x, input_name, device)  # batch fixed at 1: run a symbolic batch
-    model = free if free is not None else model
-    if feature_mode not in TOKEN_MODES:
-        layouts = {}
-    elif layouts is None:
-        layouts = probe_token_layouts(model, ops, data.x, input_name, device)
-    wide = {op.node_name: None for op in ops if is_wide(op, feature_mode, WIDE_DIM if wide_dim is None else wide_dim)}
-    inst, taps = instrument(model, ops, feature_mode, layouts, "float64" if device == "cuda" else precision,
-                            wide=wide)
+    model, layouts, wide, inst, taps = statistics_graph(model, ops, data.x, feature_mode, input_name, device,
+                                                       layouts, precision, wide_dim)
     per_tap, samples, kept = _stream(inst, taps, data, gram_classes, batch_size, device, input_name, progress,
                                      outputs, output)
     if wide:  # second pass, wide layers only: second moments of the rows projected on the class prototypes' span
@@ -89,6 +82,35 @@ def prototype_basis(st: LayerStats) -> np.ndarray:
     from onnx_damp.method.projection import orthonormal_basis
     means = np.stack([st.mean(c) for c in sorted(st.sums)], axis=1)
     return orthonormal_basis(means)
+
+
+class StatisticsGraph(NamedTuple):
+    """What collect's first pass runs: the model (a batch fixed at 1 freed), its token layouts, the wide layers
+    (sums only in this pass) and the instrumented copy with its taps."""
+
+    model: onnx.ModelProto
+    layouts: dict[str, TokenLayout]
+    wide: dict[str, None]
+    instrumented: onnx.ModelProto
+    taps: dict
+
+
+def statistics_graph(model: onnx.ModelProto, ops: list[EditableOp], x, feature_mode: str = "auto",
+                     input_name: str | None = None, device: str = "cpu",
+                     layouts: dict[str, TokenLayout] | None = None, precision: str = "float32",
+                     wide_dim: int | None = None) -> StatisticsGraph:
+    """The graph collect streams the data through (its arguments as collect's; x: the data's inputs, for the
+    probes), so that a benchmark measures the same graph (bench/stats_overhead.py)."""
+    free, _ = batch_free_model(model, x, input_name, device)  # batch fixed at 1: run a symbolic batch
+    model = free if free is not None else model
+    if feature_mode not in TOKEN_MODES:
+        layouts = {}
+    elif layouts is None:
+        layouts = probe_token_layouts(model, ops, x, input_name, device)
+    wide = {op.node_name: None for op in ops if is_wide(op, feature_mode, WIDE_DIM if wide_dim is None else wide_dim)}
+    inst, taps = instrument(model, ops, feature_mode, layouts, "float64" if device == "cuda" else precision,
+                            wide=wide)
+    return StatisticsGraph(model, layouts, wide, inst, taps)
 
 
 def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size: int, device: str,
