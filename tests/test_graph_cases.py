@@ -1,6 +1,7 @@
 """Real-export graph cases: weights behind Identity/Transpose/Reshape/Cast chains or in Constant nodes,
 grouped/depthwise/1-D convolutions, operators the tool must report rather than edit (ConvTranspose,
 control-flow subgraphs, model-local functions), float16 models, and module scopes from exporter metadata."""
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,32 @@ def test_shared_chain_edited_for_both_users_in_one_pass(rng):
     x = rng.normal(size=(3, 4)).astype(np.float32)
     expected = x @ projector(4, q1, 1.0) @ wt @ projector(4, q2, 0.5) @ wt
     assert np.allclose(run(edited, x), expected, atol=1e-4)
+
+
+def test_an_index_copied_for_each_candidate_edits_as_a_fresh_one(rng):
+    """apply(like=) copies one index of the base graph for every copy it edits (the candidates): the same
+    bytes as indexing each copy, own copies included, and the base index is not changed by those edits."""
+    from onnx_damp.ops.weights import index_graph
+
+    model, _ = shared_chain_model(rng)
+    ops = {o.node_name: o for o in scan_graph(model).editable}
+    base = index_graph(model.graph)
+    before = (dict(base.uses), set(base.constant), dict(base.producer))
+    for alpha in (1.0, 0.5):  # two candidates from one base index
+        plans = [dm.LayerPlan(ops[n], basis(rng, 4, 1), alpha, 0.0, 0.0) for n in ("first", "second")]
+        fresh, copied = onnx.ModelProto(), onnx.ModelProto()
+        fresh.CopyFrom(model)
+        copied.CopyFrom(model)
+        dm.apply(fresh, [dataclasses.replace(p) for p in plans])
+        dm.apply(copied, plans, base)
+        assert plans[0].own_copy and fresh.SerializeToString() == copied.SerializeToString()
+    assert (dict(base.uses), set(base.constant), dict(base.producer)) == before
+    assert len(base.inits) == len(model.graph.initializer) == 1
+    edited = onnx.ModelProto()
+    edited.CopyFrom(model)
+    edited.graph.initializer.add().CopyFrom(numpy_helper.from_array(np.ones(2, np.float32), "extra"))
+    with pytest.raises(ValueError, match="not a copy"):
+        base.for_copy(edited.graph)
 
 
 def test_shared_source_under_an_exclusive_chain_gets_its_own_copy(rng):

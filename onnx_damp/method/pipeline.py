@@ -217,10 +217,11 @@ def _collect(model, ops, data, forget, layouts, *, batch_size, device, feature_m
                      outputs=True, output=output_name)
 
 
-def _applied(model: onnx.ModelProto, plans: list[dm.LayerPlan]) -> onnx.ModelProto:
+def _applied(model: onnx.ModelProto, plans: list[dm.LayerPlan], like: GraphIndex | None = None) -> onnx.ModelProto:
+    """A copy of model with plans applied; like: model's index (reused for each copy, dm.apply)."""
     edited = onnx.ModelProto()
     edited.CopyFrom(model)
-    dm.apply(edited, plans)
+    dm.apply(edited, plans, like)
     return edited
 
 
@@ -258,6 +259,7 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
     fidx = np.flatnonzero(np.isin(held.y, forget))
     ridx = np.flatnonzero(~np.isin(held.y, forget))
     order = ridx if original_pred is None else retain_order(held.y, ridx, original_pred)
+    base_index: list[GraphIndex] = []  # model's graph index, made on the first candidate, copied for the others
 
     def edit(extra, scale) -> tuple[list, onnx.ModelProto]:
         """One candidate's plans (planned now or reused) and the model they edit."""
@@ -267,7 +269,9 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
                                             layer_probe=layer_probe)
         plans = [dataclasses.replace(p, alpha=_scaled(p.alpha, scale), rows=rows if p.op is ops[-1] else None)
                  for p in plans_by_extra[extra]]
-        return plans, _applied(model, plans)
+        if not base_index:
+            base_index.append(index_graph(model.graph))
+        return plans, _applied(model, plans, base_index[0])
 
     def forget_first(c) -> dict:
         """Plan, apply and run one candidate on the held-out forget images only (its session kept)."""

@@ -12,7 +12,8 @@ from onnx_damp.method import projection as pj
 from onnx_damp.ops.base import EditableOp
 from onnx_damp.stats.statistics import LayerStats, Statistics
 from onnx_damp.ops.registry import adapter, weight_matrix
-from onnx_damp.ops.weights import QuantStore, effective_weight, give_own_copy, index_graph, store_weight, weight_ref
+from onnx_damp.ops.weights import (GraphIndex, QuantStore, effective_weight, give_own_copy, index_graph, store_weight,
+                                   weight_ref)
 
 
 @dataclass
@@ -165,15 +166,15 @@ def plan_variants(ops: list[EditableOp], stats: Statistics, forget: Sequence[int
     return out
 
 
-def apply(model: onnx.ModelProto, plans: list[LayerPlan]) -> None:
+def apply(model: onnx.ModelProto, plans: list[LayerPlan], like: GraphIndex | None = None) -> None:
     """Edit the weights of model in place: W <- W (I - alpha Q Q^T) in float64, cast back to the source dtype.
 
     The edit is written to the weight's source constant through the inverse of any Transpose/Reshape/Cast
     chain; a quantised (QDQ) weight is requantised with its own scale and zero point, and what that loses is
     recorded in the plan. A weight whose source or chain also feeds other nodes is first given its own
-    (float) initializer copy.
+    (float) initializer copy. like: an index of the graph model's is an unedited copy of (GraphIndex.for_copy).
     """
-    gi = index_graph(model.graph)
+    gi = like.for_copy(model.graph) if like is not None else index_graph(model.graph)
     for p in plans:
         if p.rank == 0 or p.alpha == 0.0:
             continue
