@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from onnx_damp import api
 from onnx_damp.method import readout as ro
@@ -667,3 +667,82 @@ def test_when_no_candidate_keeps_the_guards_the_stopped_ones_are_finished_not_re
         assert all(c.get("retain_scored", True) for c in got[1][5])  # every one scored whole in the end
         assert got[0][0] == got[1][0] and got[0][1] == got[1][1] and got[0][3] == got[1][3] == got[1][4]
         np.testing.assert_array_equal(got[0][2], got[1][2])
+
+
+# ------------------------------------------------------------------------- one session fed every candidate
+
+
+@pytest.mark.parametrize("forget", [[0], [1], [0, 3]])
+def test_candidates_on_one_fed_session_pick_score_and_output_as_one_session_each(forget, monkeypatch):
+    """A MatMul/Gemm model's candidates run on one session fed each candidate's weights: the kept candidate,
+    every candidate's score, the output rows and the images run are those of a session per candidate, and
+    exactly one fed session was made (none with share_sessions=False)."""
+    import onnx_damp.method.pipeline as pl
+    from onnx_damp.data.dataset import subset
+    from onnx_damp.progress import Progress
+    from onnx_damp.runtime.predict import predict
+    from onnx_damp.verify.metrics import per_class_accuracy
+
+    made = []
+    monkeypatch.setattr(pl, "weight_fed_session", lambda *a, **k: made.append(1) or weight_fed_session(*a, **k))
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(CLASSES, DIM)) * 1.2
+    model, calib = mlp(rng, means), clusters(rng, means, 400, noise=2.0)  # [1]: two candidates stopped early
+    ops = scan_graph(model).editable
+    retain = [c for c in range(CLASSES) if c not in forget]
+    fit, held_idx = split_holdout(calib.y)
+    stats = collect(model, ops, subset(calib, fit), forget)
+    held = subset(calib, held_idx)
+    orig = predict(model, held, 256).argmax(1)
+    base = per_class_accuracy(orig, held.y)
+    run = {"device": "cpu", "input_name": None, "output_name": None}
+    got = []
+    for share in (False, True):
+        bar = Progress(0, "held-out check", quiet=True)
+        edited, sc, rec, out = pl._best_candidate(model, ops, stats, held, forget, retain, base, True, "energy", True,
+                                                  run, 0.01, bar, original_pred=orig, share_sessions=share)
+        got.append((rec.candidate, sc.to_dict(), out, bar.done, rec.candidates, edited.SerializeToString()))
+        assert len(made) == int(share)
+    assert got[0][0] == got[1][0] and got[0][1] == got[1][1] and got[0][3] == got[1][3]
+    assert got[0][4] == got[1][4] and got[0][5] == got[1][5]
+    np.testing.assert_array_equal(got[0][2], got[1][2])
+
+
+def weight_fed_session(*a, **k):
+    from onnx_damp.runtime.predict import weight_fed_session as real
+    return real(*a, **k)
+
+
+def test_fed_weights_are_the_own_float_matmul_and_gemm_weights():
+    """Which weights one session may be fed: a Gemm's own initializer, not a Conv's (onnxruntime's blocked
+    layout needs a constant), not a weight two nodes share; a fed session's outputs are the edited model's."""
+    from onnx_damp.method.pipeline import _fed_weights
+    from onnx_damp.ops.weights import index_graph
+    from onnx_damp.runtime.predict import FedWeights, prediction_session, weight_fed_session as fed_session
+    from tiny_models import conv_model
+
+    rng = np.random.default_rng(3)
+    means = rng.normal(size=(CLASSES, DIM))
+    model = mlp(rng, means)
+    ops = scan_graph(model).editable
+    assert _fed_weights(model, index_graph(model.graph), ops) == {"fc1": "w1", "head": "w2"}
+    cnn, _ = conv_model(rng)
+    cops = scan_graph(cnn).editable
+    assert set(_fed_weights(cnn, index_graph(cnn.graph), cops)) == {o.node_name for o in cops if o.op_type == "Gemm"}
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="first"),
+             helper.make_node("MatMul", ["h", "W"], ["y"], name="second")]  # one weight, two readers
+    shared = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                        {"W": rng.normal(size=(4, 4)).astype(np.float32)})
+    sops = scan_graph(shared).editable
+    assert len(sops) == 2 and _fed_weights(shared, index_graph(shared.graph), sops) == {}
+    data = clusters(rng, means, 20)
+    edited = onnx.ModelProto()
+    edited.CopyFrom(model)
+    w1 = next(t for t in edited.graph.initializer if t.name == "w1")
+    w1.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w1) * 0.5, "w1"))
+    own = prediction_session(edited, data).run(None, {"x": data.x})[0]
+    sess = fed_session(model, ["w1", "w2"], data)
+    view = FedWeights(sess, {t.name: numpy_helper.to_array(t) for t in edited.graph.initializer if t.name in ("w1", "w2")})
+    np.testing.assert_array_equal(view.run(None, {"x": data.x})[0], own)
+    assert [i.name for i in view.get_inputs()] == ["x"]

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from onnx_damp.method import plan as dm
 from onnx_damp.method import readout as ro
@@ -26,7 +27,8 @@ from onnx_damp.data.dataset import Dataset, subset
 from onnx_damp.ops.base import EditableOp
 from onnx_damp.ops.registry import adapter
 from onnx_damp.runtime.instrument import default_opset
-from onnx_damp.runtime.predict import SessionPool, pooled, predict, prediction_session
+from onnx_damp.runtime.predict import (FedWeights, SessionPool, pooled, predict, prediction_session,
+                                       weight_fed_session)
 from onnx_damp.runtime.session import serialise_whole
 from onnx_damp.verify.metrics import per_class_accuracy
 from onnx_damp.method.selection import (HeldOutScore, RetainGuard, forget_only, pick, retain_order, score,
@@ -35,7 +37,8 @@ from onnx_damp.options import MethodOptions, RunOptions
 from onnx_damp.progress import QUIET, Phases
 from onnx_damp.stats.collector import Collector, collect
 from onnx_damp.stats.statistics import Statistics
-from onnx_damp.ops.weights import BiasRef, GraphIndex, index_graph, output_bias, shift_bias
+from onnx_damp.ops.weights import (FLOAT_TYPES, BiasRef, GraphIndex, index_graph, output_bias, shift_bias,
+                                   weight_ref)
 
 # (name, extra directions, alpha scale; see _scaled): tried in this order; the weaker ones only when no
 # full one keeps the retain guards on the held-out images, the stronger ones only when the best one within
@@ -238,7 +241,7 @@ def head_rows(head: EditableOp, forget: Sequence[int], n_outputs: int) -> "tuple
 
 def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directions, extra_bar, use_candidates,
                     run, target, bar, rows=None, plans=None, lazy: bool = True, first: tuple | None = None,
-                    original_pred: np.ndarray | None = None, layer_probe: bool = True
+                    original_pred: np.ndarray | None = None, layer_probe: bool = True, share_sessions: bool = True
                     ) -> tuple[onnx.ModelProto, HeldOutScore, PassRecord, np.ndarray]:
     """Plan every candidate from the same statistics, score each on the held-out images, keep one (and its
     output rows there). bar: the held-out check's progress, sized for the first candidates (it grows when
@@ -251,6 +254,8 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
     pick, since such a candidate is never within the guards (when none is, the stopped ones are finished: the
     images they did not run, no image twice). Not with a single candidate (use_candidates False): nothing to choose.
     layer_probe: plans made here compute the whole-space layer separability (MethodOptions.layer_probe).
+    share_sessions: candidates that edit only MatMul/Gemm weights of their own (_fed_weights) run on one session
+    fed each candidate's weights (False: a session per candidate).
     """
     cands = (first or CANDIDATES) if use_candidates else (("damp", extra_directions, 1.0),)
     tried: list[tuple[str, list, onnx.ModelProto, HeldOutScore, np.ndarray]] = []
@@ -269,15 +274,35 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
                                             layer_probe=layer_probe)
         plans = [dataclasses.replace(p, alpha=_scaled(p.alpha, scale), rows=rows if p.op is ops[-1] else None)
                  for p in plans_by_extra[extra]]
+        return plans, _applied(model, plans, index())
+
+    def index() -> GraphIndex:
         if not base_index:
             base_index.append(index_graph(model.graph))
-        return plans, _applied(model, plans, base_index[0])
+        return base_index[0]
+
+    shared: dict = {}  # "fed": node -> the initializer a fed session may take its weight from; "sess": that session
+
+    def session_of(edited: onnx.ModelProto, plans: list[dm.LayerPlan]):
+        """edited's prediction session: the shared one fed edited's weights where every operator plans edit has
+        a weight it can be fed (_fed_weights), else a session of its own."""
+        if "fed" not in shared:
+            shared["fed"] = _fed_weights(model, index(), ops) if share_sessions else {}
+        fed = shared["fed"]
+        edits = [p.op.node_name for p in plans if p.rank and p.alpha]
+        if (not fed or not all(n in fed for n in edits)
+                or len(edited.graph.initializer) != len(model.graph.initializer)):  # an own copy is not fed
+            return prediction_session(edited, held, run["input_name"], run["device"])
+        if "sess" not in shared:
+            shared["sess"] = weight_fed_session(model, list(fed.values()), held, run["input_name"], run["device"])
+        inits = {t.name: t for t in edited.graph.initializer}
+        return FedWeights(shared["sess"], {n: numpy_helper.to_array(inits[n]) for n in fed.values()})
 
     def forget_first(c) -> dict:
         """Plan, apply and run one candidate on the held-out forget images only (its session kept)."""
         name, extra, scale = c
         plans, edited = edit(extra, scale)
-        sess = prediction_session(edited, held, run["input_name"], run["device"])
+        sess = session_of(edited, plans)
         f_out = predict(edited, held, 256, run["device"], run["input_name"], run["output_name"], bar,
                         indices=fidx, session=sess)
         return {"name": name, "plans": plans, "edited": edited, "sess": sess, "f_out": f_out,
@@ -296,7 +321,7 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
         so far: the forget images and the first score.retain_run images of order)."""
         out = np.zeros((len(held), e["f_out"].shape[1]))
         out[fidx] = e["f_out"]
-        sess = e["sess"] or prediction_session(e["edited"], held, run["input_name"], run["device"])
+        sess = e["sess"] or session_of(e["edited"], e["plans"])
         guard = RetainGuard(held.y[ridx], base) if original_pred is not None and use_candidates else None
         for chunk in _chunks(order, guard is not None):
             out[chunk] = predict(e["edited"], held, 256, run["device"], run["input_name"], run["output_name"], bar,
@@ -322,7 +347,8 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
         bar.grow(max(0, bar.done + len(held) - bar.total))  # a candidate beyond those planned
         if not len(fidx) or not len(ridx) or (beat is None and original_pred is None):
             plans, edited = edit(extra, scale)
-            out = predict(edited, held, 256, run["device"], run["input_name"], run["output_name"], bar)
+            out = predict(edited, held, 256, run["device"], run["input_name"], run["output_name"], bar,
+                          session=session_of(edited, plans))
             tried.append((name, plans, edited, score(out.argmax(1), held.y, forget, base), out))
             return
         e = forget_first((name, extra, scale))
@@ -377,13 +403,32 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
                 rest = order[sc_.retain_run:]
                 bar.grow(len(rest))
                 out[rest] = predict(ed, held, 256, run["device"], run["input_name"], run["output_name"], bar,
-                                    indices=rest)
+                                    indices=rest, session=session_of(ed, p_))
                 tried[i] = (n_, p_, ed, score(out.argmax(1), held.y, forget, base), out)
     k = pick([t[3] for t in tried])
     name, plans, edited, sc, out = tried[k]
     rec = PassRecord(plans, sc.forget_accuracy, sc.retain_accuracy, name,
                      [{"candidate": t[0], **t[3].to_dict()} for t in tried])
     return edited, sc, rec, out
+
+
+def _fed_weights(model: onnx.ModelProto, gi: GraphIndex, ops: list[EditableOp]) -> dict[str, str]:
+    """{node: initializer} of the operators whose weight one session can be fed for every candidate edit
+    (runtime.predict.weight_fed_session): MatMul and Gemm nodes whose weight is a float initializer of their own
+    (no shared source, no quantised weight, no Constant node), in a model small enough to keep in memory
+    (session.serialise_whole). A fed Conv weight would lose onnxruntime's blocked layout (the MNIST CNN ran 2x
+    slower); a fed MatMul/Gemm weight runs as fast (the ViT samples), and their candidates' outputs are the same."""
+    if not serialise_whole(model):
+        return {}
+    fed = {}
+    for op in ops:
+        if op.op_type not in ("MatMul", "Gemm"):
+            continue
+        ref = weight_ref(gi, op)
+        if (ref.constant_node is None and ref.dequant is None and ref.exclusive
+                and ref.source_dtype in FLOAT_TYPES):
+            fed[op.node_name] = ref.source
+    return fed
 
 
 # retain images per run while a candidate may still be stopped early: one batch size for every chunk but the last

@@ -1,7 +1,7 @@
 """Batched predictions of an ONNX classifier on a data set."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -84,3 +84,40 @@ def output_rows(out, out_name: str, batch: int) -> np.ndarray:
         raise DampError(f"output {out_name!r} has shape {list(out.shape)} for a batch of {batch}; "
                         "expected [batch, classes] (pick the logits with --output-name)")
     return out.astype(np.float64)
+
+
+class FedWeights:
+    """One onnxruntime session, run with a set of weights fed as inputs (overridable initializers): what
+    predict needs of a session (run, get_inputs, get_outputs), so that every candidate edit of one model is
+    scored on a single session (weight_fed_session's) instead of one session each."""
+
+    def __init__(self, session, weights: dict[str, np.ndarray]) -> None:
+        self._session, self._weights = session, weights
+
+    def run(self, fetch, feed: dict):
+        return self._session.run(fetch, {**feed, **self._weights})
+
+    def get_inputs(self):
+        return self._session.get_inputs()
+
+    def get_outputs(self):
+        return self._session.get_outputs()
+
+
+def weight_fed_session(model: onnx.ModelProto, names: Sequence[str], data: Dataset, input_name: str | None = None,
+                       device: str = "cpu"):
+    """A session of model (its symbolic-batch copy where prediction_session would take it) in which the
+    initializers called names are graph inputs as well, so that each run may feed other values for them
+    (FedWeights). onnxruntime then neither folds nor pre-packs them: meant for MatMul/Gemm weights, whose
+    kernels run as fast either way (a Conv loses its blocked layout)."""
+    free, _ = batch_free_model(model, data.x, input_name, device)
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(free if free is not None else model)
+    exposed.ir_version = max(exposed.ir_version, 4)  # below 4 every initializer is an input already
+    inits = {t.name: t for t in exposed.graph.initializer}
+    listed = {i.name for i in exposed.graph.input}
+    for name in names:
+        if name not in listed:
+            t = inits[name]
+            exposed.graph.input.append(onnx.helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
+    return make_session(exposed, device)
