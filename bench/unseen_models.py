@@ -5,6 +5,8 @@ user would (TorchScript exporter, dynamic batch; the residual CNN with the dynam
   lenet_raw       LeNet-5 on raw 0..255 input (the scaling is inside the graph)
   mlp_fashion     the same MLP on Fashion-MNIST
   rescnn_fashion  a residual CNN with BatchNorm on Fashion-MNIST (dynamo exporter: BN folded, .data file)
+  widecnn_mnist   the Keras tutorial's CNN (conv 32, pool, conv 64, pool) with a 3,136-wide Linear on MNIST
+  widecnn_fashion the same shape unpadded, 96 channels: a 2,400-wide Linear, on Fashion-MNIST
 
 Each gets 300 calibration images per class from its training set and the full 10k test set as .npz:
 
@@ -47,6 +49,13 @@ class Block(nn.Module):
 class ResCNN(nn.Module):
     def __init__(s): super().__init__(); s.stem=nn.Sequential(nn.Conv2d(1,24,3,padding=1,bias=False),nn.BatchNorm2d(24),nn.ReLU()); s.b1=Block(24); s.down=nn.Sequential(nn.Conv2d(24,48,3,stride=2,padding=1,bias=False),nn.BatchNorm2d(48),nn.ReLU()); s.b2=Block(48); s.fc=nn.Linear(48,10)
     def forward(s,x): return s.fc(F.adaptive_avg_pool2d(s.b2(s.down(s.b1(s.stem(x)))),1).flatten(1))
+class WideCNN(nn.Module):  # Flatten straight into a wide Linear, as Keras tutorials build them
+    def __init__(s, pad, c2, width):
+        super().__init__(); s.c1=nn.Conv2d(1,32,3,padding=pad); s.c2=nn.Conv2d(32,c2,3,padding=pad)
+        s.f1=nn.Linear(width,128); s.drop=nn.Dropout(0.3); s.f2=nn.Linear(128,10)
+    def forward(s,x):
+        x = F.max_pool2d(F.relu(s.c1(x)),2); x = F.max_pool2d(F.relu(s.c2(x)),2)
+        return s.f2(s.drop(F.relu(s.f1(x.flatten(1)))))
 def train(net, xtr, ytr, epochs, lr, raw=False):
     opt = torch.optim.Adam(net.parameters(), lr); n = len(xtr)
     for ep in range(epochs):
@@ -74,3 +83,5 @@ if 'mlp_mnist' in which: go('mlp_mnist', 'mnist', MLP(), 3, 1e-3)
 if 'lenet_raw' in which: go('lenet_raw', 'mnist', LeNet(), 2, 1e-3, raw=True)
 if 'mlp_fashion' in which: go('mlp_fashion', 'fashion', MLP(), 4, 1e-3)
 if 'rescnn_fashion' in which: go('rescnn_fashion', 'fashion', ResCNN(), 2, 2e-3, dynamo=True)
+if 'widecnn_mnist' in which: go('widecnn_mnist', 'mnist', WideCNN(1, 64, 64*7*7), 2, 1e-3)
+if 'widecnn_fashion' in which: go('widecnn_fashion', 'fashion', WideCNN(0, 96, 96*5*5), 2, 1e-3)

@@ -215,6 +215,31 @@ def test_wide_layer_plan_equals_the_full_plan(setup):
         assert a.alpha == pytest.approx(b.alpha, abs=1e-6)
 
 
+@pytest.mark.parametrize("d,tokens,wide", [(2049, 0, True), (2048, 0, False), (2049, 4, False)])
+def test_one_row_per_image_layers_above_2048_features_take_the_wide_path(d, tokens, wide):
+    """A Gemm/MatMul read one row per image gets no d x d Grams above ROW_WIDE_DIM features (its moments would
+    rest on about as many rows as features); a MatMul over tokens (rows = images x tokens) keeps them up to
+    WIDE_DIM."""
+    from onnx_damp.stats.collector import ROW_WIDE_DIM, WIDE_DIM, statistics_graph
+
+    assert ROW_WIDE_DIM == 2048 < d <= WIDE_DIM or not wide
+    rng = np.random.default_rng(0)
+    shape = ["N", tokens, d] if tokens else ["N", d]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm")]
+    if tokens:
+        nodes.append(helper.make_node("ReduceMean", ["h"], ["y"], axes=[1], keepdims=0))
+    else:
+        nodes[0].output[0] = "y"
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                       {"w": rng.normal(size=(d, 3)).astype(np.float32)}, opset=13)
+    x = rng.normal(size=(4, tokens, d) if tokens else (4, d)).astype(np.float32)
+    ops = scan_graph(model).editable
+    sg = statistics_graph(model, ops, x)
+    assert bool(sg.layouts) == bool(tokens)
+    assert ("mm" in sg.wide) == wide
+
+
 # ----------------------------------------------------------------------------------------------- graphs
 def test_depth_follows_the_data_flow_not_the_file_order(setup, tmp_path):
     model, _, calib, _ = setup

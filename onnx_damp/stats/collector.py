@@ -43,8 +43,9 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
     float64 rounding). float64 is always used for class-token and pooled taps (one row per image: it costs
     nothing), float64 weights, opsets below 12, and --device cuda (where float32 GEMMs may run in TF32);
     batches are always accumulated in float64.
-    wide_dim: input widths above this (default WIDE_DIM) get sums and, in a second pass over the data, second
-    moments within the span of the class prototypes instead of d x d Grams (see damp._plan_wide).
+    wide_dim: input widths above this (default WIDE_DIM, and ROW_WIDE_DIM for a layer read one row per image:
+    one_row_wide) get sums and, in a second pass over the data, second moments within the span of the class
+    prototypes instead of d x d Grams (see plan._plan_wide); given, it is the one limit for every layer.
     """
     model, layouts, wide, inst, taps = statistics_graph(model, ops, data.x, feature_mode, input_name, device,
                                                        layouts, precision, wide_dim)
@@ -64,6 +65,10 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
 
 
 WIDE_DIM = 4096  # above this input width a layer gets no d x d Gram (128 MiB per class in float64)
+# above this width a layer read one row per image (a Gemm, a MatMul on [N, d]) gets none either: its d x d
+# moments would rest on about as many rows as features (2,400 on cifar10_winml's 2,400-wide head), their extra
+# directions on fewer forget rows than features, and they cost more than the model's own pass (docs/method.md)
+ROW_WIDE_DIM = 2048
 
 
 def is_wide(op: EditableOp, feature_mode: str = "auto", limit: int = WIDE_DIM) -> bool:
@@ -71,6 +76,13 @@ def is_wide(op: EditableOp, feature_mode: str = "auto", limit: int = WIDE_DIM) -
     from onnx_damp.runtime.instrument import patch_dim, unfolds
     d = patch_dim(op) if unfolds(op, feature_mode) else op.feature_dim
     return d > limit
+
+
+def one_row_wide(op: EditableOp, layouts: dict[str, TokenLayout], limit: int = ROW_WIDE_DIM) -> bool:
+    """Whether op reads one row per image (not a Conv; no token layout found for its input) of more than limit
+    features: the wide path's statistics then (sums, and moments within the prototypes' span)."""
+    from onnx_damp.ops.registry import adapter
+    return not adapter(op).spatial and op.node_name not in layouts and op.feature_dim > limit
 
 
 def prototype_basis(st: LayerStats) -> np.ndarray:
@@ -107,7 +119,9 @@ def statistics_graph(model: onnx.ModelProto, ops: list[EditableOp], x, feature_m
         layouts = {}
     elif layouts is None:
         layouts = probe_token_layouts(model, ops, x, input_name, device)
-    wide = {op.node_name: None for op in ops if is_wide(op, feature_mode, WIDE_DIM if wide_dim is None else wide_dim)}
+    limit, row_limit = (WIDE_DIM, ROW_WIDE_DIM) if wide_dim is None else (wide_dim, wide_dim)
+    wide = {op.node_name: None for op in ops
+            if is_wide(op, feature_mode, limit) or one_row_wide(op, layouts, row_limit)}
     inst, taps = instrument(model, ops, feature_mode, layouts, "float64" if device == "cuda" else precision,
                             wide=wide)
     return StatisticsGraph(model, layouts, wide, inst, taps)
