@@ -215,6 +215,36 @@ def test_wide_layer_plan_equals_the_full_plan(setup):
         assert a.alpha == pytest.approx(b.alpha, abs=1e-6)
 
 
+def test_wide_moments_from_kept_rows_equal_the_second_pass(setup, monkeypatch):
+    """A wide layer read one row per image keeps its input rows through the one pass (the graph input itself
+    for fc1): its moments within the prototypes' span equal those of a second pass over the data (float64,
+    to rounding), and no second graph is built; a budget too small for a layer's rows leaves that layer to the
+    second pass."""
+    import onnx_damp.stats.collector as sc
+    from onnx_damp.stats.collector import kept_row_inputs
+
+    graphs = []
+    real = sc.instrument
+    monkeypatch.setattr(sc, "instrument", lambda *a, **k: graphs.append(1) or real(*a, **k))  # a spy: counts
+    model, _, calib, _ = setup
+    ops = scan_graph(model).editable
+    one = collect(model, ops, calib, [0], wide_dim=4)
+    assert len(graphs) == 1
+    two = collect(model, ops, calib, [0], wide_dim=4, rows_budget=0)
+    assert len(graphs) == 3
+    for name, a in one.layers.items():
+        b = two.layers[name]
+        assert a.wide and b.wide and np.array_equal(a.basis, b.basis) and a.projected.rows == b.projected.rows
+        for c in a.projected.sums:
+            np.testing.assert_allclose(a.projected.sums[c], b.projected.sums[c], rtol=1e-12, atol=1e-9)
+            np.testing.assert_allclose(a.projected.grams[c], b.projected.grams[c], rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(a.projected.total_gram, b.projected.total_gram, rtol=1e-12, atol=1e-9)
+    n, d0 = len(calib.y), ops[0].feature_dim
+    assert kept_row_inputs(ops, {}, n) == {o.node_name: o.input_name for o in ops}
+    assert kept_row_inputs(ops, {}, n, budget=4 * n * d0) == {ops[0].node_name: ops[0].input_name}
+    assert kept_row_inputs(ops, {ops[0].node_name: None}, n) == {ops[1].node_name: ops[1].input_name}  # tokens
+
+
 @pytest.mark.parametrize("d,tokens,wide", [(2049, 0, True), (2048, 0, False), (2049, 4, False)])
 def test_one_row_per_image_layers_above_2048_features_take_the_wide_path(d, tokens, wide):
     """A Gemm/MatMul read one row per image gets no d x d Grams above ROW_WIDE_DIM features (its moments would

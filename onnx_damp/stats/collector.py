@@ -31,7 +31,8 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
             batch_size: int = 128, device: str = "cpu", feature_mode: str = "auto",
             input_name: str | None = None, progress: Callable[[int], None] | None = None,
             layouts: dict[str, TokenLayout] | None = None, precision: str = "float32",
-            outputs: bool = False, output: str | None = None, wide_dim: int | None = None) -> Statistics:
+            outputs: bool = False, output: str | None = None, wide_dim: int | None = None,
+            rows_budget: int | None = None) -> Statistics:
     """Stream data through an instrumented copy of model in single-class batches and reduce per batch.
 
     gram_classes: classes whose second moments are kept (the forget classes); None keeps every class's
@@ -44,19 +45,29 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
     nothing), float64 weights, opsets below 12, and --device cuda (where float32 GEMMs may run in TF32);
     batches are always accumulated in float64.
     wide_dim: input widths above this (default WIDE_DIM, and ROW_WIDE_DIM for a layer read one row per image:
-    one_row_wide) get sums and, in a second pass over the data, second moments within the span of the class
-    prototypes instead of d x d Grams (see plan._plan_wide); given, it is the one limit for every layer.
+    one_row_wide) get sums and second moments within the span of the class prototypes instead of d x d Grams
+    (see plan._plan_wide): from their input rows, kept through the pass where they are one row per image and
+    fit ROWS_KEPT_BYTES (kept_row_inputs), else from a second pass over the data; given, it is the one limit for
+    every layer. rows_budget: bytes of such rows kept at most (default ROWS_KEPT_BYTES; 0: always a second pass).
     """
     model, layouts, wide, inst, taps = statistics_graph(model, ops, data.x, feature_mode, input_name, device,
                                                        layouts, precision, wide_dim)
-    per_tap, samples, kept = _stream(inst, taps, data, gram_classes, batch_size, device, input_name, progress,
-                                     outputs, output)
-    if wide:  # second pass, wide layers only: second moments of the rows projected on the class prototypes' span
-        bases = {name: prototype_basis(per_tap[taps[name].key]) for name in wide}
-        inst, wtaps = instrument(model, [op for op in ops if op.node_name in wide], feature_mode, layouts,
-                                 "float64", wide=bases)
-        projected, _, _ = _stream(inst, wtaps, data, None, batch_size, device, input_name, None, False, None)
-        for name in wide:
+    row_inputs = kept_row_inputs([op for op in ops if op.node_name in wide], layouts, len(data), rows_budget)
+    if row_inputs:
+        graph_inputs = {i.name for i in inst.graph.input}
+        inst = _with_outputs(inst, [t for t in row_inputs.values() if t not in graph_inputs])
+    per_tap, samples, kept, rows = _stream(inst, taps, data, gram_classes, batch_size, device, input_name,
+                                           progress, outputs, output, row_inputs)
+    bases = {name: prototype_basis(per_tap[taps[name].key]) for name in wide}
+    for name, r in rows.items():  # wide layers whose rows were kept: their projected moments from those rows
+        per_tap[taps[name].key].basis, per_tap[taps[name].key].projected = bases[name], projected_stats(
+            r, data.y, bases[name])
+    rest = [name for name in wide if name not in rows]
+    if rest:  # second pass, the other wide layers: second moments of the rows projected on the prototypes' span
+        inst, wtaps = instrument(model, [op for op in ops if op.node_name in rest], feature_mode, layouts,
+                                 "float64", wide={name: bases[name] for name in rest})
+        projected, _, _, _ = _stream(inst, wtaps, data, None, batch_size, device, input_name, None, False, None)
+        for name in rest:
             st = per_tap[taps[name].key]
             st.basis, st.projected = bases[name], projected[wtaps[name].key]
     keep = None if gram_classes is None else set(int(c) for c in gram_classes)
@@ -83,6 +94,45 @@ def one_row_wide(op: EditableOp, layouts: dict[str, TokenLayout], limit: int = R
     features: the wide path's statistics then (sums, and moments within the prototypes' span)."""
     from onnx_damp.ops.registry import adapter
     return not adapter(op).spatial and op.node_name not in layouts and op.feature_dim > limit
+
+
+ROWS_KEPT_BYTES = 256 << 20  # wide layers' input rows kept through the statistics pass, at most this in all
+
+
+def kept_row_inputs(wide_ops: list[EditableOp], layouts: dict[str, TokenLayout], n: int,
+                    budget: int | None = None) -> dict[str, str]:
+    """{node: input tensor} of the wide layers whose input rows the statistics pass keeps (float32 at most,
+    n x d; in order, while the total stays within budget): layers read one row per image ([N, d] into a Gemm
+    without transA or a MatMul with no token layout). Their moments within the prototypes' span then come
+    from those rows (projected_stats), not from a second pass over the data."""
+    out, used, budget = {}, 0, ROWS_KEPT_BYTES if budget is None else budget
+    for op in wide_ops:
+        if not one_row_wide(op, layouts, 0) or op.trans_a:
+            continue
+        size = 4 * n * op.feature_dim
+        if used + size <= budget:
+            out[op.node_name], used = op.input_name, used + size
+    return out
+
+
+def _with_outputs(model: onnx.ModelProto, names) -> onnx.ModelProto:
+    """model (the instrumented copy, the tool's own) with the tensors names among its outputs as well."""
+    have = {o.name for o in model.graph.output}
+    for name in dict.fromkeys(names):
+        if name not in have:
+            model.graph.output.add().name = name  # no type: onnxruntime takes it from the graph
+    return model
+
+
+def projected_stats(rows: np.ndarray, y: np.ndarray, basis: np.ndarray) -> LayerStats:
+    """Per-class sums and Grams of rows projected on basis, x U (float64), as the second pass reduces them
+    in-graph: a LayerStats of width k with every class's Gram and their total."""
+    st = LayerStats(basis.shape[1])
+    for c in sorted(int(v) for v in np.unique(y)):
+        xu = rows[y == c].astype(np.float64) @ basis
+        st.add(c, xu.sum(0), xu.T @ xu, len(xu), True, total=False)
+    st.canonical_total()
+    return st
 
 
 def prototype_basis(st: LayerStats) -> np.ndarray:
@@ -128,8 +178,11 @@ def statistics_graph(model: onnx.ModelProto, ops: list[EditableOp], x, feature_m
 
 
 def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size: int, device: str,
-            input_name: str | None, progress, outputs: bool, output: str | None):
-    """Run inst over data in single-class batches; per-tap statistics, per-class counts, kept outputs."""
+            input_name: str | None, progress, outputs: bool, output: str | None,
+            row_inputs: dict[str, str] | None = None):
+    """Run inst over data in single-class batches; per-tap statistics, per-class counts, kept outputs, and the
+    rows of row_inputs ({node: an [N, d] tensor inst outputs}) by node (a node whose tensor is not [batch, d]
+    is left out: collect gives it the second pass)."""
     sess = make_session(inst, device)  # full optimisation: a node whose output is a graph output is never fused away
     spec = input_spec(sess, input_name)
     x = data.x.astype(spec.dtype, copy=False)
@@ -137,6 +190,9 @@ def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size
     fetch = [name for t in unique.values() for name in (t.sum_name, t.gram_name, t.shape_name, t.shift_name) if name]
     out_name = output_name(sess, output, skip=set(fetch)) if outputs else None
     fetch += [out_name] if out_name else []
+    row_inputs = dict(row_inputs or {})
+    fetch += [t for t in dict.fromkeys(row_inputs.values()) if t not in fetch and t != spec.name]
+    rows: dict[str, np.ndarray] = {}
     kept: np.ndarray | None = None
     per_tap = {key: LayerStats(t.feature_dim) for key, t in unique.items()}
     keep = None if gram_classes is None else set(int(c) for c in gram_classes)
@@ -154,6 +210,9 @@ def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size
                 raw = np.asarray(got[out_name]).dtype
                 kept = np.zeros((len(data), rows.shape[1]), dtype=raw if raw.kind == "f" else np.float64)
             kept[idx[:real]] = rows[:real]
+        for name, tensor in list(row_inputs.items()):
+            _keep_rows(rows, name, xb if tensor == spec.name else got[tensor], idx[:real], len(data),
+                       taps[name].feature_dim, row_inputs)
         for key, t in unique.items():
             n = int(got[t.shape_name][0])
             if t.gram_name is None:
@@ -171,7 +230,20 @@ def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size
     if keep is None:
         for st in per_tap.values():
             st.canonical_total()
-    return per_tap, samples, kept
+    return per_tap, samples, kept, {name: rows[name] for name in row_inputs}
+
+
+def _keep_rows(rows: dict, name: str, value, idx: np.ndarray, n: int, d: int, row_inputs: dict) -> None:
+    """Store one batch of name's input rows (float32, float64 kept as it is), or give up on name (dropped from
+    row_inputs) when the tensor is not [batch, d]."""
+    value = np.asarray(value)
+    if value.ndim != 2 or value.shape[1] != d or value.shape[0] < len(idx):
+        row_inputs.pop(name)
+        rows.pop(name, None)
+        return
+    if name not in rows:
+        rows[name] = np.zeros((n, d), np.float64 if value.dtype == np.float64 else np.float32)
+    rows[name][idx] = value[:len(idx)]
 
 
 class _ShiftCorrections:
