@@ -228,8 +228,8 @@ def test_wide_moments_from_kept_rows_equal_the_second_pass(setup, monkeypatch):
     monkeypatch.setattr(sc, "instrument", lambda *a, **k: graphs.append(1) or real(*a, **k))  # a spy: counts
     model, _, calib, _ = setup
     ops = scan_graph(model).editable
-    one = collect(model, ops, calib, [0], wide_dim=4)
-    assert len(graphs) == 1
+    one = collect(model, ops, calib, [0], wide_dim=4, outputs=True)  # the model's outputs kept as well
+    assert len(graphs) == 1 and one.outputs.shape == (len(calib.y), CLASSES)
     two = collect(model, ops, calib, [0], wide_dim=4, rows_budget=0)
     assert len(graphs) == 3
     for name, a in one.layers.items():

@@ -192,7 +192,7 @@ def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size
     fetch += [out_name] if out_name else []
     row_inputs = dict(row_inputs or {})
     fetch += [t for t in dict.fromkeys(row_inputs.values()) if t not in fetch and t != spec.name]
-    rows: dict[str, np.ndarray] = {}
+    row_values: dict[str, np.ndarray] = {}
     kept: np.ndarray | None = None
     per_tap = {key: LayerStats(t.feature_dim) for key, t in unique.items()}
     keep = None if gram_classes is None else set(int(c) for c in gram_classes)
@@ -211,7 +211,7 @@ def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size
                 kept = np.zeros((len(data), rows.shape[1]), dtype=raw if raw.kind == "f" else np.float64)
             kept[idx[:real]] = rows[:real]
         for name, tensor in list(row_inputs.items()):
-            _keep_rows(rows, name, xb if tensor == spec.name else got[tensor], idx[:real], len(data),
+            _keep_rows(row_values, name, xb if tensor == spec.name else got[tensor], idx[:real], len(data),
                        taps[name].feature_dim, row_inputs)
         for key, t in unique.items():
             n = int(got[t.shape_name][0])
@@ -230,7 +230,7 @@ def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size
     if keep is None:
         for st in per_tap.values():
             st.canonical_total()
-    return per_tap, samples, kept, {name: rows[name] for name in row_inputs}
+    return per_tap, samples, kept, {name: row_values[name] for name in row_inputs}
 
 
 def _keep_rows(rows: dict, name: str, value, idx: np.ndarray, n: int, d: int, row_inputs: dict) -> None:
