@@ -245,6 +245,21 @@ def test_wide_moments_from_kept_rows_equal_the_second_pass(setup, monkeypatch):
     assert kept_row_inputs(ops, {ops[0].node_name: None}, n) == {ops[1].node_name: ops[1].input_name}  # tokens
 
 
+def test_forget_end_to_end_on_layers_read_one_row_per_image_above_2048_features(tmp_path):
+    """The whole forget (statistics with the model's outputs kept, plan, held-out check, validation) on a model
+    whose two Gemms read 2,100 features a row: both take the wide path from kept rows, and the class goes."""
+    rng = np.random.default_rng(5)
+    means = rng.normal(size=(CLASSES, 2100)) * 0.2
+    model, calib = mlp(rng, means, hidden_offset=1.0), clusters(rng, means, 60, noise=0.5)
+    test = clusters(rng, means, 40, noise=0.5)
+    src = tmp_path / "wide.onnx"
+    onnx.save(model, str(src))
+    res = api.forget(str(src), (calib.x, calib.y), [1], output=tmp_path / "out.onnx", eval_data=(test.x, test.y),
+                     feature_samples=0)
+    assert all(p.note.startswith("wide input (2100 features)") for p in res.passes[0].plans)
+    assert res.after.forget_accuracy <= 0.01 and res.after.retain_accuracy >= res.before.retain_accuracy - 0.01
+
+
 @pytest.mark.parametrize("d,tokens,wide", [(2049, 0, True), (2048, 0, False), (2049, 4, False)])
 def test_one_row_per_image_layers_above_2048_features_take_the_wide_path(d, tokens, wide):
     """A Gemm/MatMul read one row per image gets no d x d Grams above ROW_WIDE_DIM features (its moments would
