@@ -96,7 +96,9 @@ def one_row_wide(op: EditableOp, layouts: dict[str, TokenLayout], limit: int = R
     return not adapter(op).spatial and op.node_name not in layouts and op.feature_dim > limit
 
 
-ROWS_KEPT_BYTES = 256 << 20  # wide layers' input rows kept through the statistics pass, at most this in all
+# wide layers' input rows kept through the statistics pass, at most this in all: memory stays within this of flat
+# in the data (mnist_burn's 11,616-wide rows of 2,400 images, 111 MB, are over it: its second pass stays)
+ROWS_KEPT_BYTES = 64 << 20
 
 
 def kept_row_inputs(wide_ops: list[EditableOp], layouts: dict[str, TokenLayout], n: int,
