@@ -255,7 +255,7 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
     images they did not run, no image twice). Not with a single candidate (use_candidates False): nothing to choose.
     layer_probe: plans made here compute the whole-space layer separability (MethodOptions.layer_probe).
     share_sessions: candidates that edit only MatMul/Gemm weights of their own (_fed_weights) run on one session
-    fed each candidate's weights (False: a session per candidate).
+    fed each candidate's weights, on the CPU (False: a session per candidate).
     """
     cands = (first or CANDIDATES) if use_candidates else (("damp", extra_directions, 1.0),)
     tried: list[tuple[str, list, onnx.ModelProto, HeldOutScore, np.ndarray]] = []
@@ -287,7 +287,8 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
         """edited's prediction session: the shared one fed edited's weights where every operator plans edit has
         a weight it can be fed (_fed_weights), else a session of its own."""
         if "fed" not in shared:
-            shared["fed"] = _fed_weights(model, index(), ops) if share_sessions else {}
+            # CPU only: on CUDA the fed weights would be copied to the device on every run
+            shared["fed"] = _fed_weights(model, index(), ops) if share_sessions and run["device"] == "cpu" else {}
         fed = shared["fed"]
         edits = [p.op.node_name for p in plans if p.rank and p.alpha]
         if (not fed or not all(n in fed for n in edits)

@@ -96,9 +96,10 @@ def one_row_wide(op: EditableOp, layouts: dict[str, TokenLayout], limit: int = R
     return not adapter(op).spatial and op.node_name not in layouts and op.feature_dim > limit
 
 
-# wide layers' input rows kept through the statistics pass, at most this in all: memory stays within this of flat
-# in the data (mnist_burn's 11,616-wide rows of 2,400 images, 111 MB, are over it: its second pass stays)
-ROWS_KEPT_BYTES = 64 << 20
+# wide layers' input rows kept through the statistics pass, at most this in all (sized before the pass): memory
+# stays within this of flat in the data, and larger sets take the second pass (cifar10_winml's 2,400-wide rows:
+# 23 MB for 2,400 images, 206 MB for 21,440; mnist_burn's 11,616-wide ones 111 MB for 2,400)
+ROWS_KEPT_BYTES = 128 << 20
 
 
 def kept_row_inputs(wide_ops: list[EditableOp], layouts: dict[str, TokenLayout], n: int,
