@@ -240,9 +240,30 @@ def test_wide_moments_from_kept_rows_equal_the_second_pass(setup, monkeypatch):
             np.testing.assert_allclose(a.projected.grams[c], b.projected.grams[c], rtol=1e-12, atol=1e-9)
         np.testing.assert_allclose(a.projected.total_gram, b.projected.total_gram, rtol=1e-12, atol=1e-9)
     n, d0 = len(calib.y), ops[0].feature_dim
-    assert kept_row_inputs(ops, {}, n) == {o.node_name: o.input_name for o in ops}
-    assert kept_row_inputs(ops, {}, n, budget=4 * n * d0) == {ops[0].node_name: ops[0].input_name}
-    assert kept_row_inputs(ops, {ops[0].node_name: None}, n) == {ops[1].node_name: ops[1].input_name}  # tokens
+    rows = {o.input_name for o in ops}
+    assert kept_row_inputs(ops, rows, n) == {o.node_name: o.input_name for o in ops}
+    assert kept_row_inputs(ops, rows, n, budget=4 * n * d0) == {ops[0].node_name: ops[0].input_name}
+    assert kept_row_inputs(ops, rows - {ops[0].input_name}, n) == {ops[1].node_name: ops[1].input_name}
+
+
+@pytest.mark.parametrize("shape,one_row", [([-1, 2100], True), ([-1, 1050], False)])
+def test_one_row_per_image_is_probed_where_shape_inference_leaves_the_first_dim_open(shape, one_row):
+    """A Reshape to [-1, d] (cifar10_winml's head) leaves the batch dim unknown to shape inference: running the
+    model on 2 and 3 images tells one row per image (2100 features) from two rows per image (1050)."""
+    from onnx_damp.runtime.tokens import batch_rows
+    from onnx_damp.stats.collector import statistics_graph
+
+    rng = np.random.default_rng(0)
+    d = shape[1]
+    nodes = [helper.make_node("Reshape", ["x", "s"], ["r"]), helper.make_node("MatMul", ["r", "w"], ["y"], name="mm")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2100])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])],
+                       {"s": np.array(shape, np.int64), "w": rng.normal(size=(d, 3)).astype(np.float32)}, opset=13)
+    x = rng.normal(size=(4, 2100)).astype(np.float32)
+    ops = scan_graph(model).editable
+    assert batch_rows(model, ["r"]) == set()  # inference alone cannot tell
+    sg = statistics_graph(model, ops, x, wide_dim=1000)
+    assert ("r" in sg.one_rows) == one_row
 
 
 def test_forget_end_to_end_on_layers_read_one_row_per_image_above_2048_features(tmp_path):
@@ -260,29 +281,29 @@ def test_forget_end_to_end_on_layers_read_one_row_per_image_above_2048_features(
     assert res.after.forget_accuracy <= 0.01 and res.after.retain_accuracy >= res.before.retain_accuracy - 0.01
 
 
-@pytest.mark.parametrize("d,tokens,wide", [(2049, 0, True), (2048, 0, False), (2049, 4, False)])
-def test_one_row_per_image_layers_above_2048_features_take_the_wide_path(d, tokens, wide):
-    """A Gemm/MatMul read one row per image gets no d x d Grams above ROW_WIDE_DIM features (its moments would
-    rest on about as many rows as features); a MatMul over tokens (rows = images x tokens) keeps them up to
-    WIDE_DIM."""
+@pytest.mark.parametrize("d,middle,wide", [(2049, (), True), (2048, (), False), (2049, (4,), False),
+                                           (2049, (2, 2), False)])
+def test_one_row_per_image_layers_above_2048_features_take_the_wide_path(d, middle, wide):
+    """A Gemm/MatMul read one row per image ([N, d] by shape inference) gets no d x d Grams above ROW_WIDE_DIM
+    features (its moments would rest on about as many rows as features); a MatMul over tokens ([N, T, d]) or
+    positions ([N, H, W, d], as Swin's MLPs read them) keeps them up to WIDE_DIM."""
     from onnx_damp.stats.collector import ROW_WIDE_DIM, WIDE_DIM, statistics_graph
 
     assert ROW_WIDE_DIM == 2048 < d <= WIDE_DIM or not wide
     rng = np.random.default_rng(0)
-    shape = ["N", tokens, d] if tokens else ["N", d]
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm")]
-    if tokens:
-        nodes.append(helper.make_node("ReduceMean", ["h"], ["y"], axes=[1], keepdims=0))
+    if middle:
+        nodes.append(helper.make_node("ReduceMean", ["h"], ["y"], axes=list(range(1, 1 + len(middle))), keepdims=0))
     else:
         nodes[0].output[0] = "y"
-    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *middle, d])],
                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
                        {"w": rng.normal(size=(d, 3)).astype(np.float32)}, opset=13)
-    x = rng.normal(size=(4, tokens, d) if tokens else (4, d)).astype(np.float32)
+    x = rng.normal(size=(4, *middle, d)).astype(np.float32)
     ops = scan_graph(model).editable
     sg = statistics_graph(model, ops, x)
-    assert bool(sg.layouts) == bool(tokens)
-    assert ("mm" in sg.wide) == wide
+    assert bool(sg.layouts) == (len(middle) == 1)
+    assert ("mm" in sg.wide) == wide and ("x" in sg.one_rows) == (not middle and d > ROW_WIDE_DIM)
 
 
 # ----------------------------------------------------------------------------------------------- graphs

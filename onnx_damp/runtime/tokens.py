@@ -113,6 +113,25 @@ def probe_token_layouts(model: onnx.ModelProto, ops: list[EditableOp], x: np.nda
     return {op.node_name: found[op.input_name] for op in cands if found[op.input_name] is not None}
 
 
+def probed_one_row(model: onnx.ModelProto, names: list[str], x: np.ndarray, input_name: str | None = None,
+                   device: str = "cpu") -> set[str]:
+    """The names among names that are [batch, d] when the model runs (2-D, with 2 rows for 2 images and 3 for 3):
+    for inputs shape inference leaves open (a Reshape to [-1, d] gives an unknown first dim, which could as well
+    be tokens flattened). A batch fixed by the model, or fewer than 3 samples: none."""
+    from onnx_damp.runtime.session import input_spec, make_session
+
+    if not names or len(x) < 3:
+        return set()
+    sess = make_session(_probe_model(model, names), device, basic_optimizations=True)
+    spec = input_spec(sess, input_name)
+    if spec.fixed_batch is not None:
+        return set()
+    fetch = [f"__damp_probe{k}" for k in range(len(names))]
+    x3 = x[:3].astype(spec.dtype)
+    a2, a3 = sess.run(fetch, {spec.name: x3[:2]}), sess.run(fetch, {spec.name: x3})
+    return {n for n, p, q in zip(names, a2, a3) if p.ndim == q.ndim == 2 and p.shape[0] == 2 and q.shape[0] == 3}
+
+
 def batch_rows(model: onnx.ModelProto, names: list[str], input_name: str | None = None) -> set[str]:
     """The names among names that shape inference shows to be [batch, d], one row per sample: the first dim
     is the data input's symbolic batch (or 1 with a batch fixed at 1). They carry no token axis, so they

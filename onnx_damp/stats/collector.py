@@ -10,7 +10,7 @@ from onnx_damp.data.dataset import Dataset, class_batches, prefetch
 from onnx_damp.ops.base import EditableOp
 from onnx_damp.runtime.batching import batch_free_model
 from onnx_damp.runtime.instrument import TOKEN_MODES, instrument, shift_terms
-from onnx_damp.runtime.tokens import TokenLayout, probe_token_layouts
+from onnx_damp.runtime.tokens import TokenLayout, batch_rows, probe_token_layouts, probed_one_row
 from onnx_damp.runtime.predict import output_rows
 from onnx_damp.runtime.session import input_spec, make_session, output_name, run_checked
 from onnx_damp.stats.statistics import LayerStats, Statistics
@@ -50,9 +50,9 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
     fit ROWS_KEPT_BYTES (kept_row_inputs), else from a second pass over the data; given, it is the one limit for
     every layer. rows_budget: bytes of such rows kept at most (default ROWS_KEPT_BYTES; 0: always a second pass).
     """
-    model, layouts, wide, inst, taps = statistics_graph(model, ops, data.x, feature_mode, input_name, device,
-                                                       layouts, precision, wide_dim)
-    row_inputs = kept_row_inputs([op for op in ops if op.node_name in wide], layouts, len(data), rows_budget)
+    model, layouts, wide, inst, taps, one_rows = statistics_graph(model, ops, data.x, feature_mode, input_name,
+                                                                 device, layouts, precision, wide_dim)
+    row_inputs = kept_row_inputs([op for op in ops if op.node_name in wide], one_rows, len(data), rows_budget)
     if row_inputs:
         graph_inputs = {i.name for i in inst.graph.input}
         inst = _with_outputs(inst, [t for t in row_inputs.values() if t not in graph_inputs])
@@ -89,11 +89,25 @@ def is_wide(op: EditableOp, feature_mode: str = "auto", limit: int = WIDE_DIM) -
     return d > limit
 
 
-def one_row_wide(op: EditableOp, layouts: dict[str, TokenLayout], limit: int = ROW_WIDE_DIM) -> bool:
-    """Whether op reads one row per image (not a Conv; no token layout found for its input) of more than limit
-    features: the wide path's statistics then (sums, and moments within the prototypes' span)."""
+def one_row_inputs(model: onnx.ModelProto, ops: list[EditableOp], limit: int, x, input_name: str | None = None,
+                   device: str = "cpu") -> set[str]:
+    """The inputs of ops (not Convs, over limit features) that are [batch, d], one row per image: by shape
+    inference (runtime.tokens.batch_rows), else by running the model on 2 and 3 images (probed_one_row, for a
+    first dim inference leaves open). Only when some op is that wide; an input neither shows is not counted (its
+    layer keeps d x d moments up to WIDE_DIM)."""
     from onnx_damp.ops.registry import adapter
-    return not adapter(op).spatial and op.node_name not in layouts and op.feature_dim > limit
+    names = list(dict.fromkeys(op.input_name for op in ops if not adapter(op).spatial and op.feature_dim > limit))
+    if not names:
+        return set()
+    rows = batch_rows(model, names, input_name)
+    rest = [n for n in names if n not in rows]
+    return rows | (probed_one_row(model, rest, x, input_name, device) if rest else set())
+
+
+def one_row_wide(op: EditableOp, rows: set[str], limit: int = ROW_WIDE_DIM) -> bool:
+    """Whether op reads one row per image (its input among rows, one_row_inputs) of more than limit features:
+    the wide path's statistics then (sums, and moments within the prototypes' span)."""
+    return op.input_name in rows and op.feature_dim > limit
 
 
 # wide layers' input rows kept through the statistics pass, at most this in all (sized before the pass): memory
@@ -102,15 +116,15 @@ def one_row_wide(op: EditableOp, layouts: dict[str, TokenLayout], limit: int = R
 ROWS_KEPT_BYTES = 128 << 20
 
 
-def kept_row_inputs(wide_ops: list[EditableOp], layouts: dict[str, TokenLayout], n: int,
+def kept_row_inputs(wide_ops: list[EditableOp], rows: set[str], n: int,
                     budget: int | None = None) -> dict[str, str]:
     """{node: input tensor} of the wide layers whose input rows the statistics pass keeps (float32 at most,
-    n x d; in order, while the total stays within budget): layers read one row per image ([N, d] into a Gemm
-    without transA or a MatMul with no token layout). Their moments within the prototypes' span then come
+    n x d; in order, while the total stays within budget): layers read one row per image (their [N, d] input
+    among rows, one_row_inputs; a Gemm without transA). Their moments within the prototypes' span then come
     from those rows (projected_stats), not from a second pass over the data."""
     out, used, budget = {}, 0, ROWS_KEPT_BYTES if budget is None else budget
     for op in wide_ops:
-        if not one_row_wide(op, layouts, 0) or op.trans_a:
+        if not one_row_wide(op, rows, 0) or op.trans_a:
             continue
         size = 4 * n * op.feature_dim
         if used + size <= budget:
@@ -158,6 +172,7 @@ class StatisticsGraph(NamedTuple):
     wide: dict[str, None]
     instrumented: onnx.ModelProto
     taps: dict
+    one_rows: set[str]  # inputs read one row per image among those wide enough to matter (one_row_inputs)
 
 
 def statistics_graph(model: onnx.ModelProto, ops: list[EditableOp], x, feature_mode: str = "auto",
@@ -173,11 +188,12 @@ def statistics_graph(model: onnx.ModelProto, ops: list[EditableOp], x, feature_m
     elif layouts is None:
         layouts = probe_token_layouts(model, ops, x, input_name, device)
     limit, row_limit = (WIDE_DIM, ROW_WIDE_DIM) if wide_dim is None else (wide_dim, wide_dim)
+    one_rows = one_row_inputs(model, ops, min(limit, row_limit), x, input_name, device)
     wide = {op.node_name: None for op in ops
-            if is_wide(op, feature_mode, limit) or one_row_wide(op, layouts, row_limit)}
+            if is_wide(op, feature_mode, limit) or one_row_wide(op, one_rows, row_limit)}
     inst, taps = instrument(model, ops, feature_mode, layouts, "float64" if device == "cuda" else precision,
                             wide=wide)
-    return StatisticsGraph(model, layouts, wide, inst, taps)
+    return StatisticsGraph(model, layouts, wide, inst, taps, one_rows)
 
 
 def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size: int, device: str,
