@@ -670,28 +670,35 @@ def per_class_accuracy_(pred, y):
     return per_class_accuracy(pred, y)
 
 
+def overlapping_heldout(forget: list[int]) -> tuple:
+    """The early-rejection tests' setting: an MLP on overlapping classes (edits cost some retain accuracy), its
+    editable ops, the fit part's statistics, the held-out part, the retain classes, the original's held-out
+    predictions and the run options."""
+    from onnx_damp.data.dataset import subset
+    from onnx_damp.runtime.predict import predict
+
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(CLASSES, DIM)) * 1.2
+    model, calib = mlp(rng, means), clusters(rng, means, 400, noise=2.0)
+    ops = scan_graph(model).editable
+    fit, held_idx = split_holdout(calib.y)
+    held = subset(calib, held_idx)
+    return (model, ops, collect(model, ops, subset(calib, fit), forget), held,
+            [c for c in range(CLASSES) if c not in forget], predict(model, held, 256).argmax(1),
+            {"device": "cpu", "input_name": None, "output_name": None})
+
+
 @pytest.mark.parametrize("forget", [[0], [1], [3], [0, 3]])
 def test_early_rejection_picks_what_full_scoring_picks(forget):
     """With the original's held-out predictions, a candidate's retain images stop once the guards are sure to
     fail: the kept candidate, its score and its output rows are those of scoring every candidate whole, and no
     more images are run (fewer where a candidate was stopped)."""
-    from onnx_damp.data.dataset import subset
     from onnx_damp.method.pipeline import _best_candidate
     from onnx_damp.progress import Progress
-    from onnx_damp.runtime.predict import predict
     from onnx_damp.verify.metrics import per_class_accuracy
 
-    rng = np.random.default_rng(0)
-    means = rng.normal(size=(CLASSES, DIM)) * 1.2
-    model, calib = mlp(rng, means), clusters(rng, means, 400, noise=2.0)  # overlapping classes: edits cost some
-    ops = scan_graph(model).editable
-    retain = [c for c in range(CLASSES) if c not in forget]
-    fit, held_idx = split_holdout(calib.y)
-    stats = collect(model, ops, subset(calib, fit), forget)
-    held = subset(calib, held_idx)
-    orig = predict(model, held, 256).argmax(1)
+    model, ops, stats, held, retain, orig, run = overlapping_heldout(forget)
     base = per_class_accuracy(orig, held.y)
-    run = {"device": "cpu", "input_name": None, "output_name": None}
     got = []
     for original_pred in (None, orig):
         bar = Progress(0, "held-out check", quiet=True)
@@ -730,23 +737,14 @@ def test_when_no_candidate_keeps_the_guards_the_stopped_ones_are_finished_not_re
     """Where nothing keeps the guards, pick reads the full drops: each stopped candidate runs the images it did
     not run (no image twice), so the images run are those of scoring every candidate whole; a single candidate
     (no choice to make) is never stopped."""
-    from onnx_damp.data.dataset import subset
     from onnx_damp.method.pipeline import _best_candidate
     from onnx_damp.progress import Progress
-    from onnx_damp.runtime.predict import predict
     from onnx_damp.verify.metrics import per_class_accuracy
 
-    rng = np.random.default_rng(0)
-    means = rng.normal(size=(CLASSES, DIM)) * 1.2
-    model, calib = mlp(rng, means), clusters(rng, means, 400, noise=2.0)
-    ops = scan_graph(model).editable
-    forget, retain = [1], [0, 2, 3, 4]
-    fit, held_idx = split_holdout(calib.y)
-    stats = collect(model, ops, subset(calib, fit), forget)
-    held = subset(calib, held_idx)
-    orig = predict(model, held, 256).argmax(1)
+    forget = [1]
+    model, ops, stats, held, retain, orig, run = overlapping_heldout(forget)
+    assert retain == [0, 2, 3, 4]
     strict = {c: a + 0.5 for c, a in per_class_accuracy(orig, held.y).items()}  # every class "drops" 0.5 or more
-    run = {"device": "cpu", "input_name": None, "output_name": None}
     for use_candidates in (True, False):
         got = []
         for original_pred in (None, orig):
@@ -769,24 +767,14 @@ def test_candidates_on_one_fed_session_pick_score_and_output_as_one_session_each
     every candidate's score, the output rows and the images run are those of a session per candidate, and
     exactly one fed session was made (none with share_sessions=False)."""
     import onnx_damp.method.pipeline as pl
-    from onnx_damp.data.dataset import subset
     from onnx_damp.progress import Progress
-    from onnx_damp.runtime.predict import predict
+    from onnx_damp.runtime.predict import weight_fed_session
     from onnx_damp.verify.metrics import per_class_accuracy
 
     made = []
     monkeypatch.setattr(pl, "weight_fed_session", lambda *a, **k: made.append(1) or weight_fed_session(*a, **k))
-    rng = np.random.default_rng(0)
-    means = rng.normal(size=(CLASSES, DIM)) * 1.2
-    model, calib = mlp(rng, means), clusters(rng, means, 400, noise=2.0)  # [1]: two candidates stopped early
-    ops = scan_graph(model).editable
-    retain = [c for c in range(CLASSES) if c not in forget]
-    fit, held_idx = split_holdout(calib.y)
-    stats = collect(model, ops, subset(calib, fit), forget)
-    held = subset(calib, held_idx)
-    orig = predict(model, held, 256).argmax(1)
+    model, ops, stats, held, retain, orig, run = overlapping_heldout(forget)  # [1]: two candidates stopped early
     base = per_class_accuracy(orig, held.y)
-    run = {"device": "cpu", "input_name": None, "output_name": None}
     got = []
     for share in (False, True):
         bar = Progress(0, "held-out check", quiet=True)
@@ -797,11 +785,6 @@ def test_candidates_on_one_fed_session_pick_score_and_output_as_one_session_each
     assert got[0][0] == got[1][0] and got[0][1] == got[1][1] and got[0][3] == got[1][3]
     assert got[0][4] == got[1][4] and got[0][5] == got[1][5]
     np.testing.assert_array_equal(got[0][2], got[1][2])
-
-
-def weight_fed_session(*a, **k):
-    from onnx_damp.runtime.predict import weight_fed_session as real
-    return real(*a, **k)
 
 
 def test_fed_weights_are_the_own_float_matmul_and_gemm_weights():
