@@ -182,9 +182,17 @@ def expose_zipmap_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
     copy = onnx.ModelProto()
     copy.CopyFrom(model)  # ZipMap comes from scikit-learn converters: small models
-    for name in dict.fromkeys(extra):
-        copy.graph.output.add().name = name  # no type: onnxruntime takes it from the graph
-    return copy
+    return add_outputs(copy, extra)
+
+
+def add_outputs(model: onnx.ModelProto, names) -> onnx.ModelProto:
+    """model (a copy of the tool's own, changed in place) with the tensors names among its graph outputs, those
+    not there already, untyped: onnxruntime takes their types from the graph."""
+    have = {o.name for o in model.graph.output}
+    for name in dict.fromkeys(names):
+        if name not in have:
+            model.graph.output.add().name = name
+    return model
 
 
 _FLOAT_OUTPUTS = frozenset(k for k, v in _ORT_TYPES.items() if np.issubdtype(v, np.floating))

@@ -12,7 +12,7 @@ from onnx_damp.runtime.batching import batch_free_model
 from onnx_damp.runtime.instrument import TOKEN_MODES, instrument, shift_terms
 from onnx_damp.runtime.tokens import TokenLayout, batch_rows, probe_token_layouts, probed_one_row
 from onnx_damp.runtime.predict import output_rows
-from onnx_damp.runtime.session import input_spec, make_session, output_name, run_checked
+from onnx_damp.runtime.session import add_outputs, input_spec, make_session, output_name, run_checked
 from onnx_damp.stats.statistics import LayerStats, Statistics
 
 
@@ -55,7 +55,7 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
     row_inputs = kept_row_inputs([op for op in ops if op.node_name in wide], one_rows, len(data), rows_budget)
     if row_inputs:
         graph_inputs = {i.name for i in inst.graph.input}
-        inst = _with_outputs(inst, [t for t in row_inputs.values() if t not in graph_inputs])
+        inst = add_outputs(inst, [t for t in row_inputs.values() if t not in graph_inputs])
     per_tap, samples, kept, rows = _stream(inst, taps, data, gram_classes, batch_size, device, input_name,
                                            progress, outputs, output, row_inputs)
     bases = {name: prototype_basis(per_tap[taps[name].key]) for name in wide}
@@ -130,15 +130,6 @@ def kept_row_inputs(wide_ops: list[EditableOp], rows: set[str], n: int,
         if used + size <= budget:
             out[op.node_name], used = op.input_name, used + size
     return out
-
-
-def _with_outputs(model: onnx.ModelProto, names) -> onnx.ModelProto:
-    """model (the instrumented copy, the tool's own) with the tensors names among its outputs as well."""
-    have = {o.name for o in model.graph.output}
-    for name in dict.fromkeys(names):
-        if name not in have:
-            model.graph.output.add().name = name  # no type: onnxruntime takes it from the graph
-    return model
 
 
 def projected_stats(rows: np.ndarray, y: np.ndarray, basis: np.ndarray) -> LayerStats:
