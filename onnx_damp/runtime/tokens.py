@@ -87,8 +87,6 @@ def probe_token_layouts(model: onnx.ModelProto, ops: list[EditableOp], x: np.nda
     x: the data (the first three samples are used). A batch fixed at 1 is probed with one image
     (_layout_from_one); a batch fixed at another size gets no layouts (token_probe_note says so).
     """
-    from onnx_damp.runtime.session import input_spec, make_session
-
     cands = [op for op in ops if adapter(op).token_candidate(op)]
     names = list(dict.fromkeys(op.input_name for op in cands))
     if names:
@@ -97,10 +95,7 @@ def probe_token_layouts(model: onnx.ModelProto, ops: list[EditableOp], x: np.nda
         cands = [op for op in cands if op.input_name in names]
     if not names or len(x) < 3:
         return {}
-    sess = make_session(_probe_model(model, names), device, basic_optimizations=True)
-    spec = input_spec(sess, input_name)
-    fetch = [f"__damp_probe{k}" for k in range(len(names))]
-    run = lambda batch: dict(zip(names, sess.run(fetch, {spec.name: batch})))  # noqa: E731
+    spec, run = _probe_session(model, names, input_name, device)
     if spec.fixed_batch == 1:
         r1 = run(x[:1].astype(spec.dtype))
         found = {name: _layout_from_one(r1[name]) for name in names}
@@ -118,18 +113,25 @@ def probed_one_row(model: onnx.ModelProto, names: list[str], x: np.ndarray, inpu
     """The names among names that are [batch, d] when the model runs (2-D, with 2 rows for 2 images and 3 for 3):
     for inputs shape inference leaves open (a Reshape to [-1, d] gives an unknown first dim, which could as well
     be tokens flattened). A batch fixed by the model, or fewer than 3 samples: none."""
-    from onnx_damp.runtime.session import input_spec, make_session
-
     if not names or len(x) < 3:
         return set()
-    sess = make_session(_probe_model(model, names), device, basic_optimizations=True)
-    spec = input_spec(sess, input_name)
+    spec, run = _probe_session(model, names, input_name, device)
     if spec.fixed_batch is not None:
         return set()
-    fetch = [f"__damp_probe{k}" for k in range(len(names))]
     x3 = x[:3].astype(spec.dtype)
-    a2, a3 = sess.run(fetch, {spec.name: x3[:2]}), sess.run(fetch, {spec.name: x3})
-    return {n for n, p, q in zip(names, a2, a3) if p.ndim == q.ndim == 2 and p.shape[0] == 2 and q.shape[0] == 3}
+    a2, a3 = run(x3[:2]), run(x3)
+    return {n for n in names if a2[n].ndim == a3[n].ndim == 2 and a2[n].shape[0] == 2 and a3[n].shape[0] == 3}
+
+
+def _probe_session(model: onnx.ModelProto, names: list[str], input_name: str | None, device: str):
+    """(the data input's spec, run): run(batch) gives each named activation of model on batch, by name, from one
+    session of _probe_model (basic optimisations: no fusion removes a probed tensor)."""
+    from onnx_damp.runtime.session import input_spec, make_session
+
+    sess = make_session(_probe_model(model, names), device, basic_optimizations=True)
+    spec = input_spec(sess, input_name)
+    fetch = [f"__damp_probe{k}" for k in range(len(names))]
+    return spec, lambda batch: dict(zip(names, sess.run(fetch, {spec.name: batch})))
 
 
 def batch_rows(model: onnx.ModelProto, names: list[str], input_name: str | None = None) -> set[str]:
