@@ -14,6 +14,7 @@ apply candidate DAMP edits, keep the best on the held-out images, then the reado
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -264,7 +265,6 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
     fidx = np.flatnonzero(np.isin(held.y, forget))
     ridx = np.flatnonzero(~np.isin(held.y, forget))
     order = ridx if original_pred is None else retain_order(held.y, ridx, original_pred)
-    base_index: list[GraphIndex] = []  # model's graph index, made on the first candidate, copied for the others
 
     def edit(extra, scale) -> tuple[list, onnx.ModelProto]:
         """One candidate's plans (planned now or reused) and the model they edit."""
@@ -276,10 +276,10 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
                  for p in plans_by_extra[extra]]
         return plans, _applied(model, plans, index())
 
+    @functools.cache
     def index() -> GraphIndex:
-        if not base_index:
-            base_index.append(index_graph(model.graph))
-        return base_index[0]
+        """model's graph index, made on the first candidate and copied for each (dm.apply's like)."""
+        return index_graph(model.graph)
 
     shared: dict = {}  # "fed": node -> the initializer a fed session may take its weight from; "sess": that session
 
@@ -291,8 +291,7 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
             shared["fed"] = _fed_weights(model, index(), ops) if share_sessions and run["device"] == "cpu" else {}
         fed = shared["fed"]
         edits = [p.op.node_name for p in plans if p.rank and p.alpha]
-        if (not fed or not all(n in fed for n in edits)
-                or len(edited.graph.initializer) != len(model.graph.initializer)):  # an own copy is not fed
+        if not fed or not all(n in fed for n in edits) or any(p.own_copy for p in plans):  # an own copy: not fed
             return prediction_session(edited, held, run["input_name"], run["device"])
         if "sess" not in shared:
             shared["sess"] = weight_fed_session(model, list(fed.values()), held, run["input_name"], run["device"])
