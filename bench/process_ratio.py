@@ -4,7 +4,9 @@ onnxruntime inference pass over it at the same batch size (numpy and onnxruntime
 model is fed at that size, as such a script would), both as fresh processes, side by side in one run
 (issue 14's target: at most 1.5x). A second, non-quiet run of forget gives the per-phase breakdown from its
 progress lines ("rest": that run's time outside them: imports, loading and checking the inputs, the
-validation table).
+validation table). Last, the start-up alone: a fresh interpreter importing what each side loads before any
+work (numpy and onnxruntime; onnx, click and the package besides), the part of every row's gap that no change
+to the method removes.
 
   python bench/process_ratio.py --zoo-data /tmp/zoo            # samples and zoo models
   python bench/process_ratio.py --models mnist vit_mnist       # a subset
@@ -120,9 +122,27 @@ def main() -> None:
             rows.append(row)
             ph = ", ".join(f"{k} {v:.1f}" for k, v in phases.items())
             print(f"| {name} | {n} | {t_plain:.2f} | {min(t_forget):.2f} | {row['ratio']:.2f}x | {ph} |", flush=True)
+    startup = import_times(args.repeats)
+    print(f"\nstart-up alone (best of {args.repeats}): the plain script's imports {startup['plain_s']:.2f} s, "
+          f"forget's {startup['forget_s']:.2f} s (+{startup['forget_s'] - startup['plain_s']:.2f} s on every row)")
     if args.json:
         args.json.write_text(json.dumps({"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
-                                         "rows": rows}, indent=2))
+                                         "rows": rows, "startup": startup}, indent=2))
+
+
+def import_times(repeats: int) -> dict:
+    """Seconds a fresh interpreter takes to import what each side needs before any work: numpy and
+    onnxruntime (the plain script) against the modules `onnx-damp forget` loads (onnx, click, the package): the
+    part of each row's gap that no change to the method can remove."""
+    plain = [sys.executable, "-c", "import numpy, onnxruntime"]
+    forget = [sys.executable, "-c", "import onnxruntime, threadpoolctl, onnx_damp.cli, onnx_damp.api, "
+                                    "onnx_damp.method.pipeline, onnx_damp.verify.runs, onnx_damp.data.preprocess, "
+                                    "onnx_damp.data.npzmap, onnx_damp.report.tables, onnx_damp.runtime.allocator"]
+    best = {"plain_s": float("inf"), "forget_s": float("inf")}
+    for _ in range(max(repeats, 3)):
+        best["plain_s"] = min(best["plain_s"], timed(plain)[0])
+        best["forget_s"] = min(best["forget_s"], timed(forget)[0])
+    return best
 
 
 if __name__ == "__main__":

@@ -248,8 +248,9 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
     output rows there). bar: the held-out check's progress, sized for the first candidates (it grows when
     weaker or stronger ones are tried); plans: plans already made, by their extra-directions flag.
     lazy: the first candidates all run on the held-out forget images before any runs on the retain images,
-    which then run in order of forget accuracy until one is within the guards (the same pick; False: one
-    candidate after the other, as a reference). first: the first candidates (default CANDIDATES).
+    which then run in order of forget accuracy until one is within the guards; when every first one reads the
+    class above target there, the stronger ones join that screen first (the same pick; False: one candidate
+    after the other, as a reference). first: the first candidates (default CANDIDATES).
     original_pred: the original's predicted class per held-out image; given, a candidate's retain images run in
     chunks (selection.retain_order) and stop once the guards are sure to fail (selection.RetainGuard): the same
     pick, since such a candidate is never within the guards (when none is, the stopped ones are finished: the
