@@ -17,7 +17,7 @@ from onnx_damp.errors import DampError
 from onnx_damp.ops.graph import scan_graph
 from onnx_damp.method.selection import HeldOutScore, pick, score, split_holdout
 from onnx_damp.stats.collector import collect
-from onnx_damp.method.pipeline import CANDIDATES, damp_edit
+from onnx_damp.method.pipeline import damp_edit
 from onnx_damp.options import MethodOptions
 
 from tiny_models import make_model
@@ -594,50 +594,10 @@ def test_lazy_candidate_scoring_picks_what_scoring_each_in_turn_picks(setup, for
     assert got[True][1].to_dict() == got[False][1].to_dict()
     np.testing.assert_array_equal(got[True][2], got[False][2])
     assert got[True][3] <= got[False][3]
-    # the same candidates tried; the lazy path ran all the retain images of fewer of them (no early guard here)
-    assert [c["candidate"] for c in got[True][4]] == [c["candidate"] for c in got[False][4]]
-    scored = [sum(c.get("retain_scored", True) for c in got[k][4]) for k in (True, False)]
-    n_retain = int((~np.isin(held.y, forget)).sum())
-    assert got[True][3] == got[False][3] - n_retain * (scored[1] - scored[0])
     if first is not None:  # the weak first candidate's retain images were not run
+        n_retain = int((~np.isin(held.y, forget)).sum())
+        assert got[True][3] == got[False][3] - n_retain
         assert got[True][4][0]["retain_scored"] is False and got[False][4][0].get("retain_scored", True)
-
-
-def test_stronger_candidates_are_wanted_while_the_class_is_read_above_target():
-    from onnx_damp.method.selection import stronger_wanted
-
-    within_low, within_high = HeldOutScore(0.0, 0.9, {1: 0.0}), HeldOutScore(0.2, 0.9, {1: 0.0})
-    broken_low = HeldOutScore(0.0, 0.5, {1: 0.3})
-    assert not stronger_wanted([within_low, within_high], 0.01)
-    assert stronger_wanted([within_high, HeldOutScore(0.1, 0.9, {1: 0.0})], 0.01)
-    assert stronger_wanted([within_high, broken_low], 0.01)     # the one at target breaks the guards
-    assert stronger_wanted([HeldOutScore(0.3, 0.5, {1: 0.3}), HeldOutScore(0.2, 0.5, {1: 0.3})], 0.01)
-    assert not stronger_wanted([broken_low, HeldOutScore(0.3, 0.5, {1: 0.3})], 0.01)  # weaker ones next
-
-
-def test_a_stronger_candidate_that_breaks_the_guards_does_not_end_the_search(setup):
-    """forget 2 on the test MLP: doubling alpha costs a retain class 5 points, the full projection costs none
-    and forgets all: it is tried and kept (the search once stopped at the first stronger one that broke the
-    guards, and kept plain damp at 15% held-out forget accuracy)."""
-    from onnx_damp.data.dataset import subset
-    from onnx_damp.method.pipeline import _best_candidate
-    from onnx_damp.progress import Progress
-    from onnx_damp.runtime.predict import predict
-    from onnx_damp.verify.metrics import per_class_accuracy
-
-    model, _, calib, _ = setup
-    ops = scan_graph(model).editable
-    fit, held_idx = split_holdout(calib.y)
-    stats = collect(model, ops, subset(calib, fit), [2])
-    held = subset(calib, held_idx)
-    base = per_class_accuracy(predict(model, held, 256).argmax(1), held.y)
-    run = {"device": "cpu", "input_name": None, "output_name": None}
-    _, sc, rec, _ = _best_candidate(model, ops, stats, held, [2], [0, 1, 3, 4], base, True, "energy", True, run,
-                                    0.01, Progress(0, "held-out check", quiet=True), lazy=False)
-    by_name = {c["candidate"]: c for c in rec.candidates}
-    assert by_name["damp, stronger"]["worst_retain_drop"] > 0.03          # breaks the 3-point guard
-    assert rec.candidate == "damp, full strength" and sc.within_guards() and sc.forget_accuracy == 0.0
-    assert by_name["damp"]["forget_accuracy"] > 0.01
 
 
 def test_column_median_and_label_values_match_numpy():
@@ -751,9 +711,8 @@ def test_early_rejection_picks_what_full_scoring_picks(forget):
     stopped = [c for c in got[1][5] if c.get("rejected_early")]
     assert got[1][3] <= got[0][3] - sum(len(held) - int(np.isin(held.y, forget).sum()) - c["retain_images_run"]
                                         for c in stopped)
-    if forget == [1]:  # this data's class 1: the first two candidates break the guards early (and the stronger
-        # one tried since both read the class above target)
-        assert [c["candidate"] for c in stopped[:2]] == [c[0] for c in CANDIDATES] and got[1][3] < got[0][3]
+    if forget == [1]:  # this data's class 1: the first two candidates break the guards early
+        assert len(stopped) == 2 and got[1][3] < got[0][3]
 
 
 def test_without_the_layer_probe_the_edit_is_the_same(setup):

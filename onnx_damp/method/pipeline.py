@@ -4,8 +4,8 @@ apply candidate DAMP edits, keep the best on the held-out images, then the reado
 1. Split: every fifth calibration image of each class (at most 256) is held out (selection.split_holdout);
    statistics come from the rest, every choice below from the held-out images, which built nothing.
 2. Representation edit (DAMP): one statistics pass; candidate plans from the same statistics (with and
-   without extra directions; stronger ones, up to a full projection, only when both or the best within the
-   guards leave held-out forget accuracy above the target; weaker ones only when none keeps the guards);
+   without extra directions; weaker ones only when neither keeps the retain guards, stronger ones, up to a
+   full projection, only when the best within the guards leaves held-out forget accuracy above the target);
    each is applied to a copy and scored on the held-out images; selection.pick keeps one. Further passes (max_passes > 1)
    re-collect statistics on the kept model and are kept only when the held-out images say they are better.
 3. Readout stage (readout.py): the last operator's bias is lowered for the forget channels by a shift
@@ -33,7 +33,7 @@ from onnx_damp.runtime.predict import (FedWeights, SessionPool, pooled, predict,
 from onnx_damp.runtime.session import serialise_whole
 from onnx_damp.verify.metrics import per_class_accuracy
 from onnx_damp.method.selection import (HeldOutScore, RetainGuard, forget_only, pick, retain_order, score,
-                                          split_holdout, stronger_wanted)
+                                          split_holdout)
 from onnx_damp.options import MethodOptions, RunOptions
 from onnx_damp.progress import QUIET, Phases
 from onnx_damp.stats.collector import Collector, collect
@@ -41,10 +41,10 @@ from onnx_damp.stats.statistics import Statistics
 from onnx_damp.ops.weights import (FLOAT_TYPES, BiasRef, GraphIndex, index_graph, output_bias, shift_bias,
                                    weight_ref)
 
-# (name, extra directions, alpha scale; see _scaled): tried in this order; the stronger ones only when every
-# first one, or the best one within the retain guards, leaves held-out forget accuracy above the target
-# (selection.stronger_wanted; they stop at the first that reaches the target), the weaker ones only when no
-# candidate so far keeps the guards (they stop at the first that keeps them)
+# (name, extra directions, alpha scale; see _scaled): tried in this order; the weaker ones only when no
+# full one keeps the retain guards on the held-out images, the stronger ones only when the best one within
+# the guards still leaves held-out forget accuracy above the target (each stops at the first that breaks
+# the guards or reaches the target)
 CANDIDATES = (("damp", True, 1.0), ("damp, residual directions only", False, 1.0))
 STRONGER_CANDIDATES = (("damp, stronger", True, 2.0), ("damp, full strength", True, float("inf")))
 FALLBACK_CANDIDATES = (("damp, half strength", True, 0.5), ("damp, residual directions only, half strength", False, 0.5),
@@ -248,9 +248,8 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
     output rows there). bar: the held-out check's progress, sized for the first candidates (it grows when
     weaker or stronger ones are tried); plans: plans already made, by their extra-directions flag.
     lazy: the first candidates all run on the held-out forget images before any runs on the retain images,
-    which then run in order of forget accuracy until one is within the guards; when every first one reads the
-    class above target there, the stronger ones join that screen first (the same pick; False: one candidate
-    after the other, as a reference). first: the first candidates (default CANDIDATES).
+    which then run in order of forget accuracy until one is within the guards (the same pick; False: one
+    candidate after the other, as a reference). first: the first candidates (default CANDIDATES).
     original_pred: the original's predicted class per held-out image; given, a candidate's retain images run in
     chunks (selection.retain_order) and stop once the guards are sure to fail (selection.RetainGuard): the same
     pick, since such a candidate is never within the guards (when none is, the stopped ones are finished: the
@@ -364,7 +363,6 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
         accs = [t[3].forget_accuracy for t in tried if t[3].within_guards()]
         return min(accs) if accs else None
 
-    stronger_pooled = False  # the stronger candidates were screened with the first ones (lazy)
     if lazy and len(cands) > 1 and len(fidx) and len(ridx):
         # Every first candidate on the forget images, then the retain images in order of forget accuracy (the
         # earlier on ties) until one is within the guards: the pick is the one scoring them all would make
@@ -374,16 +372,6 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
             retain_too(entries[0])
         if "score" not in entries[0] or not entries[0]["score"].within_guards():
             entries += [lean(forget_first(c)) for c in cands[1:]]
-            if use_candidates and min(e["f_acc"] for e in entries) > target:
-                # every first candidate leaves the class above target (stronger_wanted, whatever the guards
-                # say): the stronger ones join the screen, each until one reaches the target, and the retain
-                # loop below runs the lowest forget accuracy first (vit_fashion: one retain run, not three)
-                stronger_pooled = True
-                for c in STRONGER_CANDIDATES:
-                    bar.grow(len(held))
-                    entries.append(lean(forget_first(c)))
-                    if entries[-1]["f_acc"] <= target:
-                        break
             for e in sorted(entries, key=lambda e: (e["f_acc"], entries.index(e))):
                 if "score" not in e:
                     retain_too(e)
@@ -399,15 +387,15 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
             if tried[-1][3].within_guards() and tried[-1][3].forget_accuracy == 0:
                 bar.grow(bar.done - bar.total)  # the rest was planned and is not needed
                 break  # nothing later can be picked over it (pick: lowest forget accuracy, earlier wins ties)
-    if use_candidates and not stronger_pooled and stronger_wanted([t[3] for t in tried], target):
-        for c in STRONGER_CANDIDATES:  # the held-out images still read the class: a stronger edit, if they allow it
-            attempt(*c, beat=best_within())  # one that cannot beat a candidate within the guards runs no retain image
-            if tried[-1][3].forget_accuracy <= target:
-                break
     if use_candidates and not any(t[3].within_guards() for t in tried):
         for c in FALLBACK_CANDIDATES:
             attempt(*c)
             if tried[-1][3].within_guards():
+                break
+    elif use_candidates and tried[pick([t[3] for t in tried])][3].forget_accuracy > target:
+        for c in STRONGER_CANDIDATES:  # the held-out images still read the class: a stronger edit, if they allow it
+            attempt(*c, beat=best_within())  # one that does not lower forget accuracy ends the search unscored
+            if not tried[-1][3].within_guards() or tried[-1][3].forget_accuracy <= target:
                 break
     if not any(t[3].within_guards() for t in tried):  # pick goes by the full drops: the stopped ones are finished
         for i, (n_, p_, ed, sc_, out) in enumerate(tried):

@@ -112,15 +112,6 @@ def pick(scores: list[HeldOutScore]) -> int:
     return min(scored, key=lambda i: (scores[i].worst[1], scores[i].mean_drop, i))
 
 
-def stronger_wanted(scores: list[HeldOutScore], target: float) -> bool:
-    """Whether the stronger candidates are tried after these first ones: every one leaves held-out forget
-    accuracy above target, or the best within the retain guards does. Each stronger one is then scored (a
-    stronger one that breaks the guards does not end the search: the next may keep them, e.g. a full
-    projection that removes the class from the features where a doubled alpha only weakens it)."""
-    within = [s.forget_accuracy for s in scores if s.within_guards()]
-    return min(s.forget_accuracy for s in scores) > target or (bool(within) and min(within) > target)
-
-
 def forget_only(forget_accuracy: float) -> HeldOutScore:
     """The score of a candidate run on the held-out forget images only: its forget accuracy was not below
     that of a candidate already within the guards, so pick could never choose it (ties go to the earlier)."""
