@@ -689,21 +689,27 @@ def overlapping_heldout(forget: list[int]) -> tuple:
 
 
 @pytest.mark.parametrize("forget", [[0], [1], [3], [0, 3]])
-def test_early_rejection_picks_what_full_scoring_picks(forget):
+@pytest.mark.parametrize("by_margin", [False, True])
+def test_early_rejection_picks_what_full_scoring_picks(forget, by_margin):
     """With the original's held-out predictions, a candidate's retain images stop once the guards are sure to
     fail: the kept candidate, its score and its output rows are those of scoring every candidate whole, and no
-    more images are run (fewer where a candidate was stopped)."""
+    more images are run (fewer where a candidate was stopped); by_margin: its hits run from the original's
+    smallest margin up (the same pick and score)."""
     from onnx_damp.method.pipeline import _best_candidate
+    from onnx_damp.method.selection import top_margin
     from onnx_damp.progress import Progress
+    from onnx_damp.runtime.predict import predict
     from onnx_damp.verify.metrics import per_class_accuracy
 
     model, ops, stats, held, retain, orig, run = overlapping_heldout(forget)
     base = per_class_accuracy(orig, held.y)
+    margin = top_margin(predict(model, held, 256)) if by_margin else None
     got = []
     for original_pred in (None, orig):
         bar = Progress(0, "held-out check", quiet=True)
         edited, sc, rec, out = _best_candidate(model, ops, stats, held, forget, retain, base, True, "energy", True,
-                                               run, 0.01, bar, original_pred=original_pred)
+                                               run, 0.01, bar, original_pred=original_pred,
+                                               original_margin=margin if original_pred is not None else None)
         got.append((rec.candidate, sc.to_dict(), out, bar.done, bar.total, rec.candidates))
     assert got[0][0] == got[1][0] and got[0][1] == got[1][1]
     np.testing.assert_array_equal(got[0][2], got[1][2])
@@ -713,6 +719,41 @@ def test_early_rejection_picks_what_full_scoring_picks(forget):
                                         for c in stopped)
     if forget == [1]:  # this data's class 1: the first two candidates break the guards early
         assert len(stopped) == 2 and got[1][3] < got[0][3]
+
+
+def test_smallest_margins_first_stop_a_failing_candidate_sooner():
+    """forget 1 on the overlapping MLP: the two first candidates break the guards; run from the original's
+    smallest margins up, their retain images stop after fewer images than in file order."""
+    from onnx_damp.method.pipeline import _best_candidate
+    from onnx_damp.method.selection import top_margin
+    from onnx_damp.progress import Progress
+    from onnx_damp.runtime.predict import predict
+    from onnx_damp.verify.metrics import per_class_accuracy
+
+    model, ops, stats, held, retain, orig, run = overlapping_heldout([1])
+    base = per_class_accuracy(orig, held.y)
+    runs = {}
+    for by_margin in (False, True):
+        margin = top_margin(predict(model, held, 256)) if by_margin else None
+        _, sc, rec, _ = _best_candidate(model, ops, stats, held, [1], retain, base, True, "energy", True, run,
+                                        0.01, Progress(0, "held-out check", quiet=True), original_pred=orig,
+                                        original_margin=margin)
+        runs[by_margin] = (rec.candidate, sc.to_dict(),
+                           [c["retain_images_run"] for c in rec.candidates if c.get("rejected_early")])
+    assert runs[True][:2] == runs[False][:2]
+    assert len(runs[True][2]) == len(runs[False][2]) == 2 and sum(runs[True][2]) < sum(runs[False][2])
+
+
+def test_top_margin_and_the_margin_order():
+    from onnx_damp.method.selection import retain_order, top_margin
+
+    out = np.array([[3.0, 1.0, 2.0], [0.0, 5.0, 4.5], [1.0, 1.0, 0.0], [2.0, 0.0, -1.0]])
+    np.testing.assert_allclose(top_margin(out), [1.0, 0.5, 0.0, 2.0])
+    assert top_margin(np.ones((2, 1))).tolist() == [0.0, 0.0]
+    y = np.array([1, 1, 1, 2, 2, 0])
+    pred = np.array([1, 0, 1, 2, 2, 0])          # index 1 missed
+    margin = np.array([5.0, 0.1, 0.2, 0.3, 0.05, 1.0])
+    assert retain_order(y, np.arange(5), pred, margin).tolist() == [1, 2, 4, 0, 3]  # miss, then hits by margin
 
 
 def test_without_the_layer_probe_the_edit_is_the_same(setup):

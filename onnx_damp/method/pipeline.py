@@ -33,7 +33,7 @@ from onnx_damp.runtime.predict import (FedWeights, SessionPool, pooled, predict,
 from onnx_damp.runtime.session import serialise_whole
 from onnx_damp.verify.metrics import per_class_accuracy
 from onnx_damp.method.selection import (HeldOutScore, RetainGuard, forget_only, pick, retain_order, score,
-                                          split_holdout)
+                                          split_holdout, top_margin)
 from onnx_damp.options import MethodOptions, RunOptions
 from onnx_damp.progress import QUIET, Phases
 from onnx_damp.stats.collector import Collector, collect
@@ -164,11 +164,12 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
                             session=pooled(sessions, proto, held, input_name, device))
         base = per_class_accuracy(orig_held.argmax(1), held.y)
         rows = head_rows(ops[-1], forget, orig_held.shape[1]) if method.head_rows else None
-        orig_pred = orig_held.argmax(1)
+        orig_pred, orig_margin = orig_held.argmax(1), top_margin(orig_held)
         rep_model, best, rec, rep_out = _best_candidate(proto, ops, stats, held, forget, retain, base,
                                                         extra_directions, extra_bar, candidates, rk,
                                                         target_forget_accuracy, bar, rows, plans,
-                                                        original_pred=orig_pred, layer_probe=method.layer_probe)
+                                                        original_pred=orig_pred, original_margin=orig_margin,
+                                                        layer_probe=method.layer_probe)
     outcome.passes.append(rec)
     for k in range(2, max_passes + 1):
         if best.forget_accuracy <= target_forget_accuracy:
@@ -181,7 +182,8 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
         with phases(f"held-out check, pass {k}", len(held) * n_cands) as bar:
             model, sc, r, out = _best_candidate(rep_model, ops, st, held, forget, retain, base, extra_directions,
                                                 extra_bar, candidates, rk, target_forget_accuracy, bar, rows, plans,
-                                                original_pred=orig_pred, layer_probe=method.layer_probe)
+                                                original_pred=orig_pred, original_margin=orig_margin,
+                                                        layer_probe=method.layer_probe)
         # kept when the held-out images prefer it, or rate it as good (a tie within the guards: a further pass
         # removes more of the class from the features, which the held-out accuracy alone cannot see)
         better = pick([best, sc]) == 1 or (sc.within_guards() and sc.forget_accuracy <= best.forget_accuracy)
@@ -242,7 +244,8 @@ def head_rows(head: EditableOp, forget: Sequence[int], n_outputs: int) -> "tuple
 
 def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directions, extra_bar, use_candidates,
                     run, target, bar, rows=None, plans=None, lazy: bool = True, first: tuple | None = None,
-                    original_pred: np.ndarray | None = None, layer_probe: bool = True, share_sessions: bool = True
+                    original_pred: np.ndarray | None = None, layer_probe: bool = True, share_sessions: bool = True,
+                    original_margin: np.ndarray | None = None
                     ) -> tuple[onnx.ModelProto, HeldOutScore, PassRecord, np.ndarray]:
     """Plan every candidate from the same statistics, score each on the held-out images, keep one (and its
     output rows there). bar: the held-out check's progress, sized for the first candidates (it grows when
@@ -254,6 +257,9 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
     chunks (selection.retain_order) and stop once the guards are sure to fail (selection.RetainGuard): the same
     pick, since such a candidate is never within the guards (when none is, the stopped ones are finished: the
     images they did not run, no image twice). Not with a single candidate (use_candidates False): nothing to choose.
+    original_margin: the original's top score less its second per held-out image (selection.top_margin): the
+    retain images the original gets right then run from the smallest margin up, so that a candidate bound to
+    break the guards is stopped sooner (the same scores and pick).
     layer_probe: plans made here compute the whole-space layer separability (MethodOptions.layer_probe).
     share_sessions: candidates that edit only MatMul/Gemm weights of their own (_fed_weights) run on one session
     fed each candidate's weights, on the CPU (False: a session per candidate).
@@ -264,7 +270,7 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
 
     fidx = np.flatnonzero(np.isin(held.y, forget))
     ridx = np.flatnonzero(~np.isin(held.y, forget))
-    order = ridx if original_pred is None else retain_order(held.y, ridx, original_pred)
+    order = ridx if original_pred is None else retain_order(held.y, ridx, original_pred, original_margin)
 
     def edit(extra, scale) -> tuple[list, onnx.ModelProto]:
         """One candidate's plans (planned now or reused) and the model they edit."""
