@@ -169,7 +169,7 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
                                                         extra_directions, extra_bar, candidates, rk,
                                                         target_forget_accuracy, bar, rows, plans,
                                                         original_pred=orig_pred, original_margin=orig_margin,
-                                                        layer_probe=method.layer_probe)
+                                                layer_probe=method.layer_probe)
     outcome.passes.append(rec)
     for k in range(2, max_passes + 1):
         if best.forget_accuracy <= target_forget_accuracy:
@@ -183,7 +183,7 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
             model, sc, r, out = _best_candidate(rep_model, ops, st, held, forget, retain, base, extra_directions,
                                                 extra_bar, candidates, rk, target_forget_accuracy, bar, rows, plans,
                                                 original_pred=orig_pred, original_margin=orig_margin,
-                                                        layer_probe=method.layer_probe)
+                                                layer_probe=method.layer_probe)
         # kept when the held-out images prefer it, or rate it as good (a tie within the guards: a further pass
         # removes more of the class from the features, which the held-out accuracy alone cannot see)
         better = pick([best, sc]) == 1 or (sc.within_guards() and sc.forget_accuracy <= best.forget_accuracy)
