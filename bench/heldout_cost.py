@@ -74,16 +74,18 @@ def compare(a_path: Path, b_path: Path) -> None:
     print("| model | A images | B images | sets B more / fewer | picks changed |")
     print("|---|---|---|---|---|")
     for m in dict.fromkeys(x["model"] for x, _ in pairs):
-        ps = [(x, y) for x, y in pairs if x["model"] == m]
-        print(f"| {m} | {sum(x['heldout_images'] for x, _ in ps)} | {sum(y['heldout_images'] for _, y in ps)} | "
-              f"{sum(y['heldout_images'] > x['heldout_images'] for x, y in ps)} / "
-              f"{sum(y['heldout_images'] < x['heldout_images'] for x, y in ps)} | "
-              f"{sum(x['candidate'] != y['candidate'] for x, y in ps)} |")
-    print(f"| all ({len(pairs)} sets) | {sum(x['heldout_images'] for x, _ in pairs)} | "
-          f"{sum(y['heldout_images'] for _, y in pairs)} | "
-          f"{sum(y['heldout_images'] > x['heldout_images'] for x, y in pairs)} / "
-          f"{sum(y['heldout_images'] < x['heldout_images'] for x, y in pairs)} | "
-          f"{sum(x['candidate'] != y['candidate'] for x, y in pairs)} |")
+        print(compare_row(m, [(x, y) for x, y in pairs if x["model"] == m]))
+    print(compare_row(f"all ({len(pairs)} sets)", pairs))
+
+
+def compare_row(label: str, pairs: list[tuple[dict, dict]]) -> str:
+    """One table row over pairs of (run A, run B) rows of the same forget sets."""
+    a = sum(x["heldout_images"] for x, _ in pairs)
+    b = sum(y["heldout_images"] for _, y in pairs)
+    more = sum(y["heldout_images"] > x["heldout_images"] for x, y in pairs)
+    fewer = sum(y["heldout_images"] < x["heldout_images"] for x, y in pairs)
+    changed = sum(x["candidate"] != y["candidate"] for x, y in pairs)
+    return f"| {label} | {a} | {b} | {more} / {fewer} | {changed} |"
 
 
 def main() -> None:
@@ -97,20 +99,18 @@ def main() -> None:
     if args.compare:
         compare(*args.compare)
         return
-    rows = []
+    models = []
     for name in (args.models if args.models is not None else list(zoo.ZOO) + list(zoo.SAMPLES)):
         files = zoo.model_files(name, args.zoo_data)
         if files is None:
             print(f"{name}: skipped (no data; see zoo/prepare.py)", file=sys.stderr)
-            continue
-        rows += model_rows(name, files)
-        print(f"{name}: {sum(r['heldout_images'] for r in rows if r['model'] == name)} held-out images",
-              file=sys.stderr, flush=True)
-    for spec in args.extra:
-        name, files = zoo.extra_files(spec)
-        rows += model_rows(name, files)
-        print(f"{name}: {sum(r['heldout_images'] for r in rows if r['model'] == name)} held-out images",
-              file=sys.stderr, flush=True)
+        else:
+            models.append((name, files))
+    rows = []
+    for name, files in models + [zoo.extra_files(spec) for spec in args.extra]:
+        got = model_rows(name, files)
+        rows += got
+        print(f"{name}: {sum(r['heldout_images'] for r in got)} held-out images", file=sys.stderr, flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 

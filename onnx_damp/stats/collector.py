@@ -60,8 +60,8 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
                                            progress, outputs, output, row_inputs)
     bases = {name: prototype_basis(per_tap[taps[name].key]) for name in wide}
     for name, r in rows.items():  # wide layers whose rows were kept: their projected moments from those rows
-        per_tap[taps[name].key].basis, per_tap[taps[name].key].projected = bases[name], projected_stats(
-            r, data.y, bases[name])
+        st = per_tap[taps[name].key]
+        st.basis, st.projected = bases[name], projected_stats(r, data.y, bases[name])
     rest = [name for name in wide if name not in rows]
     if rest:  # second pass, the other wide layers: second moments of the rows projected on the prototypes' span
         inst, wtaps = instrument(model, [op for op in ops if op.node_name in rest], feature_mode, layouts,
