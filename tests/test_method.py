@@ -219,7 +219,8 @@ def test_wide_moments_from_kept_rows_equal_the_second_pass(setup, monkeypatch):
     """A wide layer read one row per image keeps its input rows through the one pass (the graph input itself
     for fc1): its moments within the prototypes' span equal those of a second pass over the data (float64,
     to rounding), and no second graph is built; a budget too small for a layer's rows leaves that layer to the
-    second pass."""
+    second pass, or to a temporary file (spilled) where the disk has room: the same numbers as in memory, bit for
+    bit, and still no second graph."""
     import onnx_damp.stats.collector as sc
     from onnx_damp.stats.collector import kept_row_inputs
 
@@ -230,8 +231,10 @@ def test_wide_moments_from_kept_rows_equal_the_second_pass(setup, monkeypatch):
     ops = scan_graph(model).editable
     one = collect(model, ops, calib, [0], wide_dim=4, outputs=True)  # the model's outputs kept as well
     assert len(graphs) == 1 and one.outputs.shape == (len(calib.y), CLASSES)
-    two = collect(model, ops, calib, [0], wide_dim=4, rows_budget=0)
-    assert len(graphs) == 3
+    spilled = collect(model, ops, calib, [0], wide_dim=4, rows_budget=0)
+    assert len(graphs) == 2
+    two = collect(model, ops, calib, [0], wide_dim=4, rows_budget=0, spill=False)
+    assert len(graphs) == 4
     for name, a in one.layers.items():
         b = two.layers[name]
         assert a.wide and b.wide and np.array_equal(a.basis, b.basis) and a.projected.rows == b.projected.rows
@@ -239,11 +242,18 @@ def test_wide_moments_from_kept_rows_equal_the_second_pass(setup, monkeypatch):
             np.testing.assert_allclose(a.projected.sums[c], b.projected.sums[c], rtol=1e-12, atol=1e-9)
             np.testing.assert_allclose(a.projected.grams[c], b.projected.grams[c], rtol=1e-12, atol=1e-9)
         np.testing.assert_allclose(a.projected.total_gram, b.projected.total_gram, rtol=1e-12, atol=1e-9)
+        s = spilled.layers[name].projected
+        assert all(np.array_equal(a.projected.grams[c], s.grams[c]) for c in a.projected.grams)
+        assert np.array_equal(a.projected.total_gram, s.total_gram)
     n, d0 = len(calib.y), ops[0].feature_dim
     rows = {o.input_name for o in ops}
-    assert kept_row_inputs(ops, rows, n) == {o.node_name: o.input_name for o in ops}
-    assert kept_row_inputs(ops, rows, n, budget=4 * n * d0) == {ops[0].node_name: ops[0].input_name}
-    assert kept_row_inputs(ops, rows - {ops[0].input_name}, n) == {ops[1].node_name: ops[1].input_name}
+    assert kept_row_inputs(ops, rows, n) == {o.node_name: (o.input_name, False) for o in ops}
+    assert kept_row_inputs(ops, rows, n, budget=4 * n * d0) == {ops[0].node_name: (ops[0].input_name, False),
+                                                               ops[1].node_name: (ops[1].input_name, True)}
+    assert kept_row_inputs(ops, rows, n, budget=4 * n * d0, spill=False) == {ops[0].node_name: (ops[0].input_name,
+                                                                                                False)}
+    assert kept_row_inputs(ops, rows - {ops[0].input_name}, n) == {ops[1].node_name: (ops[1].input_name, False)}
+    assert kept_row_inputs(ops, rows, 1 << 50) == {}  # no disk holds these rows: the second pass
 
 
 @pytest.mark.parametrize("shape,one_row", [([-1, 2100], True), ([-1, 1050], False)])

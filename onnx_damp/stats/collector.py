@@ -1,6 +1,7 @@
 """Per-class float64 statistics of every editable operator's input, collected in one streamed pass."""
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Callable, Iterable, NamedTuple, Protocol
 
 import numpy as np
@@ -13,6 +14,7 @@ from onnx_damp.runtime.instrument import TOKEN_MODES, instrument, shift_terms
 from onnx_damp.runtime.tokens import TokenLayout, batch_rows, probe_token_layouts, probed_one_row
 from onnx_damp.runtime.predict import output_rows
 from onnx_damp.runtime.session import add_outputs, input_spec, make_session, output_name, run_checked
+from onnx_damp.stats.rows import KeptRows, can_spill
 from onnx_damp.stats.statistics import LayerStats, Statistics
 
 
@@ -32,7 +34,7 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
             input_name: str | None = None, progress: Callable[[int], None] | None = None,
             layouts: dict[str, TokenLayout] | None = None, precision: str = "float32",
             outputs: bool = False, output: str | None = None, wide_dim: int | None = None,
-            rows_budget: int | None = None) -> Statistics:
+            rows_budget: int | None = None, spill: bool = True) -> Statistics:
     """Stream data through an instrumented copy of model in single-class batches and reduce per batch.
 
     gram_classes: classes whose second moments are kept (the forget classes); None keeps every class's
@@ -47,21 +49,26 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
     wide_dim: input widths above this (default WIDE_DIM, and ROW_WIDE_DIM for a layer read one row per image:
     one_row_wide) get sums and second moments within the span of the class prototypes instead of d x d Grams
     (see plan._plan_wide): from their input rows, kept through the pass where they are one row per image and
-    fit ROWS_KEPT_BYTES (kept_row_inputs), else from a second pass over the data; given, it is the one limit for
-    every layer. rows_budget: bytes of such rows kept at most (default ROWS_KEPT_BYTES; 0: always a second pass).
+    fit ROWS_KEPT_BYTES (kept_row_inputs), else in a temporary file where its disk has room (stats.rows), else from a
+    second pass over the data; given, it is the one limit for every layer. rows_budget: bytes of such rows kept in
+    memory at most (default ROWS_KEPT_BYTES); spill: False never writes rows to a file (rows_budget=0 and
+    spill=False: always a second pass).
     """
     model, layouts, wide, inst, taps, one_rows = statistics_graph(model, ops, data.x, feature_mode, input_name,
                                                                  device, layouts, precision, wide_dim)
-    row_inputs = kept_row_inputs([op for op in ops if op.node_name in wide], one_rows, len(data), rows_budget)
-    if row_inputs:
+    kept = kept_row_inputs([op for op in ops if op.node_name in wide], one_rows, len(data), rows_budget, spill)
+    if kept:
         graph_inputs = {i.name for i in inst.graph.input}
-        inst = add_outputs(inst, [t for t in row_inputs.values() if t not in graph_inputs])
-    per_tap, samples, kept, rows = _stream(inst, taps, data, gram_classes, batch_size, device, input_name,
-                                           progress, outputs, output, row_inputs)
-    bases = {name: prototype_basis(per_tap[taps[name].key]) for name in wide}
-    for name, r in rows.items():  # wide layers whose rows were kept: their projected moments from those rows
-        st = per_tap[taps[name].key]
-        st.basis, st.projected = bases[name], projected_stats(r, data.y, bases[name])
+        inst = add_outputs(inst, [t for t, _ in kept.values() if t not in graph_inputs])
+    with ExitStack() as stack:
+        stores = {name: (tensor, stack.enter_context(KeptRows(taps[name].feature_dim, len(data), spilled)))
+                  for name, (tensor, spilled) in kept.items()}
+        per_tap, samples, outs, rows = _stream(inst, taps, data, gram_classes, batch_size, device, input_name,
+                                               progress, outputs, output, stores)
+        bases = {name: prototype_basis(per_tap[taps[name].key]) for name in wide}
+        for name, store in rows.items():  # wide layers whose rows were kept: their projected moments from those rows
+            st = per_tap[taps[name].key]
+            st.basis, st.projected = bases[name], store.projected(bases[name])
     rest = [name for name in wide if name not in rows]
     if rest:  # second pass, the other wide layers: second moments of the rows projected on the prototypes' span
         inst, wtaps = instrument(model, [op for op in ops if op.node_name in rest], feature_mode, layouts,
@@ -72,7 +79,7 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
             st.basis, st.projected = bases[name], projected[wtaps[name].key]
     keep = None if gram_classes is None else set(int(c) for c in gram_classes)
     return Statistics({name: per_tap[t.key] for name, t in taps.items()}, samples, feature_mode, layouts,
-                      None if keep is None else sorted(keep), outputs=kept)
+                      None if keep is None else sorted(keep), outputs=outs)
 
 
 WIDE_DIM = 4096  # above this input width a layer gets no d x d Gram (128 MiB per class in float64)
@@ -110,37 +117,30 @@ def one_row_wide(op: EditableOp, rows: set[str], limit: int = ROW_WIDE_DIM) -> b
     return op.input_name in rows and op.feature_dim > limit
 
 
-# wide layers' input rows kept through the statistics pass, at most this in all (sized before the pass): memory
-# stays within this of flat in the data, and larger sets take the second pass (cifar10_winml's 2,400-wide rows:
-# 23 MB for 2,400 images, 206 MB for 21,440; mnist_burn's 11,616-wide ones 111 MB for 2,400)
+# wide layers' input rows kept in memory through the statistics pass, at most this in all (sized before the pass);
+# the others are spilled to a temporary file where its disk has room (stats.rows), else take a second pass:
+# memory stays within this of flat in the data (cifar10_winml's 2,400-wide rows: 23 MB for 2,400 images, 206 MB
+# for 21,440; mnist_burn's 11,616-wide ones 111 MB for 2,400)
 ROWS_KEPT_BYTES = 128 << 20
 
 
-def kept_row_inputs(wide_ops: list[EditableOp], rows: set[str], n: int,
-                    budget: int | None = None) -> dict[str, str]:
-    """{node: input tensor} of the wide layers whose input rows the statistics pass keeps (float32 at most,
-    n x d; in order, while the total stays within budget): layers read one row per image (their [N, d] input
-    among rows, one_row_inputs; a Gemm without transA). Their moments within the prototypes' span then come
-    from those rows (projected_stats), not from a second pass over the data."""
-    out, used, budget = {}, 0, ROWS_KEPT_BYTES if budget is None else budget
+def kept_row_inputs(wide_ops: list[EditableOp], rows: set[str], n: int, budget: int | None = None,
+                    spill: bool = True, directory: str | None = None) -> dict[str, tuple[str, bool]]:
+    """{node: (input tensor, spilled)} of the wide layers whose input rows the statistics pass keeps (float32 at
+    most, n x d): layers read one row per image (their [N, d] input among rows, one_row_inputs; a Gemm without
+    transA). In order, in memory while the total stays within budget, the others in a temporary file (spilled)
+    while its disk has room (rows.can_spill; spill=False: never). Their moments within the prototypes' span then
+    come from those rows (KeptRows.projected), not from a second pass over the data."""
+    out, used, spilled, budget = {}, 0, 0, ROWS_KEPT_BYTES if budget is None else budget
     for op in wide_ops:
         if not one_row_wide(op, rows, 0) or op.trans_a:
             continue
         size = 4 * n * op.feature_dim
         if used + size <= budget:
-            out[op.node_name], used = op.input_name, used + size
+            out[op.node_name], used = (op.input_name, False), used + size
+        elif spill and can_spill(spilled + size, directory):
+            out[op.node_name], spilled = (op.input_name, True), spilled + size
     return out
-
-
-def projected_stats(rows: np.ndarray, y: np.ndarray, basis: np.ndarray) -> LayerStats:
-    """Per-class sums and Grams of rows projected on basis, x U (float64), as the second pass reduces them
-    in-graph: a LayerStats of width k with every class's Gram and their total."""
-    st = LayerStats(basis.shape[1])
-    for c in sorted(int(v) for v in np.unique(y)):
-        xu = rows[y == c].astype(np.float64) @ basis
-        st.add(c, xu.sum(0), xu.T @ xu, len(xu), True, total=False)
-    st.canonical_total()
-    return st
 
 
 def prototype_basis(st: LayerStats) -> np.ndarray:
@@ -189,10 +189,10 @@ def statistics_graph(model: onnx.ModelProto, ops: list[EditableOp], x, feature_m
 
 def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size: int, device: str,
             input_name: str | None, progress, outputs: bool, output: str | None,
-            row_inputs: dict[str, str] | None = None):
+            row_inputs: dict[str, tuple[str, KeptRows]] | None = None):
     """Run inst over data in single-class batches; per-tap statistics, per-class counts, kept outputs, and the
-    rows of row_inputs ({node: an [N, d] tensor inst outputs}) by node (a node whose tensor is not [batch, d]
-    is left out: collect gives it the second pass)."""
+    stores of row_inputs ({node: (an [N, d] tensor inst outputs, where its rows go)}) by node, filled (a node
+    whose tensor is not [batch, d] is left out: collect gives it the second pass)."""
     sess = make_session(inst, device)  # full optimisation: a node whose output is a graph output is never fused away
     spec = input_spec(sess, input_name)
     x = data.x.astype(spec.dtype, copy=False)
@@ -201,8 +201,7 @@ def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size
     out_name = output_name(sess, output, skip=set(fetch)) if outputs else None
     fetch += [out_name] if out_name else []
     row_inputs = dict(row_inputs or {})
-    fetch += [t for t in dict.fromkeys(row_inputs.values()) if t not in fetch and t != spec.name]
-    row_values: dict[str, np.ndarray] = {}
+    fetch += [t for t in dict.fromkeys(t for t, _ in row_inputs.values()) if t not in fetch and t != spec.name]
     kept: np.ndarray | None = None
     per_tap = {key: LayerStats(t.feature_dim) for key, t in unique.items()}
     keep = None if gram_classes is None else set(int(c) for c in gram_classes)
@@ -220,9 +219,9 @@ def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size
                 raw = np.asarray(got[out_name]).dtype
                 kept = np.zeros((len(data), rows.shape[1]), dtype=raw if raw.kind == "f" else np.float64)
             kept[idx[:real]] = rows[:real]
-        for name, tensor in list(row_inputs.items()):
-            _keep_rows(row_values, name, xb if tensor == spec.name else got[tensor], idx[:real], len(data),
-                       taps[name].feature_dim, row_inputs)
+        for name, (tensor, store) in list(row_inputs.items()):
+            if not _keep_rows(store, c, xb if tensor == spec.name else got[tensor], real):
+                row_inputs.pop(name)
         for key, t in unique.items():
             n = int(got[t.shape_name][0])
             if t.gram_name is None:
@@ -240,20 +239,18 @@ def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size
     if keep is None:
         for st in per_tap.values():
             st.canonical_total()
-    return per_tap, samples, kept, {name: row_values[name] for name in row_inputs}
+    return per_tap, samples, kept, {name: store for name, (_, store) in row_inputs.items()}
 
 
-def _keep_rows(rows: dict, name: str, value, idx: np.ndarray, n: int, d: int, row_inputs: dict) -> None:
-    """Store one batch of name's input rows (float32, float64 kept as it is), or give up on name (dropped from
-    row_inputs) when the tensor is not [batch, d]."""
+def _keep_rows(store: KeptRows, c: int, value, real: int) -> bool:
+    """Append one batch's real rows of class c to store; False (the store released) when the tensor is not
+    [batch, d]."""
     value = np.asarray(value)
-    if value.ndim != 2 or value.shape[1] != d or value.shape[0] < len(idx):
-        row_inputs.pop(name)
-        rows.pop(name, None)
-        return
-    if name not in rows:
-        rows[name] = np.zeros((n, d), np.float64 if value.dtype == np.float64 else np.float32)
-    rows[name][idx] = value[:len(idx)]
+    if value.ndim != 2 or value.shape[1] != store.d or value.shape[0] < real:
+        store.close()
+        return False
+    store.append(c, value[:real])
+    return True
 
 
 class _ShiftCorrections:
