@@ -38,7 +38,7 @@ from onnx_damp.method.pipeline import PassRecord, ReadoutRecord, damp_edit
 from onnx_damp.verify.verdict import Verdict, verdict
 from onnx_damp.verify.runs import Verification, feature_runs, gate_values, verify
 from onnx_damp.verify.measures import GATE_SPECS, GateResult, Gates, check_gates, gates_dict, tool_gates
-from onnx_damp.ops.weights import index_graph, read_weight
+from onnx_damp.ops.weights import GraphIndex, index_graph, read_weight
 
 ModelLike = "str | os.PathLike | onnx.ModelProto"
 FEATURE_SAMPLES = 500  # images per side for the per-layer verification metrics (with eval data or a reference)
@@ -225,10 +225,12 @@ def _as_gates(gates) -> Gates | None:
 
 
 # ------------------------------------------------------------------------------------------------ forget
-def total_relative_change(before: onnx.ModelProto, after: onnx.ModelProto, ops: list[EditableOp]) -> dict[str, float]:
-    """||W_after - W_before||_F / ||W_before||_F for each editable node, over all passes."""
+def total_relative_change(before: onnx.ModelProto, after: onnx.ModelProto, ops: list[EditableOp],
+                          before_index: GraphIndex | None = None) -> dict[str, float]:
+    """||W_after - W_before||_F / ||W_before||_F for each editable node, over all passes. before_index: before's
+    graph index, where the caller has it (GraphScan.index)."""
     out = {}
-    gi0, gi1 = index_graph(before.graph), index_graph(after.graph)
+    gi0, gi1 = before_index or index_graph(before.graph), index_graph(after.graph)
     for op in ops:
         w0 = read_weight(gi0, op).astype(np.float64)
         w1 = read_weight(gi1, op).astype(np.float64)
@@ -521,7 +523,7 @@ def _edit(job: _ForgetJob, method: MethodOptions, run: RunOptions):
     set's outputs are predicted only with eval data (the membership attack's members)."""
     return damp_edit(job.proto, job.scan.editable, job.calib, job.forget, job.retain, method, run,
                      first_stats=job.merged, phases=Phases(run.quiet), collector=_collector(run),
-                     outputs=job.has_eval, sessions=job.sessions)
+                     outputs=job.has_eval, sessions=job.sessions, index=job.scan.index)
 
 
 def _stamp(job: _ForgetJob, outcome, method: MethodOptions) -> list[str]:
@@ -581,13 +583,13 @@ def _validate_edit(job: _ForgetJob, outcome, method: MethodOptions, run: RunOpti
     phases = Phases(run.quiet)
     with phases("validation", work) as bar:
         probs = {n: to_probabilities(eval_known[n] if n in reuse else predict(
-                     p, evald, 256, device, input_name, output_name, bar,
+                     p, evald, run.batch_size, device, input_name, output_name, bar,
                      session=pooled(job.sessions, p, evald, input_name, device) if n == "original" else None))
                  for n, p in protos.items()}
         before = summarize(probs["original"].argmax(1), evald.y, f)
         after = summarize(probs["model"].argmax(1), evald.y, f)
         stages = _stage_accuracies(outcome, evald, f, after, device, input_name, output_name, bar,
-                                   known=not job.has_eval)
+                                   known=not job.has_eval, batch_size=run.batch_size)
     work = (len(member) * sum(n not in known for n in protos) if member is not None else 0) \
         + feature_runs(evald, f, eval_retain, feature_samples, True, job.ref_proto is not None)
     with phases("verification", work) as bar:
@@ -596,10 +598,10 @@ def _validate_edit(job: _ForgetJob, outcome, method: MethodOptions, run: RunOpti
                      train_reason=("needs --data (the attack's members: statistics alone hold no images)"
                                    if calib is None else "needs --eval-data: the calibration data are the "
                                    "attack's members, held-out data its non-members"),
-                     feature_samples=feature_samples, batch_size=256, device=device, input_name=input_name,
+                     feature_samples=feature_samples, batch_size=run.batch_size, device=device, input_name=input_name,
                      output_name=output_name, progress=bar)
     result = ForgetResult(edited, f, job.retain, outcome.passes,
-                          total_relative_change(job.proto, edited, job.scan.editable), before, after,
+                          total_relative_change(job.proto, edited, job.scan.editable, job.scan.index), before, after,
                           validated_on,
                           _calib_samples(job, outcome), method.feature_mode, job.sha, not_editable=job.scan.skipped,
                           verification=ver, reference_js=_reference_js(probs, evald.y, f),
@@ -628,17 +630,19 @@ def _save(job: _ForgetJob, result: ForgetResult) -> None:
 
 
 def _stage_accuracies(outcome, evald: Dataset, f: list[int], after: AccuracySummary, device, input_name,
-                      output_name, bar=None, known: bool = False) -> dict:
+                      output_name, bar=None, known: bool = False, batch_size: int = 256) -> dict:
     """Forget accuracy on the validation data after the representation edit alone and after the readout.
 
-    known: the validation data are the held-out images, where the readout record has the first already."""
+    known: the validation data are the held-out images, where the readout record has the first already.
+    batch_size: images per run."""
     final = {"forget_accuracy": after.forget_accuracy}
     if outcome.readout is None or not outcome.readout.applied:
         return {"representation": final, "readout": None}
     if known:
         return {"representation": {"forget_accuracy": outcome.readout.before.forget_accuracy}, "readout": final}
     idx = np.flatnonzero(np.isin(evald.y, f))
-    pred = predict(outcome.representation, evald, 256, device, input_name, output_name, bar, indices=idx).argmax(1)
+    pred = predict(outcome.representation, evald, batch_size, device, input_name, output_name, bar,
+                   indices=idx).argmax(1)
     return {"representation": {"forget_accuracy": float(np.mean(pred == evald.y[idx])) if len(idx) else None},
             "readout": final}
 

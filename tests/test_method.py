@@ -593,7 +593,7 @@ def test_lazy_candidate_scoring_picks_what_scoring_each_in_turn_picks(setup, for
     stats = collect(model, ops, subset(calib, fit), forget)
     held = subset(calib, held_idx)
     base = per_class_accuracy(predict(model, held, 256).argmax(1), held.y)
-    run = {"device": "cpu", "input_name": None, "output_name": None}
+    run = {"device": "cpu", "input_name": None, "output_name": None, "batch_size": 128}
     got = {}
     for lazy in (True, False):
         bar = Progress(0, "held-out check", quiet=True)
@@ -695,7 +695,7 @@ def overlapping_heldout(forget: list[int]) -> tuple:
     held = subset(calib, held_idx)
     return (model, ops, collect(model, ops, subset(calib, fit), forget), held,
             [c for c in range(CLASSES) if c not in forget], predict(model, held, 256).argmax(1),
-            {"device": "cpu", "input_name": None, "output_name": None})
+            {"device": "cpu", "input_name": None, "output_name": None, "batch_size": 128})
 
 
 @pytest.mark.parametrize("forget", [[0], [1], [3], [0, 3]])

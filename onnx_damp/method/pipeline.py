@@ -111,7 +111,7 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
               retain: Sequence[int], method: MethodOptions = MethodOptions(), run: RunOptions = RunOptions(), *,
               first_stats: Statistics | None = None, phases: Phases = QUIET,
               collector: Collector = collect, outputs: bool = True,
-              sessions: SessionPool | None = None) -> EditOutcome:
+              sessions: SessionPool | None = None, index: GraphIndex | None = None) -> EditOutcome:
     """Edit a copy of proto: DAMP representation edit chosen on held-out calibration images, then readout.
 
     method: what the edit does (options.MethodOptions: extra_directions=False and candidates=False fix the
@@ -122,7 +122,8 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
     progress bar per phase (progress.Phases; statistics, held-out check, readout, calibration outputs). collector:
     stats.collector.collect or another Collector (the Ray backend). outputs=False skips predicting the whole
     calibration set with the original and the edited model. sessions: where proto's prediction session is
-    kept (runtime.predict.SessionPool; the caller may have made it already).
+    kept (runtime.predict.SessionPool; the caller may have made it already). index: proto's graph index
+    (ops.graph.GraphScan.index), copied for the first pass's candidates rather than made again.
     """
     feature_mode, extra_directions, extra_bar = method.feature_mode, method.extra_directions, method.extra_bar
     max_passes, target_forget_accuracy = method.max_passes, method.target_forget_accuracy
@@ -160,7 +161,7 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
         plans = dm.plan_variants(ops, stats, forget, retain, extras, extra_bar, progress=bar,
                                  layer_probe=method.layer_probe)
     with phases("held-out check", len(held) * (1 + n_cands)) as bar:
-        orig_held = predict(proto, held, 256, device, input_name, output_name, bar,
+        orig_held = predict(proto, held, run.batch_size, device, input_name, output_name, bar,
                             session=pooled(sessions, proto, held, input_name, device))
         base = per_class_accuracy(orig_held.argmax(1), held.y)
         rows = head_rows(ops[-1], forget, orig_held.shape[1]) if method.head_rows else None
@@ -169,7 +170,7 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
                                                         extra_directions, extra_bar, candidates, rk,
                                                         target_forget_accuracy, bar, rows, plans,
                                                         original_pred=orig_pred, original_margin=orig_margin,
-                                                layer_probe=method.layer_probe)
+                                                        layer_probe=method.layer_probe, like=index)
     outcome.passes.append(rec)
     for k in range(2, max_passes + 1):
         if best.forget_accuracy <= target_forget_accuracy:
@@ -200,7 +201,8 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
     if readout:
         with phases("readout", int(np.isin(held.y, forget).sum()) + len(held)) as bar:
             outcome.readout = _readout(rep_model, rep_out, ops[-1], held, forget, retain, base, best,
-                                       target_forget_accuracy, device, input_name, output_name, bar)
+                                       target_forget_accuracy, device, input_name, output_name, bar,
+                                       batch_size=run.batch_size)
         if outcome.readout.applied:
             outcome.model, rep_out = outcome.readout.model, outcome.readout.outputs
             outcome.heldout_score = outcome.readout.after
@@ -210,9 +212,9 @@ def damp_edit(proto: onnx.ModelProto, ops: list[EditableOp], calib: Dataset | No
     fit_known = stats.outputs if first_stats is None else None
     with phases("calibration outputs", len(fit_idx) * (1 + int(fit_known is None))) as bar:
         outcome.original_outputs = _all_outputs(proto, calib, fit_idx, held_idx, fit_known, orig_held, device,
-                                                input_name, output_name, bar, sessions)
+                                                input_name, output_name, bar, sessions, run.batch_size)
         outcome.calib_outputs = _all_outputs(outcome.model, calib, fit_idx, held_idx, None, rep_out, device,
-                                             input_name, output_name, bar)
+                                             input_name, output_name, bar, batch_size=run.batch_size)
     return outcome
 
 
@@ -245,7 +247,7 @@ def head_rows(head: EditableOp, forget: Sequence[int], n_outputs: int) -> "tuple
 def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directions, extra_bar, use_candidates,
                     run, target, bar, rows=None, plans=None, lazy: bool = True, first: tuple | None = None,
                     original_pred: np.ndarray | None = None, layer_probe: bool = True, share_sessions: bool = True,
-                    original_margin: np.ndarray | None = None
+                    original_margin: np.ndarray | None = None, like: GraphIndex | None = None
                     ) -> tuple[onnx.ModelProto, HeldOutScore, PassRecord, np.ndarray]:
     """Plan every candidate from the same statistics, score each on the held-out images, keep one (and its
     output rows there). bar: the held-out check's progress, sized for the first candidates (it grows when
@@ -262,7 +264,7 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
     break the guards is stopped sooner (the same scores and pick).
     layer_probe: plans made here compute the whole-space layer separability (MethodOptions.layer_probe).
     share_sessions: candidates that edit only MatMul/Gemm weights of their own (_fed_weights) run on one session
-    fed each candidate's weights, on the CPU (False: a session per candidate).
+    fed each candidate's weights, on the CPU (False: a session per candidate). like: model's graph index, if made.
     """
     cands = (first or CANDIDATES) if use_candidates else (("damp", extra_directions, 1.0),)
     tried: list[tuple[str, list, onnx.ModelProto, HeldOutScore, np.ndarray]] = []
@@ -284,8 +286,8 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
 
     @functools.cache
     def index() -> GraphIndex:
-        """model's graph index, made on the first candidate and copied for each (dm.apply's like)."""
-        return index_graph(model.graph)
+        """model's graph index (like, else made on the first candidate), copied for each (dm.apply's like)."""
+        return like if like is not None else index_graph(model.graph)
 
     shared: dict = {}  # "fed": node -> the initializer a fed session may take its weight from; "sess": that session
 
@@ -304,13 +306,17 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
         inits = {t.name: t for t in edited.graph.initializer}
         return FedWeights(shared["sess"], {n: numpy_helper.to_array(inits[n]) for n in fed.values()})
 
+    def held_rows(edited: onnx.ModelProto, indices, session) -> np.ndarray:
+        """edited's output rows on the held-out images at indices (None: all), at the run's batch size."""
+        return predict(edited, held, run["batch_size"], run["device"], run["input_name"], run["output_name"], bar,
+                       indices=indices, session=session)
+
     def forget_first(c) -> dict:
         """Plan, apply and run one candidate on the held-out forget images only (its session kept)."""
         name, extra, scale = c
         plans, edited = edit(extra, scale)
         sess = session_of(edited, plans)
-        f_out = predict(edited, held, 256, run["device"], run["input_name"], run["output_name"], bar,
-                        indices=fidx, session=sess)
+        f_out = held_rows(edited, fidx, sess)
         return {"name": name, "plans": plans, "edited": edited, "sess": sess, "f_out": f_out,
                 "f_acc": float(np.mean(f_out.argmax(1) == held.y[fidx]))}
 
@@ -330,8 +336,7 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
         sess = e["sess"] or session_of(e["edited"], e["plans"])
         guard = RetainGuard(held.y[ridx], base) if original_pred is not None and use_candidates else None
         for chunk in _chunks(order, guard is not None):
-            out[chunk] = predict(e["edited"], held, 256, run["device"], run["input_name"], run["output_name"], bar,
-                                 indices=chunk, session=sess)
+            out[chunk] = held_rows(e["edited"], chunk, sess)
             if guard is None:
                 continue
             guard.add(held.y[chunk], out[chunk].argmax(1))
@@ -353,8 +358,7 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
         bar.grow(max(0, bar.done + len(held) - bar.total))  # a candidate beyond those planned
         if not len(fidx) or not len(ridx) or (beat is None and original_pred is None):
             plans, edited = edit(extra, scale)
-            out = predict(edited, held, 256, run["device"], run["input_name"], run["output_name"], bar,
-                          session=session_of(edited, plans))
+            out = held_rows(edited, None, session_of(edited, plans))
             tried.append((name, plans, edited, score(out.argmax(1), held.y, forget, base), out))
             return
         e = forget_first((name, extra, scale))
@@ -408,8 +412,7 @@ def _best_candidate(model, ops, stats, held, forget, retain, base, extra_directi
             if sc_.rejected:
                 rest = order[sc_.retain_run:]
                 bar.grow(len(rest))
-                out[rest] = predict(ed, held, 256, run["device"], run["input_name"], run["output_name"], bar,
-                                    indices=rest, session=session_of(ed, p_))
+                out[rest] = held_rows(ed, rest, session_of(ed, p_))
                 tried[i] = (n_, p_, ed, score(out.argmax(1), held.y, forget, base), out)
     k = pick([t[3] for t in tried])
     name, plans, edited, sc, out = tried[k]
@@ -456,12 +459,14 @@ def _scaled(alpha: float, scale: float) -> float:
 
 def _readout(model: onnx.ModelProto, out: np.ndarray, head: EditableOp, held: Dataset, forget: list[int],
              retain: list[int], base: dict[int, float], before: HeldOutScore, target: float, device, input_name,
-             output_name, bar: Callable[[int], None] | None = None, analytic: bool = True) -> ReadoutRecord:
+             output_name, bar: Callable[[int], None] | None = None, analytic: bool = True,
+             batch_size: int = 256) -> ReadoutRecord:
     """Lower the forget channels of the last operator's bias by the shift readout.readout_shift measures.
 
     out: model's output rows on the held-out images (from its candidate's score). bar: progress (a Progress,
     sized for the probe and one try; it grows with each further try). analytic: where the output's rows after
-    a bias change follow from out (_output_tail), compute them instead of running the model (False: run)."""
+    a bias change follow from out (_output_tail), compute them instead of running the model (False: run).
+    batch_size: images per run where the model runs."""
     gi = index_graph(model.graph)
     ref = output_bias(gi, head)
     if isinstance(ref, str):
@@ -482,8 +487,8 @@ def _readout(model: onnx.ModelProto, out: np.ndarray, head: EditableOp, held: Da
         if bar is not None:
             bar(len(fidx))
     else:
-        probe_out = predict(_shifted(model, ref, forget, lowered), held, 256, device, input_name, output_name, bar,
-                            indices=fidx)
+        probe_out = predict(_shifted(model, ref, forget, lowered), held, batch_size, device, input_name, output_name,
+                            bar, indices=fidx)
     m_probe = ro.forget_margins(ro.log_scores(probe_out), forget, retain)
     gain = ro.margin_gain(m[fmask], m_probe, PROBE_SHIFT)
     rec = ReadoutRecord(False, "", head.node_name, ref.name, list(forget), score_shift=t.tolist(),
@@ -493,7 +498,8 @@ def _readout(model: onnx.ModelProto, out: np.ndarray, head: EditableOp, held: Da
                       f"{[c for c, g in zip(forget, gain) if g <= 1e-6]} (gain {np.round(gain, 4).tolist()})")
         return rec
     edited, edited_out, after, shift = _widened(model, ref, forget, t / gain, held, base, device, input_name,
-                                                output_name, bar, out=out if tail else None, tail=tail)
+                                                output_name, bar, out=out if tail else None, tail=tail,
+                                                batch_size=batch_size)
     if after.mean_drop > before.mean_drop + 1e-9 or after.worst[1] > before.worst[1] + 1e-9:
         rec.reason = (f"lowering the forget channels of {head.node_name} lowered retain accuracy on the held-out "
                       "images: the output is not a per-channel increasing function of that operator")
@@ -528,13 +534,13 @@ def _output_tail(model: onnx.ModelProto, gi: GraphIndex, ref: BiasRef, output_na
 
 def _widened(model: onnx.ModelProto, ref: BiasRef, forget: list[int], shift: np.ndarray, held: Dataset,
              base: dict[int, float], device, input_name, output_name, bar=None, tries: int = READOUT_TRIES,
-             out: np.ndarray | None = None, tail: str | None = None):
+             out: np.ndarray | None = None, tail: str | None = None, batch_size: int = 256):
     """The bias shift, doubled while held-out forget images still read as a forget class (at most tries
     times): scores clipped by a saturated softmax can hide part of the margin, and with several forget
     classes an image can move from one lowered channel to another. Returns (model, its held-out outputs,
     score, shift) of the try with the lowest held-out forget accuracy (the smallest shift on ties).
     out, tail: the model's held-out rows and its output tail (_output_tail): each try's rows are computed
-    from them (readout.shifted_outputs) where they can be, instead of run."""
+    from them (readout.shifted_outputs) where they can be, instead of run. batch_size: images per run."""
     best = None
     base_out = out
     for attempt in range(tries):
@@ -543,7 +549,7 @@ def _widened(model: onnx.ModelProto, ref: BiasRef, forget: list[int], shift: np.
             bar.grow(len(held))
         out = None if tail is None else ro.shifted_outputs(base_out, forget, shift, tail)
         if out is None:
-            out = predict(edited, held, 256, device, input_name, output_name, bar)
+            out = predict(edited, held, batch_size, device, input_name, output_name, bar)
         elif bar is not None:
             bar(len(held))
         sc = score(out.argmax(1), held.y, forget, base)
@@ -567,18 +573,18 @@ def _shifted(model: onnx.ModelProto, ref: BiasRef, forget: list[int], amount: np
 
 def _all_outputs(model, calib: Dataset, fit_idx, held_idx, fit_out, held_out, device, input_name,
                  output_name, bar: Callable[[int], None] | None = None,
-                 sessions: SessionPool | None = None) -> np.ndarray:
+                 sessions: SessionPool | None = None, batch_size: int = 256) -> np.ndarray:
     """Output rows of model on every calibration image, reusing rows already computed for fit or held-out.
-    sessions: where model's prediction session is kept, if anywhere."""
+    sessions: where model's prediction session is kept, if anywhere. batch_size: images per run."""
     session = None
     if fit_out is None or held_out is None:
         session = pooled(sessions, model, calib, input_name, device)
     if fit_out is None:
-        fit_out = predict(model, calib, 256, device, input_name, output_name, bar, indices=fit_idx,
+        fit_out = predict(model, calib, batch_size, device, input_name, output_name, bar, indices=fit_idx,
                           session=session)
     if held_out is None:
         same = len(held_idx) == len(fit_idx) and np.array_equal(held_idx, fit_idx)
-        held_out = fit_out if same else predict(model, calib, 256, device, input_name, output_name, bar,
+        held_out = fit_out if same else predict(model, calib, batch_size, device, input_name, output_name, bar,
                                                 indices=held_idx, session=session)
     full = np.zeros((len(calib), fit_out.shape[1]), dtype=np.float64)
     full[fit_idx] = fit_out

@@ -58,6 +58,7 @@ class GraphScan:
 
     editable: list[EditableOp] = field(default_factory=list)
     skipped: list[SkippedOp] = field(default_factory=list)
+    index: GraphIndex | None = field(default=None, repr=False, compare=False)  # the scanned graph's, for reuse
 
 
 # ------------------------------------------------------------------------------------------ readable names
@@ -98,7 +99,7 @@ def scan_graph(model: onnx.ModelProto) -> GraphScan:
     """List the editable operators of the main graph in topological order, and the skipped ones."""
     graph = model.graph
     gi = index_graph(graph)
-    scan = GraphScan()
+    scan = GraphScan(index=gi)
     for i in topological_order(graph):
         node = graph.node[i]
         label = node_label(node, i)
