@@ -95,7 +95,7 @@ def test_verification_features_read_the_class_token(layout):
     x = rng.normal(size=(6, T, D)).astype(np.float32)
     for layouts, want in [(probe_token_layouts(model, ops, x, None), x[:, 0, :]), ({}, x.mean(axis=1))]:
         inst, names = feature_model(model, ops, frozenset(layouts))
-        sess = make_session(inst, "cpu", basic_optimizations=True)
+        sess = make_session(inst, "cpu", optimization="basic")
         got = np.stack([sess.run([names[0]], {"x": x[i:i + 1]})[0] for i in range(6)])
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 

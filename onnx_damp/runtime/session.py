@@ -97,9 +97,11 @@ def providers_for(device: str) -> list[str]:
     raise DampError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
 
 
-def make_session(model: onnx.ModelProto, device: str = "cpu", basic_optimizations: bool = False,
-                 quiet: bool = False):
+def make_session(model: onnx.ModelProto, device: str = "cpu", optimization: str = "all", quiet: bool = False):
     """Create an InferenceSession from an in-memory model, failing clearly if CUDA fell back to CPU.
+    optimization: onnxruntime's graph optimisations, "all", "basic" (constant folding, redundant-node removal:
+    never a fusion that could merge a tapped activation into a fused kernel) or "none" (a probe run on a few
+    images, for which optimising costs more than it saves).
     quiet: onnxruntime logs only fatal errors (a probe whose failure is an expected answer, not an error)."""
     import onnxruntime as ort
 
@@ -107,10 +109,9 @@ def make_session(model: onnx.ModelProto, device: str = "cpu", basic_optimization
     opts.log_severity_level = 4 if quiet else 3
     if INTRA_OP_THREADS:
         opts.intra_op_num_threads = INTRA_OP_THREADS
-    if basic_optimizations:
-        # Only basic rewrites (constant folding, redundant-node removal): never a fusion that
-        # could merge a tapped activation into a fused kernel.
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    if optimization != "all":
+        opts.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                         "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[optimization]
     providers = providers_for(device)
     if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
         raise DampError("--device cuda: this onnxruntime has no CUDA execution provider (install "

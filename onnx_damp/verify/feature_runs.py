@@ -85,7 +85,7 @@ def extract(model: onnx.ModelProto, ops: Sequence[EditableOp], data: Dataset, in
     free, _ = batch_free_model(model, data.x, input_name, device)  # token layouts need a free batch to probe
     layouts = probe_token_layouts(free if free is not None else model, list(ops), data.x, input_name, device)
     inst, names = feature_model(model, ops, frozenset(layouts))
-    sess = make_session(inst, device, basic_optimizations=True)
+    sess = make_session(inst, device, optimization="basic")
     spec = input_spec(sess, input_name)
     x = check_against_input(data, spec.shape, spec.dtype, spec.name)
     unique = list(dict.fromkeys(names))
