@@ -60,3 +60,14 @@ def test_can_spill_needs_room_on_the_disk(tmp_path):
     assert can_spill(1 << 20, str(tmp_path))
     assert not can_spill(1 << 62, str(tmp_path))
     assert not can_spill(1, str(tmp_path / "missing"))
+
+
+def test_projected_moments_do_not_depend_on_the_number_of_workers(tmp_path):
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((70, 11)).astype(np.float32), rng.integers(0, 3, 70)
+    basis = np.linalg.qr(rng.standard_normal((11, 3)))[0]
+    with KeptRows(11, len(x), spill=True, directory=str(tmp_path), block_bytes=11 * 4 * 5) as store:
+        _fill(store, x, y, batch=8)
+        one, three = store.projected(basis, workers=1), store.projected(basis, workers=3)
+    assert all(np.array_equal(one.grams[c], three.grams[c]) and np.array_equal(one.sums[c], three.sums[c])
+               for c in one.grams)

@@ -7,8 +7,10 @@ over the data, with memory flat in the data (the file is not mapped, so it never
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
@@ -72,33 +74,45 @@ class KeptRows:
         self.n += len(block)
 
     def _read(self, start: int, count: int) -> np.ndarray:
+        """Rows [start, start + count) of the stream (positioned reads: several threads may read at once)."""
         if self._file is None:
             return self._mem[start:start + count]
         out = np.empty((count, self.d), self.dtype)
-        self._file.seek(start * self.d * self.dtype.itemsize)
-        view = memoryview(out).cast("B")
+        view, offset = memoryview(out).cast("B"), start * self.d * self.dtype.itemsize
         while view:
-            k = self._file.readinto(view)
+            k = os.preadv(self._file.fileno(), [view], offset)
             if not k:
                 raise OSError("the statistics pass's temporary row file ended early")
-            view = view[k:]
+            view, offset = view[k:], offset + k
         return out
 
-    def blocks(self, c: int) -> Iterator[np.ndarray]:
-        """Class c's rows, in stream order, in blocks of at most block_bytes (one row at least)."""
+    def block_ranges(self) -> list[tuple[int, int, int]]:
+        """(class, first row, rows) of every block, class by class in class order, each class's rows in stream
+        order, at most block_bytes a block (one row at least)."""
         step = max(1, self.block_bytes // (self.d * (self.dtype or np.dtype(np.float32)).itemsize))
-        for start, count in self.ranges.get(c, []):
-            for a in range(start, start + count, step):
-                yield self._read(a, min(step, start + count - a))
+        return [(c, a, min(step, start + count - a)) for c in sorted(self.ranges)
+                for start, count in self.ranges[c] for a in range(start, start + count, step)]
 
-    def projected(self, basis: np.ndarray) -> LayerStats:
+    def blocks(self, c: int) -> Iterator[np.ndarray]:
+        """Class c's rows, in stream order, in blocks of at most block_bytes."""
+        for k, start, count in self.block_ranges():
+            if k == c:
+                yield self._read(start, count)
+
+    def projected(self, basis: np.ndarray, workers: int = 2) -> LayerStats:
         """Per-class sums and Grams of the rows projected on basis, x U (float64), as a second pass would reduce
-        them in-graph: a LayerStats of width k with every class's Gram and their total."""
+        them in-graph: a LayerStats of width k with every class's Gram and their total. workers: blocks read
+        and projected at once (threads; numpy lets go of the GIL), summed in block order whatever their number,
+        so the numbers do not depend on it."""
+        def one(block: tuple[int, int, int]) -> tuple[int, np.ndarray, np.ndarray, int]:
+            c, start, count = block
+            xu = self._read(start, count).astype(np.float64) @ basis
+            return c, xu.sum(0), xu.T @ xu, count
+
         st = LayerStats(basis.shape[1])
-        for c in sorted(self.ranges):
-            for block in self.blocks(c):
-                xu = block.astype(np.float64) @ basis
-                st.add(c, xu.sum(0), xu.T @ xu, len(xu), True, total=False)
+        with ThreadPoolExecutor(max(1, workers)) as pool:  # map keeps the order; at most `workers` blocks held
+            for c, s, gram, n in pool.map(one, self.block_ranges()):
+                st.add(c, s, gram, n, True, total=False)
         st.canonical_total()
         return st
 
