@@ -5,6 +5,8 @@ The 16x sets repeat the sample's calibration images (the statistics are then tho
 the same images; the point is the memory, not the edit). Issue 14's target: 16x within 10% of 1x.
 
   python bench/memory.py                       # the MNIST sample (.npz) and the CIFAR-10 sample (folder)
+  python bench/memory.py --zoo-data /tmp/zoo   # and mnist_burn: an 11,616-wide Gemm input, whose rows the pass
+                                               # keeps (in memory at 1x, in a temporary file at 16x)
 """
 from __future__ import annotations
 
@@ -63,6 +65,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--times", type=int, default=16)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--zoo-data", type=Path, default=None, help="zoo/prepare.py's folder: adds mnist_burn")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,6 +89,16 @@ def main() -> None:
                                    "--feature-samples", "0"])
         rows.append({"sample": "cifar10", "data": "image folder", "rss_1x_mib": rss[1],
                      f"rss_{args.times}x_mib": rss[args.times], "ratio": rss[args.times] / rss[1]})
+        burn = args.zoo_data / "mnist_burn" / "calib.npz" if args.zoo_data else None
+        if burn is not None and burn.exists():
+            rss = {}
+            for n in (1, args.times):
+                data = repeated_npz(burn, t / f"b{n}.npz", n, False)
+                rss[n] = peak_rss_mib(["forget", str(ROOT / "zoo" / "models" / "mnist_burn" / "model.onnx"), "--data",
+                                       str(data), "--forget", "3", "-o", str(t / "b.onnx"), "-q",
+                                       "--feature-samples", "0"])
+            rows.append({"sample": "mnist_burn (zoo)", "data": ".npz, 11,616-wide rows kept", "rss_1x_mib": rss[1],
+                         f"rss_{args.times}x_mib": rss[args.times], "ratio": rss[args.times] / rss[1]})
     print(f"| sample | data | peak RSS 1x (MiB) | peak RSS {args.times}x (MiB) | ratio |")
     print("|---|---|---|---|---|")
     for r in rows:
