@@ -871,3 +871,27 @@ def test_fed_weights_are_the_own_float_matmul_and_gemm_weights():
     view = FedWeights(sess, {t.name: numpy_helper.to_array(t) for t in edited.graph.initializer if t.name in ("w1", "w2")})
     np.testing.assert_array_equal(view.run(None, {"x": data.x})[0], own)
     assert [i.name for i in view.get_inputs()] == ["x"]
+
+
+def test_every_run_of_the_edit_takes_at_most_the_batch_size(setup):
+    """--batch-size bounds every onnxruntime run of the edit (statistics, held-out check, readout, outputs), as
+    its help says: the data are read through an array that records the largest read (predictions ran 256 images
+    at a time whatever was asked)."""
+    from onnx_damp.data.dataset import LazyArray
+    from onnx_damp.options import RunOptions
+
+    class Recorded(LazyArray):
+        def __init__(self, x):
+            super().__init__(len(x), x.shape[1:], x.dtype)
+            self.x, self.largest = x, 0
+
+        def _rows(self, idx):
+            self.largest = max(self.largest, len(idx))
+            return self.x[idx]
+
+    model, _, calib, _ = setup
+    x = Recorded(np.asarray(calib.x))
+    out = damp_edit(model, scan_graph(model).editable, Dataset(x, calib.y, calib.source), [0],
+                    list(range(1, CLASSES)), run=RunOptions(batch_size=16))
+    assert out.heldout_score is not None and out.calib_outputs.shape[0] == len(calib.y)
+    assert 0 < x.largest <= 16
