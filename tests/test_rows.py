@@ -71,3 +71,22 @@ def test_projected_moments_do_not_depend_on_the_number_of_workers(tmp_path):
         one, three = store.projected(basis, workers=1), store.projected(basis, workers=3)
     assert all(np.array_equal(one.grams[c], three.grams[c]) and np.array_equal(one.sums[c], three.sums[c])
                for c in one.grams)
+
+
+def test_rows_that_cannot_be_written_leave_the_layer_to_the_second_pass(tmp_path):
+    """A write that fails (a disk full since the pass began) releases the store and tells the collector to drop
+    the layer's rows (it then takes the second pass), instead of stopping the run."""
+    import errno
+
+    from onnx_damp.stats.collector import _keep_rows
+
+    class Full(KeptRows):
+        def append(self, c, rows):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    store = Full(4, 10, spill=True, directory=str(tmp_path))
+    assert not _keep_rows(store, 0, np.zeros((3, 4), np.float32), 3)
+    assert store._file is None and store._mem is None
+    ok = KeptRows(4, 10, directory=str(tmp_path))
+    assert _keep_rows(ok, 0, np.ones((3, 4), np.float32), 2) and ok.n == 2  # padded rows past `real` are not kept
+    assert not _keep_rows(ok, 0, np.ones((3, 5), np.float32), 3)  # not [batch, d]

@@ -243,13 +243,18 @@ def _stream(inst: onnx.ModelProto, taps, data: Dataset, gram_classes, batch_size
 
 
 def _keep_rows(store: KeptRows, c: int, value, real: int) -> bool:
-    """Append one batch's real rows of class c to store; False (the store released) when the tensor is not
-    [batch, d]."""
+    """Append one batch's real rows of class c to store; False (the store released: collect gives the layer the
+    second pass) when the tensor is not [batch, d] or the rows cannot be written (a disk that filled up since
+    kept_row_inputs looked)."""
     value = np.asarray(value)
     if value.ndim != 2 or value.shape[1] != store.d or value.shape[0] < real:
         store.close()
         return False
-    store.append(c, value[:real])
+    try:
+        store.append(c, value[:real])
+    except OSError:
+        store.close()
+        return False
     return True
 
 

@@ -15,7 +15,6 @@ from typing import Iterator
 
 import numpy as np
 
-from onnx_damp.errors import DampError
 from onnx_damp.stats.statistics import LayerStats
 
 BLOCK_BYTES = 8 << 20  # rows read back (and projected) at a time, from memory or from the file
@@ -57,13 +56,8 @@ class KeptRows:
         if self._file is not None:
             self._file.seek(self.n * self.d * self.dtype.itemsize)
             view = memoryview(block).cast("B")
-            try:
-                while view:  # a raw file may take part of a write
-                    view = view[self._file.write(view):]
-            except OSError as exc:
-                raise DampError(f"cannot write the wide layers' rows to a temporary file in "
-                                f"{self.directory or tempfile.gettempdir()} ({exc.strerror or exc}): set TMPDIR to a "
-                                f"folder with room") from None
+            while view:  # a raw file may take part of a write; a full disk raises OSError (the caller falls back)
+                view = view[self._file.write(view):]
         else:
             self._mem[self.n:self.n + len(block)] = block
         runs = self.ranges.setdefault(int(c), [])
