@@ -254,6 +254,8 @@ def test_wide_moments_from_kept_rows_equal_the_second_pass(setup, monkeypatch):
                                                                                                 False)}
     assert kept_row_inputs(ops, rows - {ops[0].input_name}, n) == {ops[1].node_name: (ops[1].input_name, False)}
     assert kept_row_inputs(ops, rows, 1 << 50) == {}  # no disk holds these rows: the second pass
+    assert kept_row_inputs(ops, rows, n, budget=8 * n * d0, spill=False, itemsize=8) == {
+        ops[0].node_name: (ops[0].input_name, False)}  # float64 rows: twice the bytes
 
 
 @pytest.mark.parametrize("shape,one_row", [([-1, 2100], True), ([-1, 1050], False)])

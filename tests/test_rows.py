@@ -90,3 +90,16 @@ def test_rows_that_cannot_be_written_leave_the_layer_to_the_second_pass(tmp_path
     ok = KeptRows(4, 10, directory=str(tmp_path))
     assert _keep_rows(ok, 0, np.ones((3, 4), np.float32), 2) and ok.n == 2  # padded rows past `real` are not kept
     assert not _keep_rows(ok, 0, np.ones((3, 5), np.float32), 3)  # not [batch, d]
+
+
+@pytest.mark.parametrize("elem,size", [(1, 4), (11, 8), (10, 4)])  # float, double, float16 (kept as float32)
+def test_kept_rows_are_sized_by_the_models_input_type(elem, size):
+    from onnx import helper
+
+    from onnx_damp.stats.collector import _row_itemsize
+
+    node = helper.make_node("Identity", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", elem, ["N", 3])],
+                              [helper.make_tensor_value_info("y", elem, ["N", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert _row_itemsize(model, None) == size

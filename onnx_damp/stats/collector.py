@@ -56,7 +56,8 @@ def collect(model: onnx.ModelProto, ops: list[EditableOp], data: Dataset, gram_c
     """
     model, layouts, wide, inst, taps, one_rows = statistics_graph(model, ops, data.x, feature_mode, input_name,
                                                                  device, layouts, precision, wide_dim)
-    kept = kept_row_inputs([op for op in ops if op.node_name in wide], one_rows, len(data), rows_budget, spill)
+    kept = kept_row_inputs([op for op in ops if op.node_name in wide], one_rows, len(data), rows_budget, spill,
+                           itemsize=_row_itemsize(model, input_name))
     if kept:
         graph_inputs = {i.name for i in inst.graph.input}
         inst = add_outputs(inst, [t for t, _ in kept.values() if t not in graph_inputs])
@@ -124,10 +125,19 @@ def one_row_wide(op: EditableOp, rows: set[str], limit: int = ROW_WIDE_DIM) -> b
 ROWS_KEPT_BYTES = 128 << 20
 
 
+def _row_itemsize(model: onnx.ModelProto, input_name: str | None) -> int:
+    """Bytes a kept row value takes: 8 for a model fed float64 (its activations are float64), else 4 (float32;
+    float16 rows are kept as float32)."""
+    from onnx_damp.runtime.modelio import data_input
+    inp = data_input(model, input_name)
+    return 8 if inp is not None and inp.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE else 4
+
+
 def kept_row_inputs(wide_ops: list[EditableOp], rows: set[str], n: int, budget: int | None = None,
-                    spill: bool = True, directory: str | None = None) -> dict[str, tuple[str, bool]]:
-    """{node: (input tensor, spilled)} of the wide layers whose input rows the statistics pass keeps (float32 at
-    most, n x d): layers read one row per image (their [N, d] input among rows, one_row_inputs; a Gemm without
+                    spill: bool = True, directory: str | None = None,
+                    itemsize: int = 4) -> dict[str, tuple[str, bool]]:
+    """{node: (input tensor, spilled)} of the wide layers whose input rows the statistics pass keeps (n x d values
+    of itemsize bytes): layers read one row per image (their [N, d] input among rows, one_row_inputs; a Gemm without
     transA). In order, in memory while the total stays within budget, the others in a temporary file (spilled)
     while its disk has room (rows.can_spill; spill=False: never). Their moments within the prototypes' span then
     come from those rows (KeptRows.projected), not from a second pass over the data."""
@@ -135,7 +145,7 @@ def kept_row_inputs(wide_ops: list[EditableOp], rows: set[str], n: int, budget: 
     for op in wide_ops:
         if not one_row_wide(op, rows, 0) or op.trans_a:
             continue
-        size = 4 * n * op.feature_dim
+        size = itemsize * n * op.feature_dim
         if used + size <= budget:
             out[op.node_name], used = (op.input_name, False), used + size
         elif spill and can_spill(spilled + size, directory):
