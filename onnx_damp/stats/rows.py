@@ -11,7 +11,6 @@ import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import numpy as np
 
@@ -67,7 +66,7 @@ class KeptRows:
             runs.append([self.n, len(block)])
         self.n += len(block)
 
-    def _read(self, start: int, count: int) -> np.ndarray:
+    def read(self, start: int, count: int) -> np.ndarray:
         """Rows [start, start + count) of the stream (positioned reads: several threads may read at once)."""
         if self._file is None:
             return self._mem[start:start + count]
@@ -87,12 +86,6 @@ class KeptRows:
         return [(c, a, min(step, start + count - a)) for c in sorted(self.ranges)
                 for start, count in self.ranges[c] for a in range(start, start + count, step)]
 
-    def blocks(self, c: int) -> Iterator[np.ndarray]:
-        """Class c's rows, in stream order, in blocks of at most block_bytes."""
-        for k, start, count in self.block_ranges():
-            if k == c:
-                yield self._read(start, count)
-
     def projected(self, basis: np.ndarray, workers: int = 2) -> LayerStats:
         """Per-class sums and Grams of the rows projected on basis, x U (float64), as a second pass would reduce
         them in-graph: a LayerStats of width k with every class's Gram and their total. workers: blocks read
@@ -100,7 +93,7 @@ class KeptRows:
         so the numbers do not depend on it."""
         def one(block: tuple[int, int, int]) -> tuple[int, np.ndarray, np.ndarray, int]:
             c, start, count = block
-            xu = self._read(start, count).astype(np.float64) @ basis
+            xu = self.read(start, count).astype(np.float64) @ basis
             return c, xu.sum(0), xu.T @ xu, count
 
         st = LayerStats(basis.shape[1])
