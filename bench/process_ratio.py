@@ -11,6 +11,7 @@ to the method removes.
   python bench/process_ratio.py --zoo-data /tmp/zoo            # samples and zoo models
   python bench/process_ratio.py --models mnist vit_mnist       # a subset
   python bench/process_ratio.py --models mnist --times 8       # the calibration data repeated 8 times
+  python bench/process_ratio.py --forget-args="--holdout 0.1"  # a non-default forget (a trade's cost)
 
 The package's bytecode is compiled first (`compileall`, as `pip install` does), so that a shell with
 PYTHONDONTWRITEBYTECODE set (this sandbox's) does not charge forget 0.1 s of compiling per run. Plain and
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -81,6 +83,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--times", type=int, default=1, help="repeat the calibration data this many times")
+    ap.add_argument("--forget-args", default="", help="more forget options, one string (shlex-split), e.g. "
+                    "\"--holdout 0.1\": what a non-default setting costs (the issue's target is the defaults)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "onnx_damp")], check=True)
@@ -101,7 +105,8 @@ def main() -> None:
                 np.savez(calib, x=np.concatenate([x] * args.times), y=np.concatenate([y] * args.times))
             out = Path(tmp) / f"{name}.onnx"
             forget = [sys.executable, "-m", "onnx_damp.cli", "forget", str(model), "--data", str(calib), "--forget",
-                      str(SAMPLES.get(name, ZOO.get(name))), "-o", str(out), "--batch-size", str(args.batch_size)]
+                      str(SAMPLES.get(name, ZOO.get(name))), "-o", str(out), "--batch-size", str(args.batch_size),
+                      *shlex.split(args.forget_args)]
             plain = [sys.executable, "-c", PLAIN, str(model), str(calib), str(args.batch_size)]
             t_plains, t_forget = [], []
             for _ in range(args.repeats):
