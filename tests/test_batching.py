@@ -93,3 +93,9 @@ def test_a_symbolic_batch_that_does_not_run_is_refused_without_onnxruntime_error
     free, why = batch_free_model(model, rng.normal(size=(5, 4)).astype(np.float32))
     assert free is None and "does not run" in why
     assert "onnxruntime" not in capfd.readouterr().err
+
+
+def test_make_session_refuses_an_unknown_optimisation_level():
+    """make_session's optimization is one of OPTIMIZATIONS; anything else is a ValueError naming them."""
+    with pytest.raises(ValueError, match="unknown graph optimisation 'fast'.*all, basic, none"):
+        make_session(onnx.ModelProto(), "cpu", optimization="fast")

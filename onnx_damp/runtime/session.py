@@ -97,6 +97,9 @@ def providers_for(device: str) -> list[str]:
     raise DampError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
 
 
+OPTIMIZATIONS = ("all", "basic", "none")  # make_session's graph optimisation levels
+
+
 def make_session(model: onnx.ModelProto, device: str = "cpu", optimization: str = "all", quiet: bool = False):
     """Create an InferenceSession from an in-memory model, failing clearly if CUDA fell back to CPU.
     optimization: onnxruntime's graph optimisations, "all", "basic" (constant folding, redundant-node removal:
@@ -105,6 +108,8 @@ def make_session(model: onnx.ModelProto, device: str = "cpu", optimization: str 
     quiet: onnxruntime logs only fatal errors (a probe whose failure is an expected answer, not an error)."""
     import onnxruntime as ort
 
+    if optimization not in OPTIMIZATIONS:
+        raise ValueError(f"unknown graph optimisation {optimization!r} (one of {', '.join(OPTIMIZATIONS)})")
     opts = ort.SessionOptions()
     opts.log_severity_level = 4 if quiet else 3
     if INTRA_OP_THREADS:

@@ -10,6 +10,7 @@ import onnx
 from onnx_damp.data.dataset import Dataset, class_batches, prefetch
 from onnx_damp.ops.base import EditableOp
 from onnx_damp.runtime.batching import batch_free_model
+from onnx_damp.runtime.modelio import data_input
 from onnx_damp.runtime.instrument import TOKEN_MODES, instrument, shift_terms
 from onnx_damp.runtime.tokens import TokenLayout, batch_rows, probe_token_layouts, probed_one_row
 from onnx_damp.runtime.predict import output_rows
@@ -128,7 +129,6 @@ ROWS_KEPT_BYTES = 128 << 20
 def _row_itemsize(model: onnx.ModelProto, input_name: str | None) -> int:
     """Bytes a kept row value takes: 8 for a model fed float64 (its activations are float64), else 4 (float32;
     float16 rows are kept as float32)."""
-    from onnx_damp.runtime.modelio import data_input
     inp = data_input(model, input_name)
     return 8 if inp is not None and inp.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE else 4
 

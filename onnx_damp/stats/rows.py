@@ -114,4 +114,3 @@ class KeptRows:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
